@@ -1,0 +1,152 @@
+"""Beam search for encoder-decoder models, batched over sentences and beams, as fairseq's ``SequenceGenerator``.
+
+Rows are sentence-major: row ``s * K + j`` is beam j of sentence s. Each step:
+
+1. decode the newest token of every row with the KV cache; log-softmax in float32; pad and bos get -inf;
+   rows at their sentence's max length may only emit eos;
+2. per sentence, take the top 2K of (beam score + token log-prob) over all K x V extensions;
+3. eos candidates among the top K finish a hypothesis, scored ``sum log p / len ** lenpen`` with ``len``
+   counting the eos; the first K non-eos candidates become the next beams (cache rows reordered to match);
+4. a sentence is done once it has K finished hypotheses or reaches its max length
+   ``int(max_len_a * src_len + max_len_b)``; done sentences leave the batch, so they stop costing compute.
+
+The result is the best finished hypothesis per sentence. ``beam_size=1`` is greedy decoding.
+
+Shape notation: B = sentences, K = beam size, N = active rows (sentences still decoding x K), V = vocab.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["Hypothesis", "beam_search"]
+
+
+class Hypothesis(NamedTuple):
+    """A finished translation: ``tokens`` without bos/eos, ``score`` = sum of log-probs / len ** lenpen."""
+
+    tokens: list[int]
+    score: float
+
+
+@torch.inference_mode()
+def beam_search(
+    model,
+    src_tokens: Tensor,
+    src_lengths: Tensor,
+    *,
+    beam_size: int = 4,
+    max_len_a: float = 0.0,
+    max_len_b: int = 200,
+    lenpen: float = 1.0,
+    bos: int = 2,
+    eos: int = 3,
+    pad: int = 0,
+) -> list[Hypothesis]:
+    """Best hypothesis per source sentence, in input order (fairseq ``SequenceGenerator`` semantics).
+
+    Args:
+        model: in eval mode, with ``encode``, ``decode(tokens, encoder_out, cache)``, ``init_cache``,
+            ``reorder_cache(cache, order, cross_attention=)`` and ``reorder_encoder_out`` (see
+            ``seqba.models.transformer.Transformer``); an optional ``max_positions`` caps the length.
+        src_tokens: (B, S) int64, right-padded with ``pad``, each ending with eos.
+        src_lengths: (B,) int64, source lengths in tokens (eos included).
+        beam_size: K, hypotheses kept per sentence; 1 is greedy decoding.
+        max_len_a, max_len_b: a sentence emits at most ``int(max_len_a * src_len + max_len_b)`` tokens before
+            its eos (eos is forced there), capped at ``model.max_positions - 1``.
+        lenpen: length-penalty exponent; >1 favours longer, <1 shorter hypotheses.
+
+    Returns:
+        B ``Hypothesis`` (tokens without bos/eos, normalized score).
+
+    Raises:
+        ValueError: for ``beam_size < 1``, a model in training mode, or mismatched batch sizes.
+    """
+    if beam_size < 1:
+        raise ValueError(f"beam_search: beam_size must be >= 1, got {beam_size}")
+    if getattr(model, "training", False):
+        raise ValueError("beam_search: model is in training mode (dropout active); call model.eval() first")
+    if src_tokens.dim() != 2 or src_lengths.shape != src_tokens.shape[:1]:
+        raise ValueError(
+            f"beam_search: expected src_tokens (B, S) and src_lengths (B,), got {tuple(src_tokens.shape)} "
+            f"and {tuple(src_lengths.shape)}"
+        )
+    k, bsz, device = beam_size, src_tokens.size(0), src_tokens.device
+    max_lens = [int(max_len_a * n + max_len_b) for n in src_lengths.tolist()]
+    if getattr(model, "max_positions", None) is not None:
+        max_lens = [min(n, model.max_positions - 1) for n in max_lens]
+    if bsz == 0:
+        return []
+
+    encoder_out = model.encode(src_tokens, src_lengths)
+    encoder_out = model.reorder_encoder_out(encoder_out, torch.arange(bsz, device=device).repeat_interleave(k))
+    cache = model.init_cache()
+
+    sent_ids = list(range(bsz))  # original index of each active sentence
+    tokens = torch.empty(bsz * k, 0, dtype=torch.long, device=device)  # (N, step) emitted tokens
+    scores = torch.full((bsz, k), -math.inf, device=device)  # (n, K) cumulative log-probs
+    scores[:, 0] = 0.0  # all beams start identical: expand only the first
+    last = torch.full((bsz * k, 1), bos, dtype=torch.long, device=device)  # (N, 1) newest token
+    n_finished = [0] * bsz
+    best: list[tuple[float, Tensor] | None] = [None] * bsz
+    cand_offsets = torch.arange(2 * k, device=device)
+
+    for step in range(max(max_lens) + 1):
+        n = len(sent_ids)
+        logits = model.decode(last, encoder_out, cache)[:, -1]  # (N, V)
+        lprobs = F.log_softmax(logits.float(), dim=-1)
+        vocab = lprobs.size(1)
+        lprobs[:, [pad, bos]] = -math.inf
+        at_max = [i for i, s in enumerate(sent_ids) if step >= max_lens[s]]
+        if at_max:  # only eos allowed
+            rows = (torch.tensor(at_max, device=device)[:, None] * k + torch.arange(k, device=device)).view(-1)
+            eos_lp = lprobs[rows, eos]
+            lprobs[rows] = -math.inf
+            lprobs[rows, eos] = eos_lp
+
+        # top 2K extensions per sentence: at most K of them are eos, so K non-eos beams always remain
+        cand_scores, cand_idx = (scores.view(-1, 1) + lprobs).view(n, k * vocab).topk(2 * k, dim=1)  # (n, 2K)
+        cand_beams, cand_tokens = cand_idx // vocab, cand_idx % vocab
+        is_eos = cand_tokens.eq(eos)
+
+        # finish the eos candidates ranked in the top K
+        finish = (is_eos[:, :k] & cand_scores[:, :k].isfinite()).nonzero()  # (E, 2): sentence, candidate
+        if finish.numel():
+            sent_pos, cand_pos = finish.unbind(1)
+            rows = sent_pos * k + cand_beams[sent_pos, cand_pos]
+            normalized = cand_scores[sent_pos, cand_pos] / (step + 1) ** lenpen
+            for i, row, score in zip(sent_pos.tolist(), rows.tolist(), normalized.tolist()):
+                s = sent_ids[i]
+                if n_finished[s] < k:
+                    n_finished[s] += 1
+                    if best[s] is None or score > best[s][0]:
+                        best[s] = (score, tokens[row])
+
+        # the first K non-eos candidates continue
+        active = (is_eos.long() * 2 * k + cand_offsets).topk(k, dim=1, largest=False).indices  # (n, K)
+        new_tokens = cand_tokens.gather(1, active)
+        scores = cand_scores.gather(1, active)
+        order = torch.arange(n, device=device)[:, None] * k + cand_beams.gather(1, active)  # (n, K) rows
+
+        keep = [i for i, s in enumerate(sent_ids) if n_finished[s] < k and step < max_lens[s]]
+        if not keep:
+            break
+        shrink = len(keep) < n
+        if shrink:  # drop finished sentences from every per-row tensor
+            keep_t = torch.tensor(keep, device=device)
+            order, new_tokens, scores = order[keep_t], new_tokens[keep_t], scores[keep_t]
+            sent_ids = [sent_ids[i] for i in keep]
+        order = order.view(-1)
+        tokens = torch.cat([tokens.index_select(0, order), new_tokens.view(-1, 1)], dim=1)
+        last = new_tokens.view(-1, 1)
+        # beams of one sentence share their source, so cross-attention rows move only when the batch shrinks
+        model.reorder_cache(cache, order, cross_attention=shrink)
+        if shrink:
+            encoder_out = model.reorder_encoder_out(encoder_out, order)
+
+    return [Hypothesis(hyp_tokens.tolist(), score) for score, hyp_tokens in best]
