@@ -118,6 +118,10 @@ class WeightDropLSTM(nn.LSTM):
     and equations are PyTorch's ``nn.LSTM``.
 
     Input (T, N, I) float, hidden ``(h, c)`` each (1, N, H); returns output (T, N, H) and new ``(h, c)``.
+
+    On cuDNN the dropped matrix is a new tensor each step, so the weights are compacted per call and PyTorch
+    may warn "RNN module weights are not part of single contiguous chunk of memory" (the reference pays the
+    same copy; it is a few MB per layer).
     """
 
     def __init__(self, input_size: int, hidden_size: int, wdrop: float = 0.0) -> None:

@@ -67,7 +67,10 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        super().__init__(
+            num_features, eps=eps, momentum=momentum, affine=affine,
+            track_running_stats=track_running_stats, device=device, dtype=dtype,
+        )
         if ghost_batch_size is not None and ghost_batch_size < 1:
             raise ValueError(f"GhostBatchNorm2d: ghost_batch_size must be >= 1 or None, got {ghost_batch_size}")
         self.ghost_batch_size = ghost_batch_size
@@ -110,8 +113,10 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
             xg = xg.float()
         var, mean = torch.var_mean(xg, dim=(1, 3, 4), keepdim=True, correction=0)  # (G, 1, C, 1, 1)
         out = (xg - mean) * torch.rsqrt(var + self.eps)
-        if self.affine:
-            out = out * self.weight[:, None, None] + self.bias[:, None, None]
+        if self.weight is not None:
+            out = out * self.weight[:, None, None]
+        if self.bias is not None:
+            out = out + self.bias[:, None, None]
         out = out.reshape(x.shape).to(x.dtype)  # (N, C, H, W)
         var_unbiased = var.detach().flatten(1) * (count / (count - 1))  # (G, C)
         return out, mean.detach().flatten(1), var_unbiased

@@ -85,7 +85,7 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
-            raise ValueError(f"cifar_resnet: depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56, 110), got {depth}")
+            raise ValueError(f"cifar_resnet: depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56), got {depth}")
         for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
             if value < 1:
                 raise ValueError(f"cifar_resnet: {name} must be >= 1, got {value}")

@@ -245,7 +245,10 @@ class Transformer(nn.Module):
         self.pad_idx, self.max_positions, self.d_model = pad_idx, max_positions, d_model
         self.embed_scale = math.sqrt(d_model)
         self.decoder_embed = self._embedding(vocab_size, d_model, pad_idx)
-        self.encoder_embed = self.decoder_embed if share_all_embeddings else self._embedding(vocab_size, d_model, pad_idx)
+        if share_all_embeddings:
+            self.encoder_embed = self.decoder_embed
+        else:
+            self.encoder_embed = self._embedding(vocab_size, d_model, pad_idx)
         # positions run from pad_idx + 1 to pad_idx + max_positions; not saved in the state dict
         table = sinusoidal_table(max_positions + pad_idx + 1, d_model, pad_idx)
         self.register_buffer("positions", table, persistent=False)
@@ -336,7 +339,8 @@ class Transformer(nn.Module):
     @staticmethod
     def reorder_encoder_out(encoder_out: EncoderOut, new_order: Tensor) -> EncoderOut:
         """Rows ``new_order`` (N,) int64 of the encoder output (for beam search): (B, ...) -> (N, ...)."""
-        return EncoderOut(encoder_out.out.index_select(0, new_order), encoder_out.padding_mask.index_select(0, new_order))
+        out, padding_mask = encoder_out
+        return EncoderOut(out.index_select(0, new_order), padding_mask.index_select(0, new_order))
 
     @staticmethod
     def reorder_cache(cache: DecoderCache, new_order: Tensor, *, cross_attention: bool = True) -> None:

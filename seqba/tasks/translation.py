@@ -1,0 +1,301 @@
+"""Translation task: Transformer on a prepared parallel corpus, label-smoothed cross-entropy, BA by dropout.
+
+Data flow of one step (M = ``ba.repeats``)::
+
+    TokenBudgetBatchSampler (B distinct sentences, <= data.max_tokens tokens incl. padding)
+      -> DataLoader + collate (CPU)          src_tokens (B, S), prev_output_tokens/target (B, T)
+      -> to device once
+      -> repeat_batch (device)               (M·B, S), (M·B, T): copies differ only by their dropout masks
+      -> ba.micro_batches chunks             loss summed per chunk, normalised by the M·B target tokens
+
+The recipe's ``data.prepare`` section describes the corpus (:class:`seqba.data.prepare.PrepareConfig`); the main
+process prepares it into ``data.prepared_dir`` on first use (a no-op when up to date), so a recipe runs from raw
+text in one command.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from seqba.data.prepare import PrepareConfig, prepare_translation
+from seqba.data.translation import (BOS_ID, EOS_ID, PAD_ID, TranslationDataset, collate, load_tokenizer,
+                                    read_manifest, read_raw_lines)
+from seqba.losses import label_smoothed_nll_loss
+from seqba.models.transformer import Transformer
+from seqba.samplers import RepeatBatchSampler, TokenBudgetBatchSampler
+from seqba.search import beam_search
+from seqba.tasks.base import Task, TaskSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TranslationDataConfig:
+    """Corpus and batching.
+
+    Attributes:
+        prepared_dir: where the binarized corpus is (or is written to).
+        prepare: how to build it from raw text (preset or files, vocab size, filters).
+        max_tokens: distinct-token budget per batch before BA repetition (the paper's B: 4096), padding included.
+        max_sentences: at most this many distinct sentences per batch (``None``: no limit).
+        required_batch_size_multiple: batch sizes are multiples of it where the budget allows (fairseq's 8).
+        skip_invalid_size: drop training pairs longer than ``max_tokens`` instead of failing.
+        valid_max_tokens: token budget of validation batches (``None``: ``max_tokens``).
+    """
+
+    prepared_dir: str = "data-bin/synthetic"
+    prepare: PrepareConfig = field(default_factory=lambda: PrepareConfig(preset="synthetic"))
+    max_tokens: int = 4096
+    max_sentences: int | None = None
+    required_batch_size_multiple: int = 8
+    skip_invalid_size: bool = False
+    valid_max_tokens: int | None = None
+
+
+@dataclass
+class TransformerConfig:
+    """Transformer hyper-parameters (defaults: Transformer-base, Vaswani et al. 2017; fairseq transformer_wmt_en_de)."""
+
+    d_model: int = 512
+    ffn_dim: int = 2048
+    num_heads: int = 8
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    normalize_before: bool = False
+    share_all_embeddings: bool = True
+    max_positions: int = 1024
+
+
+@dataclass
+class TranslationCriterionConfig:
+    """Label-smoothed cross-entropy (Szegedy et al. 2016), normalised by target tokens."""
+
+    label_smoothing: float = 0.1
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def split_batch(batch: dict[str, Any], chunks: int, pad: int = PAD_ID) -> list[dict[str, Any]]:
+    """Split a collated translation batch into ``chunks`` row slices, trimming padding columns in each.
+
+    Returns dicts with the same keys; ``ntokens``/``nsentences`` are recomputed per chunk.
+    """
+    rows = batch["target"].size(0)
+    out = []
+    for index in torch.arange(rows, device=batch["target"].device).tensor_split(min(chunks, rows)):
+        lo, hi = int(index[0]), int(index[-1]) + 1
+        target = batch["target"][lo:hi]
+        tgt_width = int((target != pad).sum(1).max())
+        src_width = int(batch["src_lengths"][lo:hi].max())
+        out.append({
+            "src_tokens": batch["src_tokens"][lo:hi, :src_width],
+            "src_lengths": batch["src_lengths"][lo:hi],
+            "prev_output_tokens": batch["prev_output_tokens"][lo:hi, :tgt_width],
+            "target": target[:, :tgt_width],
+            "sample_id": batch["sample_id"][lo:hi],
+            "ntokens": int((target != pad).sum()),
+            "nsentences": hi - lo,
+        })
+    return out
+
+
+def build_transformer(model_cfg: TransformerConfig, vocab_size: int) -> Transformer:
+    """The recipe's Transformer for a joint vocabulary of ``vocab_size`` pieces."""
+    return Transformer(vocab_size, pad_idx=PAD_ID, **vars(model_cfg))
+
+
+class TranslationTask(Task):
+    """Transformer translation with BA (Hoffer et al. 2020, Sec. 4.2: WMT16 en-de, M=4)."""
+
+    best_metric = ("nll", True)
+
+    def __init__(self, cfg, accelerator) -> None:
+        super().__init__(cfg, accelerator)
+        data = cfg.data
+        with accelerator.main_process_first():
+            if accelerator.is_main_process:
+                prepare_translation(data.prepared_dir, data.prepare)
+        self.vocab_size = int(read_manifest(data.prepared_dir)["vocab_size"])
+        self.train_data = TranslationDataset(data.prepared_dir, "train")
+        self.valid_data = TranslationDataset(data.prepared_dir, "valid")
+        self.sampler = TokenBudgetBatchSampler(
+            self.train_data.num_tokens, data.max_tokens, max_sentences=data.max_sentences,
+            required_batch_size_multiple=data.required_batch_size_multiple, shuffle=True, seed=cfg.seed,
+            num_replicas=accelerator.num_processes, rank=accelerator.process_index, group_size=cfg.ba.group_size,
+            skip_invalid_size=data.skip_invalid_size)
+
+    def build_model(self) -> Transformer:
+        return build_transformer(self.cfg.model, self.vocab_size)
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def num_batches(self, epoch: int) -> int:
+        return len(self.sampler)
+
+    def epoch_iterator(self, epoch: int, start: int = 0) -> Iterator[dict[str, Any]]:
+        self.sampler.load_state_dict({"epoch": epoch, "iterations_in_epoch": start})
+        ba = self.cfg.ba
+        batch_sampler = self.sampler if ba.expand_on_device else RepeatBatchSampler(self.sampler, ba.repeats,
+                                                                                     layout=ba.layout)
+        # Its own generator: creating the iterator must not draw from the global RNG (exact resume).
+        generator = torch.Generator().manual_seed(self.cfg.seed + epoch)
+        loader = DataLoader(self.train_data, batch_sampler=batch_sampler, collate_fn=collate, generator=generator,
+                            num_workers=self.cfg.train.num_workers, pin_memory=self.device.type == "cuda")
+        for batch in loader:
+            yield _to_device(batch, self.device)
+
+    def split(self, batch: dict[str, Any], chunks: int) -> list[dict[str, Any]]:
+        return [batch] if chunks == 1 else split_batch(batch, chunks)
+
+    def sample_size(self, batch: dict[str, Any]) -> float:
+        return float(batch["ntokens"])
+
+    def step_logs(self, batch: dict[str, Any], expanded: dict[str, Any]) -> dict[str, float]:
+        repeats = 1 if self.cfg.ba.expand_on_device else self.cfg.ba.repeats
+        return {"distinct_tokens_count": batch["ntokens"] / repeats, "tokens_count": expanded["ntokens"],
+                "sentences_count": expanded["nsentences"]}
+
+    def loss(self, model, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = model(batch["src_tokens"], batch["src_lengths"], batch["prev_output_tokens"])  # (B, T, V)
+        lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+        loss, nll = label_smoothed_nll_loss(lprobs, batch["target"], self.cfg.criterion.label_smoothing,
+                                            ignore_index=PAD_ID)
+        return loss, {"loss_sum": loss.detach(), "nll_sum": nll.detach()}
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, model) -> dict[str, float]:
+        """Label-smoothed loss, nll and perplexity on the valid split (sharded over ranks, then summed)."""
+        was_training = model.training
+        model.eval()
+        acc = self.accelerator
+        sampler = TokenBudgetBatchSampler(self.valid_data.num_tokens, self.cfg.data.valid_max_tokens or
+                                          self.cfg.data.max_tokens, shuffle=False, num_replicas=acc.num_processes,
+                                          rank=acc.process_index, skip_invalid_size=True)
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for batch in DataLoader(self.valid_data, batch_sampler=sampler, collate_fn=collate):
+            batch = _to_device(batch, self.device)
+            loss, logs = self.loss(model, batch)
+            totals += torch.stack([logs["loss_sum"].double(), logs["nll_sum"].double(),
+                                   torch.tensor(float(batch["ntokens"]), dtype=torch.float64, device=self.device)])
+        totals = acc.reduce(totals, "sum")
+        model.train(was_training)
+        loss, nll, ntokens = totals.tolist()
+        nll = nll / max(ntokens, 1)
+        return {"loss": loss / max(ntokens, 1), "nll": nll, "ppl": math.exp(min(nll, 50.0))}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_skipped": self.sampler.num_skipped}
+
+
+def _read_text(path: str) -> list[str]:
+    """Lines of a UTF-8 text file; ``ValueError`` naming the file and line for invalid UTF-8."""
+    lines = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                lines.append(raw.decode("utf-8").rstrip("\r\n").strip())
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{number}: invalid UTF-8 ({err.reason})") from None
+    return lines
+
+
+def translate(model: Transformer, sources: list[torch.Tensor], *, beam: int = 4, lenpen: float = 1.0,
+              max_len_a: float = 0.0, max_len_b: int = 200, max_tokens: int | None = None,
+              batch_size: int | None = None, device: torch.device | str = "cpu",
+              progress: bool = False) -> list[list[int]]:
+    """Beam-search every source (1-D int64 ids ending with eos); return piece ids in input order.
+
+    Sources are batched by length with :class:`TokenBudgetBatchSampler` (``max_tokens`` source tokens and/or
+    ``batch_size`` sentences per batch; default 4096 tokens) so that padding is small, then restored to input order.
+    """
+    from tqdm.auto import tqdm
+
+    if max_tokens is None and batch_size is None:
+        max_tokens = 4096
+    limit = model.max_positions
+    sources = [s[: limit - 1].clone() if len(s) >= limit else s for s in sources]
+    for s in sources:
+        s[-1] = EOS_ID
+    lengths = [len(s) for s in sources]
+    if max_tokens is not None:
+        max_tokens = max(max_tokens, max(lengths, default=1))
+    sampler = TokenBudgetBatchSampler(lengths, max_tokens, max_sentences=batch_size, shuffle=False)
+    out: list[list[int]] = [[] for _ in sources]
+    model.eval()
+    for ids in tqdm(sampler, disable=not progress, desc="beam search"):
+        src = torch.nn.utils.rnn.pad_sequence([sources[i] for i in ids], batch_first=True, padding_value=PAD_ID)
+        src_lengths = torch.tensor([lengths[i] for i in ids])
+        hyps = beam_search(model, src.to(device), src_lengths.to(device), beam_size=beam, max_len_a=max_len_a,
+                           max_len_b=max_len_b, lenpen=lenpen, bos=BOS_ID, eos=EOS_ID, pad=PAD_ID)
+        for i, hyp in zip(ids, hyps):
+            out[i] = hyp.tokens
+    return out
+
+
+def evaluate(cfg, model_state: dict, args: argparse.Namespace) -> dict[str, Any]:
+    """``python -m seqba.eval`` for translation: beam search + SentencePiece decoding + sacreBLEU.
+
+    Reads ``args.split`` of the prepared corpus (source ids from the binary files, references from the raw text
+    kept at preparation), or raw ``args.src`` (+ optional ``args.ref``) files. Writes the detokenized hypotheses
+    in input order to ``args.output``. Returns ``bleu`` (when references exist), its sacreBLEU ``signature``,
+    ``sentences`` and decoding ``seconds``.
+
+    Raises:
+        FileNotFoundError / ValueError: for a missing prepared corpus or split, unreadable files, or ``--src``
+            and ``--ref`` of different lengths (naming both files and counts).
+    """
+    import sacrebleu
+
+    device = torch.device(args.device)
+    prepared = Path(cfg.data.prepared_dir)
+    sp = load_tokenizer(prepared)
+    model = build_transformer(cfg.model, int(read_manifest(prepared)["vocab_size"]))
+    model.load_state_dict(model_state)
+    model.to(device).eval()
+    refs: list[str] | None
+    if args.src:
+        src_lines = _read_text(args.src)
+        sources = [torch.tensor(sp.encode(line, out_type=int) + [EOS_ID], dtype=torch.long) for line in src_lines]
+        refs = _read_text(args.ref) if args.ref else None
+        if refs is not None and len(refs) != len(src_lines):
+            raise ValueError(f"{args.src} has {len(src_lines)} lines but {args.ref} has {len(refs)}")
+        name = Path(args.src).name
+    else:
+        data = TranslationDataset(prepared, args.split)
+        sources = [data[i]["source"] for i in range(len(data))]
+        refs = read_raw_lines(prepared, args.split, "target")
+        name = args.split
+    start = time.perf_counter()
+    tokens = translate(model, sources, beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a,
+                       max_len_b=args.max_len_b, max_tokens=args.max_tokens, batch_size=args.batch_size,
+                       device=device, progress=True)
+    seconds = time.perf_counter() - start
+    hyps = [sp.decode(t) for t in tokens]
+    output = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent / f"hyp.{name}.txt"
+    output.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    result: dict[str, Any] = {"sentences": len(hyps), "seconds": round(seconds, 2), "beam": args.beam,
+                              "hypotheses": str(output)}
+    if refs is not None:
+        bleu = sacrebleu.metrics.BLEU()
+        score = bleu.corpus_score(hyps, [refs])
+        print(f"{score} (signature: {bleu.get_signature()})")
+        result.update(bleu=round(score.score, 2), signature=str(bleu.get_signature()))
+    return result
+
+
+SPEC = TaskSpec(TranslationDataConfig, TransformerConfig, TranslationCriterionConfig, TranslationTask,
+                evaluate=evaluate)
