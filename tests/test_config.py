@@ -1,0 +1,63 @@
+"""The typed config: YAML + overrides -> dataclasses; unknown keys and wrong types are errors that say where."""
+import pytest
+
+from seqba import config as config_lib
+from seqba.config import ConfigError
+
+
+def write(tmp_path, text, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+BASE = """task: translation
+data:
+  max_tokens: 512
+model:
+  d_model: 32
+ba:
+  repeats: 4
+"""
+
+
+def test_load_and_override(tmp_path):
+    cfg = config_lib.load(write(tmp_path, BASE), ["ba.repeats=2", "optim.lr=1e-3", "data.prepare.vocab_size=300"])
+    assert cfg.ba.repeats == 2 and cfg.optim.lr == 1e-3 and cfg.data.max_tokens == 512
+    assert cfg.model.d_model == 32 and cfg.model.ffn_dim == 2048  # defaults from the dataclass
+    assert cfg.data.prepare.vocab_size == 300
+    assert config_lib.to_dict(cfg)["ba"]["repeats"] == 2
+
+
+def test_unknown_key_names_file_line_and_valid_keys(tmp_path):
+    path = write(tmp_path, BASE.replace("  repeats: 4", "  repeats: 4\n  repeat: 2"))
+    with pytest.raises(ConfigError) as err:
+        config_lib.load(path)
+    msg = str(err.value)
+    assert f"{path}:8: ba.repeat" in msg and "unknown key 'repeat'" in msg and "repeats" in msg and "group_size" in msg
+
+
+def test_unknown_top_level_and_task(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'optimizer'.*valid keys"):
+        config_lib.load(write(tmp_path, BASE + "optimizer: {}\n"))
+    with pytest.raises(ConfigError, match="unknown task 'translate'.*translation"):
+        config_lib.load(write(tmp_path, BASE.replace("task: translation", "task: translate")))
+
+
+def test_wrong_type_and_override_errors(tmp_path):
+    path = write(tmp_path, BASE)
+    with pytest.raises(ConfigError, match="bad.yaml:3: data.max_tokens: expected int, got 'many'"):
+        config_lib.load(write(tmp_path, BASE.replace("512", "many"), "bad.yaml"))
+    with pytest.raises(ConfigError, match="command-line override ba.repeats: expected int"):
+        config_lib.load(path, ["ba.repeats=four"])
+    with pytest.raises(ConfigError, match="key=value"):
+        config_lib.load(path, ["ba.repeats"])
+    with pytest.raises(ConfigError, match="command-line override model.dmodel: unknown key"):
+        config_lib.load(path, ["model.dmodel=3"])
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        config_lib.load(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        config_lib.load(write(tmp_path, "task: [translation\n"))

@@ -1,0 +1,164 @@
+"""End-to-end tests of seqba.train / seqba.eval on a tiny Transformer and a tiny synthetic corpus (CPU)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seqba import eval as eval_cli
+from seqba import train as train_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RECIPE = """task: translation
+seed: 3
+output_dir: {out}
+data:
+  prepared_dir: {data}
+  prepare: {{preset: synthetic, vocab_size: 200, synthetic_train: 600, synthetic_valid: 40, synthetic_test: 40}}
+  max_tokens: 256
+model: {{d_model: 32, ffn_dim: 64, num_heads: 2, encoder_layers: 1, decoder_layers: 1, dropout: 0.2}}
+optim: {{lr: 0.003, warmup_updates: 10}}
+ba: {{repeats: 2}}
+train: {{max_updates: 12, log_interval: 1, validate_interval: 6, progress_bar: false}}
+"""
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data") / "synthetic"
+
+
+@pytest.fixture
+def recipe(tmp_path, data_dir):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(RECIPE.format(out=tmp_path / "run", data=data_dir))
+    return path
+
+
+def losses(run_dir):
+    """step -> training loss from metrics.jsonl (the last record wins)."""
+    out = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            out[record["step"]] = record["loss"]
+    return out
+
+
+def run_module(module, *args, env=None, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def test_train_then_eval(recipe, tmp_path, capsys):
+    assert train_cli.main([str(recipe)]) == 0
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "curves.png", "checkpoint_best.pt", "checkpoint_last.pt"):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "loss" in r]
+    assert len(train_records) == 12
+    first = train_records[0]
+    for key in ("loss", "nll", "ppl", "lr", "gnorm", "tokens_per_s", "distinct_tokens_per_step", "tokens_per_step"):
+        assert key in first, key
+    # BA: every step sees M=2 copies of each distinct target token
+    assert first["tokens_per_step"] == pytest.approx(2 * first["distinct_tokens_per_step"])
+    assert any("valid_ppl" in r for r in records)
+    assert (run / "checkpoints" / "latest").is_file()
+
+    capsys.readouterr()
+    hyp = tmp_path / "hyp.txt"
+    assert eval_cli.main(["--checkpoint", str(run / "checkpoint_best.pt"), "--beam", "4", "--max-len-b", "30",
+                          "--output", str(hyp)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["sentences"] == 40 and 0.0 <= result["bleu"] <= 100.0 and "nrefs:1" in result["signature"]
+    assert len(hyp.read_text().splitlines()) == 40
+
+
+def test_eval_explicit_src_ref_files(recipe, tmp_path, capsys):
+    assert train_cli.main([str(recipe), "train.max_updates=2", "train.validate_interval=0"]) == 0
+    src, ref = tmp_path / "src.txt", tmp_path / "ref.txt"
+    src.write_text("He was born on July 11, 1961.\nThe lesson ends at half past twelve.\n")
+    ref.write_text("Er wurde am 11. Juli 1961 geboren.\nDer Unterricht endet um halb eins.\n")
+    capsys.readouterr()
+    assert eval_cli.main(["--checkpoint", str(tmp_path / "run"), "--src", str(src), "--ref", str(ref), "--beam",
+                          "1", "--max-len-b", "5", "--output", str(tmp_path / "out.txt")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["sentences"] == 2
+    ref.write_text("only one line\n")
+    assert eval_cli.main(["--checkpoint", str(tmp_path / "run"), "--src", str(src), "--ref", str(ref)]) == 2
+    assert "has 2 lines but" in capsys.readouterr().err
+
+
+def test_micro_batches_give_the_same_steps(recipe, tmp_path):
+    """Evaluating the M·B batch in 3 chunks gives the same losses as the whole batch (dropout off)."""
+    common = ["model.dropout=0.0", "train.max_updates=5", "train.validate_interval=0", "ba.repeats=3"]
+    assert train_cli.main([str(recipe), *common, f"output_dir={tmp_path / 'whole'}"]) == 0
+    assert train_cli.main([str(recipe), *common, "ba.micro_batches=3", f"output_dir={tmp_path / 'chunks'}"]) == 0
+    whole, chunks = losses(tmp_path / "whole"), losses(tmp_path / "chunks")
+    assert whole.keys() == chunks.keys() and len(whole) == 5
+    for step in whole:
+        assert chunks[step] == pytest.approx(whole[step], rel=1e-5, abs=1e-6)
+
+
+def test_sampler_side_repetition_matches_device_expansion(recipe, tmp_path):
+    """ba.expand_on_device=false (RepeatBatchSampler) and the default (repeat_batch) train identically."""
+    common = ["model.dropout=0.0", "train.max_updates=4", "train.validate_interval=0"]
+    assert train_cli.main([str(recipe), *common, f"output_dir={tmp_path / 'device'}"]) == 0
+    assert train_cli.main([str(recipe), *common, "ba.expand_on_device=false", f"output_dir={tmp_path / 'loader'}"]) == 0
+    a, b = losses(tmp_path / "device"), losses(tmp_path / "loader")
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-5)
+
+
+def test_resume_after_sigkill_gives_the_same_losses(recipe, tmp_path):
+    common = [recipe, "train.validate_interval=0", "train.save_interval=4", "train.max_updates=10"]
+    run_module("seqba.train", *common, f"output_dir={tmp_path / 'straight'}")
+    killed = run_module("seqba.train", *common, f"output_dir={tmp_path / 'killed'}",
+                        env={train_cli.FAULT_ENV: "6"}, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert losses(tmp_path / "killed").keys() == set(range(1, 7))
+    resumed = run_module("seqba.train", *common, f"output_dir={tmp_path / 'killed'}")
+    assert "resumed from" in resumed.stderr
+    straight, again = losses(tmp_path / "straight"), losses(tmp_path / "killed")
+    assert again.keys() == straight.keys() == set(range(1, 11))
+    for step in range(5, 11):
+        assert again[step] == straight[step], step
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(recipe, tmp_path):
+    run = tmp_path / "run"
+    assert train_cli.main([str(recipe), "train.max_updates=2", "train.validate_interval=0"]) == 0
+    good = (run / "checkpoints" / "latest").read_text()
+    code = train_cli.main([str(recipe), "optim.lr=1e30", "optim.warmup_updates=0", "train.max_updates=40",
+                           "train.save_interval=1000", "train.validate_interval=0"])
+    assert code == 1
+    assert (run / "checkpoints" / "latest").read_text() == good
+
+
+def test_cli_rejects_unknown_key(recipe, capsys):
+    assert train_cli.main([str(recipe), "ba.repeat=2"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'repeat'" in err and "repeats" in err
+
+
+@pytest.mark.parametrize("group_size", [2, 1])
+def test_two_processes_with_accelerate_launch(recipe, tmp_path, group_size):
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    out = tmp_path / f"run{group_size}"
+    proc = subprocess.run(
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "-m", "seqba.train", str(recipe),
+         f"ba.group_size={group_size}", "train.max_updates=4", "train.validate_interval=2", f"output_dir={out}"],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 processes" in proc.stderr and f"group_size={group_size}" in proc.stderr
+    assert sorted(p.name for p in (out / "checkpoints" / "step_0000004").glob("trainer_state_*.pt")) == [
+        "trainer_state_0.pt", "trainer_state_1.pt"]
+    assert len(losses(out)) == 4
