@@ -1,0 +1,164 @@
+"""Benchmark: training throughput of seqba's loop for M=1 and M=4 (micro-batched) vs a bare PyTorch loop.
+
+Each configuration runs in its own subprocess (so peak memory is its own) on the same model, corpus and
+distinct-token budget:
+
+* ``seqba_m1``: ``seqba.train`` with ``ba.repeats=1``;
+* ``seqba_m4``: ``seqba.train`` with ``ba.repeats=4 ba.micro_batches=4`` (each step: 4x the target tokens of M=1,
+  evaluated in 4 chunks);
+* ``bare_m1``: a plain loop over the same model and the same batches (built beforehand): forward, label-smoothed
+  cross-entropy, backward, clip, Adam step; no Accelerate, no sampler, no logging.
+
+Reports target tokens per second (median over the timed steps, the first ``--warmup`` steps excluded), peak memory
+(CUDA: ``max_memory_allocated``; CPU: peak RSS of the process) and the ratios M=4 / M=1 and seqba / bare. Goals:
+M=4 per-token throughput >= 0.95x of M=1, seqba's loop >= 0.9x of the bare loop.
+
+    python benchmarks/bench_train.py                       # Transformer-base, fp32, 4096 tokens (slow on CPU)
+    python benchmarks/bench_train.py --small --steps 8     # a small model for a quick look
+
+On CPU, glibc malloc settings change the figures a lot (the brief measured 279 vs 438 tok/s for a bare
+Transformer-base loop); this script sets ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000`` for every
+configuration unless ``--default-malloc`` is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["model.d_model=256", "model.ffn_dim=1024", "model.num_heads=4", "model.encoder_layers=3",
+         "model.decoder_layers=3"]
+
+
+def recipe_args(args, out: Path, repeats: int, micro: int) -> list[str]:
+    overrides = [
+        f"output_dir={out}", f"data.prepared_dir={args.data}", f"data.max_tokens={args.max_tokens}",
+        f"ba.repeats={repeats}", f"ba.micro_batches={micro}", f"train.max_updates={args.steps}",
+        "train.log_interval=1", "train.validate_interval=0", "train.save_interval=1000000", "train.progress_bar=false",
+        "model.dropout=0.1", "optim.warmup_updates=4000", "data.required_batch_size_multiple=8",
+    ]
+    return [str(ROOT / "recipes" / "transformer_synthetic_m4.yaml"), *overrides, *(SMALL if args.small else [])]
+
+
+def peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_seqba(args) -> dict:
+    """Run seqba.train in this process and read its per-step target tokens/s from metrics.jsonl."""
+    from seqba import train
+
+    out = Path(args.out_dir)
+    code = train.main(recipe_args(args, out, args.repeats, args.micro))
+    if code:
+        raise SystemExit(code)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][args.warmup:]
+    return {"tgt_tokens_per_s": statistics.median(rates), "tgt_tokens_per_step":
+            statistics.mean(r["tokens_per_step"] for r in records if "tokens_per_step" in r),
+            "peak_memory_mb": peak_memory_mb(args.device)}
+
+
+def child_bare(args) -> dict:
+    """A bare PyTorch loop over the same model and batches, with none of seqba's machinery."""
+    import torch
+    import torch.nn.functional as F
+
+    from seqba import config as config_lib
+    from seqba.data.translation import TranslationDataset, collate, read_manifest
+    from seqba.samplers import TokenBudgetBatchSampler
+    from seqba.tasks.translation import build_transformer
+
+    cfg = config_lib.load(*(lambda a: (a[0], a[1:]))(recipe_args(args, Path(args.out_dir), 1, 1)))
+    torch.manual_seed(cfg.seed)
+    device = torch.device(args.device)
+    data = TranslationDataset(cfg.data.prepared_dir, "train")
+    sampler = TokenBudgetBatchSampler(data.num_tokens, cfg.data.max_tokens, required_batch_size_multiple=8, seed=1)
+    batches = [collate([data[i] for i in ids]) for ids, _ in zip(sampler, range(args.steps))]
+    model = build_transformer(cfg.model, int(read_manifest(cfg.data.prepared_dir)["vocab_size"])).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
+    rates = []
+    for batch in batches:
+        start = time.perf_counter()
+        src, lengths = batch["src_tokens"].to(device), batch["src_lengths"].to(device)
+        prev, target = batch["prev_output_tokens"].to(device), batch["target"].to(device)
+        logits = model(src, lengths, prev)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), target.view(-1), ignore_index=0,
+                               label_smoothing=0.1, reduction="sum") / batch["ntokens"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(batch["ntokens"] / (time.perf_counter() - start))
+    return {"tgt_tokens_per_s": statistics.median(rates[args.warmup:]),
+            "tgt_tokens_per_step": statistics.mean(b["ntokens"] for b in batches),
+            "peak_memory_mb": peak_memory_mb(args.device)}
+
+
+def spawn(args, kind: str, repeats: int = 1, micro: int = 1) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, __file__, "--child", kind, "--out-dir", tmp, "--repeats", str(repeats), "--micro",
+               str(micro), "--steps", str(args.steps), "--warmup", str(args.warmup), "--max-tokens",
+               str(args.max_tokens), "--device", args.device, "--data", str(args.data)] + (["--small"] if args.small else [])
+        env = dict(os.environ)
+        if not args.default_malloc:
+            env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="100000000000")
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode:
+            raise RuntimeError(f"{kind} failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--max-tokens", type=int, default=4096)
+    p.add_argument("--small", action="store_true", help="d_model 256, 3+3 layers instead of Transformer-base")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data", default=str(ROOT / "data-bin" / "synthetic_en_de"), help="prepared corpus")
+    p.add_argument("--default-malloc", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train.json"))
+    p.add_argument("--child", choices=["seqba", "bare"], help=argparse.SUPPRESS)
+    p.add_argument("--out-dir", help=argparse.SUPPRESS)
+    p.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--micro", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        result = child_seqba(args) if args.child == "seqba" else child_bare(args)
+        print(json.dumps(result))
+        return
+
+    results = {"bare_m1": spawn(args, "bare"), "seqba_m1": spawn(args, "seqba", 1, 1),
+               "seqba_m4": spawn(args, "seqba", 4, 4)}
+    results["ratio_m4_over_m1"] = results["seqba_m4"]["tgt_tokens_per_s"] / results["seqba_m1"]["tgt_tokens_per_s"]
+    results["ratio_seqba_over_bare"] = results["seqba_m1"]["tgt_tokens_per_s"] / results["bare_m1"]["tgt_tokens_per_s"]
+    results["setup"] = {"model": "small (d256, 3+3)" if args.small else "Transformer-base", "max_tokens":
+                        args.max_tokens, "steps": args.steps, "warmup": args.warmup, "device": args.device,
+                        "malloc": "default" if args.default_malloc else "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1e11",
+                        "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"}
+    for key, value in results.items():
+        print(f"{key:>22}: {value}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
