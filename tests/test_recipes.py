@@ -16,6 +16,10 @@ TINY = {
         "model.decoder_layers=1", "data.max_tokens=256", "train.max_updates=3", "train.validate_interval=2",
         "train.save_interval=2", "train.log_interval=1", "train.progress_bar=false",
     ],
+    "image_classification": [
+        "train.max_updates=2", "data.batch_size=8", "model.depth=8", "model.width=4", "train.eval_batch_size=64",
+        "train.num_workers=0", "train.progress_bar=false",
+    ],
 }
 # Corpora that cannot be read here (Hugging Face hub) are swapped for the built-in synthetic corpus.
 SYNTHETIC = ["data.prepare.preset=synthetic", "data.prepare.vocab_size=120", "data.prepare.synthetic_train=300",
@@ -50,5 +54,12 @@ def test_recipe_runs_a_few_steps(path, tmp_path):
             overrides += SYNTHETIC
         else:
             overrides += SYNTHETIC[1:]
+    if cfg.task == "image_classification":
+        if cfg.data.dataset == "cifar10":  # no CIFAR-10 here: a tiny folder of fake python batches
+            from test_image_task import write_fake_cifar10
+
+            overrides.append(f"data.root={write_fake_cifar10(tmp_path / 'cifar')}")
+        elif data_root() is None:
+            pytest.skip(f"{path.name} needs ../shared/data/mnist (set SEQBA_DATA)")
     assert train_cli.main([str(path), *overrides]) == 0
     assert (tmp_path / "run" / "checkpoint_last.pt").is_file()

@@ -241,3 +241,18 @@ def test_padding_efficiency_realistic():
     s = TokenBudgetBatchSampler(lengths, 4096)
     assert s.padding_efficiency > 0.95
     assert sum(len(b) for b in s) == len(lengths)
+
+
+def test_core_imports_with_only_torch_and_numpy():
+    """`from seqba import ...` must not need yaml, accelerate, datasets, sentencepiece, sacrebleu, tqdm."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "for m in ('yaml', 'accelerate', 'datasets', 'sentencepiece', 'sacrebleu', 'tqdm', 'matplotlib'):\n"
+            "    sys.modules[m] = None\n"
+            "from seqba import RepeatBatchSampler, TokenBudgetBatchSampler, repeat_batch\n"
+            "import seqba.distributed\n"
+            "print(list(RepeatBatchSampler(TokenBudgetBatchSampler([2, 2], 4, shuffle=False), 2)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[[0, 0, 1, 1]]"

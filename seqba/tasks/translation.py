@@ -164,8 +164,10 @@ class TranslationTask(Task):
         return float(batch["ntokens"])
 
     def step_logs(self, batch: dict[str, Any], expanded: dict[str, Any]) -> dict[str, float]:
+        # The loop sums counts over ranks: a batch shared by a BA group of ranks is distinct only once.
         repeats = 1 if self.cfg.ba.expand_on_device else self.cfg.ba.repeats
-        return {"distinct_tokens_count": batch["ntokens"] / repeats, "tokens_count": expanded["ntokens"],
+        distinct = batch["ntokens"] / repeats / self.cfg.ba.group_size
+        return {"distinct_tokens_count": distinct, "tokens_count": expanded["ntokens"],
                 "sentences_count": expanded["nsentences"]}
 
     def loss(self, model, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:

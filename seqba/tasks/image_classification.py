@@ -1,0 +1,380 @@
+"""Image classification task: CIFAR ResNet on MNIST or CIFAR-10, cross-entropy, BA by per-copy augmentation.
+
+Data flow of one step (M = ``ba.repeats``, B = ``data.batch_size``), default path (``data.augment_on_device``)::
+
+    TokenBudgetBatchSampler (all lengths 1: a seeded shuffled partition into batches of B distinct images)
+      -> DataLoader + collate_images (CPU)     image uint8 (B, C, H, W), label (B,), sample_id (B,)
+      -> to device once
+      -> repeat_batch(layout)  (device)        (M·B, C, H, W): M identical copies of every image
+      -> Augment               (device)        every row its own crop / flip / cutout, float, normalized
+      -> mixup (optional)                      soft_target (M·B, K)
+      -> ba.micro_batches row chunks           loss summed per chunk, normalised by the M·B rows
+
+With ``ba.layout: tiled`` (what the image recipes use) copy c is the slice ``[c·B, (c+1)·B)``, so with ghost batch
+norm of at most B rows each ghost batch holds distinct images and the copies of an image spread over ghost batches
+(see :mod:`seqba.models.ghost_bn`)::
+
+    rows:   a b c d | a b c d | a b c d      M = 3, B = 4, ghost_batch_size = 4
+            copy 0    copy 1    copy 2       (each row augmented independently)
+
+The paper's original way is also supported (``ba.expand_on_device: false`` with ``data.augment_on_device:
+false``): :class:`~seqba.samplers.RepeatBatchSampler` repeats the indices and the dataset augments every request,
+so the loader already yields M·B augmented rows (M times the loader work). ``ba.expand_on_device: false`` with
+``augment_on_device: true`` loads M·B uint8 rows and augments them on the device. Repeating on the device with
+loader-side augmentation would give M identical copies, so it is refused for M > 1.
+
+Micro-batches: ``ba.micro_batches: k`` cuts the M·B rows into k consecutive chunks. Gradients are summed over
+chunks, but BatchNorm statistics are computed per forward, so the result equals the whole-batch step only when
+BN already works on pieces that the cut does not split: with ``model.ghost_batch_size`` g, chunks whose size is a
+multiple of g give the same normalisation (running statistics are then updated k times per step instead of once);
+with plain BN (g = null) chunking changes the batch statistics. A warning is logged when chunks and ghost batches
+do not align.
+
+MNIST: the shared data holds only the 10,000 official test digits; the task uses the deterministic stratified split
+of :func:`seqba.data.images.load_mnist` (8,000 train / 2,000 test, seed 0) and validates on its test part. CIFAR-10:
+validates on the official test batch (as He et al. 2016 and the BA paper report).
+
+Run (2 CPU cores, a few minutes)::
+
+    accelerate launch --num_processes 1 -m seqba.train recipes/resnet_mnist_m4.yaml
+    python -m seqba.eval --checkpoint runs/resnet_mnist_m4/checkpoint_best.pt --tta 10
+
+Shape notation: N = rows, B = distinct images, M = repeats, C = channels, H = height, W = width, K = classes.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from seqba.config import ConfigError
+from seqba.data.images import ImageTensorDataset, collate_images, load_cifar10, load_cifar10_hf, load_mnist
+from seqba.data.paths import data_root
+from seqba.data.transforms import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, Augment, mixup
+from seqba.models.resnet import CifarResNet, cifar_resnet, param_groups
+from seqba.samplers import RepeatBatchSampler, TokenBudgetBatchSampler, repeat_batch
+from seqba.tasks.base import Task, TaskSpec
+
+logger = logging.getLogger(__name__)
+
+NUM_CLASSES = 10
+MNIST_TEST_FRACTION = 0.2  # 8,000 train / 2,000 test of the 10,000 shared digits
+MNIST_SPLIT_SEED = 0
+#: dataset -> (channels, mean, std, default folder under seqba.data.paths.data_root())
+DATASETS = {
+    "mnist": (1, MNIST_MEAN, MNIST_STD, "mnist"),
+    "cifar10": (3, CIFAR10_MEAN, CIFAR10_STD, "cifar-10-batches-py"),
+}
+
+
+@dataclass
+class ImageDataConfig:
+    """Images, batching and augmentation.
+
+    Attributes:
+        dataset: ``mnist`` or ``cifar10``.
+        source: ``local`` (IDX files / CIFAR python batches in ``root``) or ``hf`` (CIFAR-10 through
+            ``datasets.load_dataset(root or "cifar10")``).
+        root: data folder; ``None``: ``seqba.data.paths.data_root()`` / ``mnist`` or ``cifar-10-batches-py``.
+        batch_size: B, distinct images per batch before BA repetition.
+        crop_padding: random-crop padding in pixels (0: no crop).
+        flip: random horizontal flip (off for digits).
+        cutout_size: cutout square side in pixels (0: off; 16 in the BA paper's CIFAR-10 run).
+        mixup_alpha: mixup Beta(alpha, alpha) after augmentation (0: off).
+        augment_on_device: augment the M·B rows on the device in one batched call (``True``) or each sample in the
+            DataLoader (``False``, the paper's original way; needs ``ba.expand_on_device: false`` when M > 1).
+    """
+
+    dataset: str = "cifar10"
+    source: str = "local"
+    root: str | None = None
+    batch_size: int = 64
+    crop_padding: int = 4
+    flip: bool = True
+    cutout_size: int = 0
+    mixup_alpha: float = 0.0
+    augment_on_device: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
+        if self.source not in ("local", "hf"):
+            raise ValueError(f"source must be 'local' or 'hf', got {self.source!r}")
+        if self.source == "hf" and self.dataset != "cifar10":
+            raise ValueError(f"source 'hf' is only wired for cifar10, got dataset {self.dataset!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("crop_padding", "cutout_size", "mixup_alpha"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class ImageModelConfig:
+    """CIFAR ResNet (He et al. 2016, Sec. 4.2): depth 6n + 2, stage widths w, 2w, 4w.
+
+    Attributes:
+        depth: 44 in the BA paper's CIFAR-10 run.
+        width: channels of the first stage (16 in the paper).
+        ghost_batch_size: rows per BN ghost batch (``None``: ordinary BN over the whole forward).
+    """
+
+    depth: int = 44
+    width: int = 16
+    ghost_batch_size: int | None = None
+
+
+@dataclass
+class ImageCriterionConfig:
+    """Cross-entropy summed over the M·B rows (soft targets with mixup).
+
+    Attributes:
+        label_smoothing: epsilon of label smoothing (0: plain cross-entropy).
+    """
+
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+# -- building blocks shared by training, validation and `python -m seqba.eval` -----------------------------------
+
+
+def resolve_root(data: ImageDataConfig) -> Path:
+    """The folder of ``data.dataset``: ``data.root`` or the shared data folder's default subfolder.
+
+    Raises:
+        FileNotFoundError: neither ``data.root`` nor a shared data folder (``$SEQBA_DATA``, ``../shared/data``).
+    """
+    if data.root is not None:
+        return Path(data.root)
+    shared = data_root()
+    if shared is None:
+        raise FileNotFoundError(f"no data.root for {data.dataset} and no shared data folder; set data.root=... "
+                                "or SEQBA_DATA")
+    return shared / DATASETS[data.dataset][3]
+
+
+def load_split(data: ImageDataConfig, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 (N, C, H, W), int64 (N,)) of ``split`` (``train`` or ``test``) of the recipe's dataset."""
+    if split not in ("train", "test"):
+        raise ValueError(f"image split must be 'train' or 'test', got {split!r}")
+    if data.dataset == "mnist":
+        return load_mnist(resolve_root(data), split, test_fraction=MNIST_TEST_FRACTION, seed=MNIST_SPLIT_SEED)
+    if data.source == "hf":
+        return load_cifar10_hf(split, path=data.root or "cifar10")
+    return load_cifar10(resolve_root(data), split)
+
+
+def build_model(cfg: Any) -> CifarResNet:
+    """The recipe's ResNet for its dataset's channel count and 10 classes."""
+    m = cfg.model
+    return cifar_resnet(m.depth, NUM_CLASSES, DATASETS[cfg.data.dataset][0], m.width, m.ghost_batch_size)
+
+
+def build_augment(data: ImageDataConfig, cutout: bool = True) -> Augment:
+    """The recipe's training augmentation (``cutout=False``: crop/flip only, for test-time augmentation)."""
+    _, mean, std, _ = DATASETS[data.dataset]
+    return Augment(mean, std, data.crop_padding, data.flip, data.cutout_size if cutout else 0)
+
+
+def eval_batch_size(cfg: Any) -> int:
+    """``train.eval_batch_size`` images per evaluation forward; 0 means the training step's M·B rows."""
+    return cfg.train.eval_batch_size or cfg.data.batch_size * cfg.ba.repeats
+
+
+class AugmentedImages(Dataset):
+    """Dataset-side augmentation: every ``__getitem__`` draws its own crop/flip/cutout from the torch RNG.
+
+    With :class:`RepeatBatchSampler` the M requests of one index therefore give M different views (the paper's
+    original implementation). Items are those of :class:`ImageTensorDataset` with ``image`` float (C, H, W),
+    normalized.
+    """
+
+    def __init__(self, base: ImageTensorDataset, augment: Augment) -> None:
+        self.base = base
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        item = self.base[idx]
+        item["image"] = self.augment(item["image"][None])[0]  # (1, C, H, W) uint8 -> (C, H, W) float
+        return item
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, augment: Augment, batch_size: int, device: torch.device,
+            tta: int = 0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Class probabilities (N, K) float32 on ``device`` of uint8 ``images`` (N, C, H, W), model in its current mode.
+
+    ``tta = 0``: one normalized, unaugmented view per image. ``tta = n > 0``: the softmax averaged over n views per
+    image, each with its own random crop/flip from ``augment`` (drawn with ``generator``); the n views are built
+    with ``repeat_batch(layout="tiled")``, the same expansion as BA training.
+    """
+    views = max(tta, 1)
+    step = max(1, batch_size // views)
+    out = []
+    for start in range(0, len(images), step):
+        x = images[start:start + step].to(device)  # (n, C, H, W) uint8
+        if tta > 0:
+            x = augment(repeat_batch(x, tta, "tiled"), train=True, generator=generator)  # (tta·n, C, H, W)
+        else:
+            x = augment(x, train=False)
+        probs = F.softmax(model(x).float(), dim=-1)  # (views·n, K)
+        out.append(probs.view(views, -1, probs.shape[-1]).mean(0))  # copy-major rows -> (n, K)
+    return torch.cat(out) if out else torch.zeros(0, NUM_CLASSES, device=device)
+
+
+# -- the task ---------------------------------------------------------------------------------------------------
+
+
+class ImageClassificationTask(Task):
+    """CIFAR ResNet with BA (Hoffer et al. 2020, Sec. 4.1: ResNet-44 on CIFAR-10, cutout, M=40)."""
+
+    best_metric = ("accuracy", False)
+
+    def __init__(self, cfg, accelerator) -> None:
+        super().__init__(cfg, accelerator)
+        data, ba = cfg.data, cfg.ba
+        if ba.expand_on_device and not data.augment_on_device and ba.repeats > 1:
+            raise ConfigError("data.augment_on_device=false augments in the DataLoader, so ba.expand_on_device=true "
+                              "would repeat already augmented images: M identical copies. Set "
+                              "ba.expand_on_device=false (RepeatBatchSampler) or data.augment_on_device=true")
+        images, labels = load_split(data, "train")
+        self.train_data = ImageTensorDataset(images, labels)
+        self.valid_images, self.valid_labels = load_split(data, "test")
+        self.augment = build_augment(data)
+        self.sampler = TokenBudgetBatchSampler(
+            np.ones(len(self.train_data), dtype=np.int64), None, max_sentences=data.batch_size, shuffle=True,
+            seed=cfg.seed, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
+            group_size=ba.group_size)
+        rows = data.batch_size * ba.repeats
+        ghost = cfg.model.ghost_batch_size
+        if ba.micro_batches > 1 and (rows % ba.micro_batches or (ghost and (rows // ba.micro_batches) % ghost)):
+            logger.warning("ba.micro_batches=%d cuts the %d rows into chunks that are not multiples of "
+                           "ghost_batch_size=%s: BN statistics differ from the whole-batch step", ba.micro_batches,
+                           rows, ghost)
+
+    def build_model(self) -> CifarResNet:
+        return build_model(self.cfg)
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """Weight decay on conv/linear weights only, not on BN parameters or biases."""
+        return param_groups(model, self.cfg.optim.weight_decay)
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def num_batches(self, epoch: int) -> int:
+        return len(self.sampler)
+
+    def epoch_iterator(self, epoch: int, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """This rank's batches: ``image`` uint8 (R, C, H, W) (float, augmented, when the loader augments),
+        ``label`` int64 (R,), ``sample_id`` int64 (R,) on the device; R = B, or M·B with
+        ``ba.expand_on_device: false``."""
+        self.sampler.load_state_dict({"epoch": epoch, "iterations_in_epoch": start})
+        ba, data = self.cfg.ba, self.cfg.data
+        batch_sampler = self.sampler if ba.expand_on_device else RepeatBatchSampler(self.sampler, ba.repeats,
+                                                                                     layout=ba.layout)
+        dataset = self.train_data if data.augment_on_device else AugmentedImages(self.train_data, self.augment)
+        loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_images,
+                            num_workers=self.cfg.train.num_workers, pin_memory=self.device.type == "cuda")
+        for batch in loader:
+            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def expand(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """B images -> M·B augmented rows: ``image`` float (N, C, H, W), ``label`` (N,), ``sample_id`` (N,), and
+        ``soft_target`` float (N, K) with mixup."""
+        batch = super().expand(batch)  # repeat_batch on the device, or already M·B rows from the sampler
+        image = self.augment(batch["image"]) if self.cfg.data.augment_on_device else batch["image"]
+        out = {"image": image, "label": batch["label"], "sample_id": batch["sample_id"]}
+        if self.cfg.data.mixup_alpha > 0:
+            out["image"], out["soft_target"] = mixup(image, batch["label"], self.cfg.data.mixup_alpha, NUM_CLASSES)
+        return out
+
+    def split(self, batch: dict[str, torch.Tensor], chunks: int) -> list[dict[str, torch.Tensor]]:
+        """Consecutive row chunks (see the module docstring for what this does to BN statistics)."""
+        if chunks == 1:
+            return [batch]
+        parts = {k: v.tensor_split(chunks) for k, v in batch.items()}
+        return [{k: parts[k][i] for k in batch} for i in range(chunks) if len(parts["label"][i])]
+
+    def sample_size(self, batch: dict[str, torch.Tensor]) -> float:
+        return float(batch["label"].shape[0])
+
+    def step_logs(self, batch: dict[str, torch.Tensor], expanded: dict[str, torch.Tensor]) -> dict[str, float]:
+        """M·B rows and B distinct images of this rank; the loop sums them over ranks, so the ``group_size`` ranks
+        that share one batch each count ``1 / group_size`` of its distinct images."""
+        ba = self.cfg.ba
+        rows = expanded["label"].shape[0]
+        return {"images_count": float(rows), "distinct_images_count": rows / ba.repeats / ba.group_size}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy summed over the rows; ``correct_sum`` counts top-1 hits against the (unmixed) labels."""
+        logits = model(batch["image"]).float()  # (N, K)
+        eps = self.cfg.criterion.label_smoothing
+        if "soft_target" in batch:
+            target = batch["soft_target"] * (1.0 - eps) + eps / NUM_CLASSES
+            loss = -(target * F.log_softmax(logits, dim=-1)).sum()
+        else:
+            loss = F.cross_entropy(logits, batch["label"], reduction="sum", label_smoothing=eps)
+        correct = (logits.argmax(-1) == batch["label"]).sum()
+        return loss, {"loss_sum": loss.detach(), "correct_sum": correct}
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Top-1 accuracy and cross-entropy on the held-out split, unaugmented (sharded over ranks, then summed)."""
+        was_training = model.training
+        model.eval()
+        acc = self.accelerator
+        shard = np.array_split(np.arange(len(self.valid_labels)), acc.num_processes)[acc.process_index]
+        lo, hi = (int(shard[0]), int(shard[-1]) + 1) if len(shard) else (0, 0)
+        probs = predict(model, self.valid_images[lo:hi], self.augment, eval_batch_size(self.cfg), self.device)
+        labels = self.valid_labels[lo:hi].to(self.device)
+        nll = -torch.log(probs.gather(1, labels[:, None]).clamp_min(1e-12)).sum()
+        totals = torch.stack([nll.double(), (probs.argmax(-1) == labels).sum().double(),
+                              torch.tensor(float(hi - lo), dtype=torch.float64, device=self.device)])
+        totals = acc.reduce(totals, "sum")
+        model.train(was_training)
+        loss, correct, count = totals.tolist()
+        return {"accuracy": correct / max(count, 1), "loss": loss / max(count, 1)}
+
+
+def evaluate(cfg: Any, model_state: dict, args: argparse.Namespace) -> dict[str, float]:
+    """Top-1 accuracy (and cross-entropy) on ``args.split``; with ``args.tta = n > 0`` also the accuracy of the
+    softmax averaged over n random crop/flip views per image (no cutout), drawn with a generator seeded by
+    ``cfg.seed`` (so repeated evaluations agree)."""
+    device = torch.device(args.device)
+    images, labels = load_split(cfg.data, args.split)
+    model = build_model(cfg)
+    model.load_state_dict(model_state)
+    model.to(device).eval()
+    batch_size = eval_batch_size(cfg)
+    labels = labels.to(device)
+    probs = predict(model, images, build_augment(cfg.data), batch_size, device)
+    metrics: dict[str, Any] = {
+        "split": args.split,
+        "images": len(labels),
+        "accuracy": int((probs.argmax(-1) == labels).sum()) / len(labels),
+        "loss": float(-torch.log(probs.gather(1, labels[:, None]).clamp_min(1e-12)).double().mean()),
+    }
+    tta = getattr(args, "tta", 0)
+    if tta > 0:
+        generator = torch.Generator().manual_seed(cfg.seed)
+        probs = predict(model, images, build_augment(cfg.data, cutout=False), batch_size, device, tta, generator)
+        metrics.update(tta=tta, tta_accuracy=int((probs.argmax(-1) == labels).sum()) / len(labels))
+    return metrics
+
+
+SPEC = TaskSpec(ImageDataConfig, ImageModelConfig, ImageCriterionConfig, ImageClassificationTask, evaluate=evaluate)

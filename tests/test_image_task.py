@@ -1,0 +1,162 @@
+"""Image classification task: both per-copy augmentation paths, micro-batch splits, and the image recipes end to end
+(MNIST on the shared digits, CIFAR-10 on a tiny fake folder of python batches) through seqba.train and seqba.eval."""
+import copy
+import json
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from seqba import config as config_lib
+from seqba import eval as eval_cli
+from seqba import train as train_cli
+from seqba.tasks.image_classification import ImageClassificationTask, ImageDataConfig, load_split
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+CIFAR_RECIPES = sorted(RECIPES.glob("resnet44_cifar10_*.yaml"))
+MNIST_RECIPES = sorted(RECIPES.glob("resnet_mnist_*.yaml"))
+# What makes any image recipe run in a second or two on a CPU (CIFAR ones also need data.root=<fake folder>).
+TINY = ["train.max_updates=2", "data.batch_size=8", "model.depth=8", "model.width=4", "train.eval_batch_size=64",
+        "train.num_workers=0", "train.progress_bar=false"]
+
+
+def write_fake_cifar10(folder: Path, per_batch: int = 8, test: int = 16, seed: int = 0) -> Path:
+    """A CIFAR-10 python-batches folder (data_batch_1..5, test_batch) of random images, as the official pickles."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = [(f"data_batch_{i}", per_batch) for i in range(1, 6)] + [("test_batch", test)]
+    for name, n in names:
+        batch = {b"batch_label": name.encode(), b"labels": rng.integers(0, 10, n).tolist(),
+                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        with (folder / name).open("wb") as f:
+            pickle.dump(batch, f)
+    return folder
+
+
+@pytest.fixture
+def fake_cifar(tmp_path):
+    return write_fake_cifar10(tmp_path / "cifar-10-batches-py")
+
+
+class FakeAccelerator:
+    """What the task uses of accelerate.Accelerator, for one CPU process."""
+
+    device = torch.device("cpu")
+    num_processes = 1
+    process_index = 0
+    is_main_process = True
+
+    def reduce(self, tensor, op):
+        return tensor
+
+    def unwrap_model(self, model):
+        return model
+
+
+def make_task(root, *overrides):
+    cfg = config_lib.load(RECIPES / "resnet44_cifar10_m40.yaml", [f"data.root={root}", *TINY, *overrides])
+    return ImageClassificationTask(cfg, FakeAccelerator())
+
+
+def test_fake_cifar_folder_loads(fake_cifar):
+    images, labels = load_split(ImageDataConfig(dataset="cifar10", root=str(fake_cifar)), "train")
+    assert images.shape == (40, 3, 32, 32) and images.dtype == torch.uint8 and labels.shape == (40,)
+    images, _ = load_split(ImageDataConfig(dataset="cifar10", root=str(fake_cifar.parent)), "test")
+    assert images.shape == (16, 3, 32, 32)
+
+
+@pytest.mark.parametrize("expand_on_device,augment_on_device", [(True, True), (False, False), (False, True)])
+def test_every_index_m_times_and_copies_differ(fake_cifar, expand_on_device, augment_on_device):
+    m, b = 3, 8
+    torch.manual_seed(0)
+    task = make_task(fake_cifar, f"ba.repeats={m}", f"ba.expand_on_device={str(expand_on_device).lower()}",
+                     f"data.augment_on_device={str(augment_on_device).lower()}")
+    seen = []
+    for batch in task.epoch_iterator(0):
+        rows = batch["label"].shape[0]
+        assert rows == (b if expand_on_device else m * b)
+        expanded = task.expand(batch)
+        ids, images = expanded["sample_id"], expanded["image"]
+        assert images.shape == (m * b, 3, 32, 32) and images.dtype == torch.float32
+        assert torch.equal(torch.bincount(ids, minlength=40)[ids.unique()], torch.full((b,), m))
+        by_copy = ids.view(m, b)  # layout "tiled": copy c is rows [c*B, (c+1)*B)
+        assert (by_copy == by_copy[0]).all()
+        views = images.view(m, b, -1)
+        for i in range(m):
+            for j in range(i + 1, m):
+                assert (views[i] != views[j]).any(-1).all(), "two copies of an image got the same augmentation"
+        assert task.step_logs(batch, expanded) == {"images_count": m * b, "distinct_images_count": b}
+        seen.append(by_copy[0])
+    assert torch.equal(torch.cat(seen).sort().values, torch.arange(40))  # each image once per epoch
+    resumed = [batch["sample_id"][:b] for batch in task.epoch_iterator(0, start=2)]
+    assert all(torch.equal(x, y) for x, y in zip(resumed, seen[2:])) and len(resumed) == len(seen) - 2
+
+
+def test_repeating_augmented_loader_output_is_refused(fake_cifar):
+    with pytest.raises(config_lib.ConfigError, match="identical copies"):
+        make_task(fake_cifar, "ba.repeats=2", "data.augment_on_device=false")
+
+
+def test_micro_batches_aligned_with_ghost_batches_match_whole_batch(fake_cifar):
+    task = make_task(fake_cifar, "ba.repeats=4", "model.ghost_batch_size=8")
+    torch.manual_seed(0)
+    expanded = task.expand(next(iter(task.epoch_iterator(0))))  # 32 rows, ghost batches of 8
+    model = task.build_model()
+    grads, totals = [], []
+    for chunks in (1, 2, 4):  # chunks of 32, 16, 8 rows: whole ghost batches
+        net = copy.deepcopy(model)
+        parts = task.split(expanded, chunks)
+        assert sum(p["label"].shape[0] for p in parts) == 32
+        loss_sum = 0.0
+        for part in parts:
+            loss, logs = task.loss(net, part)
+            (loss / task.sample_size(expanded)).backward()
+            loss_sum += float(logs["loss_sum"])
+        totals.append(loss_sum)
+        grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    for total, grad in zip(totals[1:], grads[1:]):
+        assert math.isclose(total, totals[0], rel_tol=1e-5)
+        torch.testing.assert_close(grad, grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_mixup_and_label_smoothing(fake_cifar):
+    task = make_task(fake_cifar, "ba.repeats=2", "data.mixup_alpha=0.4", "criterion.label_smoothing=0.1")
+    expanded = task.expand(next(iter(task.epoch_iterator(0))))
+    soft = expanded["soft_target"]
+    assert soft.shape == (16, 10)
+    torch.testing.assert_close(soft.sum(1), torch.ones(16))
+    loss, logs = task.loss(task.build_model(), expanded)
+    assert torch.isfinite(loss) and 0 <= float(logs["correct_sum"]) <= 16
+
+
+def run_recipe_and_eval(recipe, tmp_path, capsys, *overrides):
+    out = tmp_path / recipe.stem
+    assert train_cli.main([str(recipe), *TINY, f"output_dir={out}", *overrides]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["final_valid"]
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and math.isfinite(metrics["loss"])
+    assert eval_cli.main(["--checkpoint", str(out / "checkpoint_best.pt"), "--device", "cpu"]) == 0
+    plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert eval_cli.main(["--checkpoint", str(out), "--device", "cpu", "--tta", "2"]) == 0
+    tta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= plain["accuracy"] <= 1.0 and 0.0 <= tta["tta_accuracy"] <= 1.0 and tta["tta"] == 2
+    assert plain["accuracy"] == tta["accuracy"]  # the plain score does not depend on --tta
+    return plain
+
+
+@pytest.mark.parametrize("recipe", MNIST_RECIPES, ids=lambda p: p.stem)
+def test_mnist_recipe_end_to_end(recipe, shared_data, tmp_path, capsys):
+    plain = run_recipe_and_eval(recipe, tmp_path, capsys)
+    assert plain["images"] == 2000  # the held-out 20% of the 10,000 digits
+
+
+@pytest.mark.parametrize("recipe", CIFAR_RECIPES, ids=lambda p: p.stem)
+def test_cifar_recipe_on_fake_folder(recipe, fake_cifar, tmp_path, capsys):
+    plain = run_recipe_and_eval(recipe, tmp_path, capsys, f"data.root={fake_cifar}")
+    assert plain["images"] == 16
+
+
+def test_recipes_found():
+    assert len(CIFAR_RECIPES) == 3 and len(MNIST_RECIPES) == 2
