@@ -1,6 +1,14 @@
-import pytest
+import os
 
-from seqba.data.paths import data_root
+# Tiny models run fastest on one thread, and test processes must not oversubscribe the 2 cores of CI machines.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from seqba.data.paths import data_root  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture
