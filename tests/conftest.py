@@ -18,3 +18,13 @@ def shared_data():
     if root is None:
         pytest.skip("real corpora not found: set SEQBA_DATA or place them in ../shared/data")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Tests call seqba.train.main in-process with different settings (e.g. bf16); Accelerate's state is a
+    process-wide singleton, so reset it after each test as a new process would start."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

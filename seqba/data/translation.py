@@ -21,6 +21,7 @@ The dataset appends eos on read; ``collate`` builds the decoder input ``[bos, t1
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -54,22 +55,27 @@ def write_indexed(prefix: Path, sequences: Sequence[Sequence[int]], dtype: np.dt
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    flat = np.fromiter((t for s in sequences for t in s), dtype=dtype, count=int(offsets[-1]))
+    flat = np.fromiter(itertools.chain.from_iterable(sequences), dtype=dtype, count=int(offsets[-1]))
     flat.tofile(f"{prefix}.bin")
     offsets.tofile(f"{prefix}.idx")
     return lengths
 
 
-def _read_indexed(prefix: Path, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """Memory-map ``prefix.bin`` and load ``prefix.idx``; checks that the two agree."""
-    offsets = np.fromfile(f"{prefix}.idx", dtype=np.int64)
-    bin_path = Path(f"{prefix}.bin")
+def _read_offsets(prefix: Path, dtype: np.dtype) -> np.ndarray:
+    """Load ``prefix.idx`` and check that ``prefix.bin`` holds exactly the tokens it points to."""
+    idx_path, bin_path = Path(f"{prefix}.idx"), Path(f"{prefix}.bin")
+    if not idx_path.is_file() or not bin_path.is_file():
+        raise FileNotFoundError(f"{idx_path if not idx_path.is_file() else bin_path} not found; re-run prepare")
+    offsets = np.fromfile(idx_path, dtype=np.int64)
     size = bin_path.stat().st_size
     if len(offsets) == 0 or size != offsets[-1] * dtype.itemsize:
-        raise ValueError(f"{bin_path}: {size} bytes do not match the last offset in {prefix}.idx "
+        raise ValueError(f"{bin_path}: {size} bytes do not match the last offset in {idx_path} "
                          f"({offsets[-1] if len(offsets) else 'empty index'} tokens of {dtype}); re-run prepare")
-    data = np.memmap(bin_path, dtype=dtype, mode="r") if size else np.empty(0, dtype=dtype)
-    return data, offsets
+    return offsets
+
+
+def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:
+    return np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.empty(0, dtype=dtype)
 
 
 def read_manifest(prepared_dir: str | os.PathLike) -> dict[str, Any]:
@@ -139,9 +145,10 @@ class TranslationDataset(torch.utils.data.Dataset):
         self.src_lang, self.tgt_lang = self.manifest["src_lang"], self.manifest["tgt_lang"]
         self.dtype = np.dtype(self.manifest["dtype"])
         self.eos = EOS_ID
-        self._src = self._tgt = None
-        src_offsets = np.fromfile(self._prefix(self.src_lang).with_suffix(".idx"), dtype=np.int64)
-        tgt_offsets = np.fromfile(self._prefix(self.tgt_lang).with_suffix(".idx"), dtype=np.int64)
+        self._src = self._tgt = None  # memory maps, opened on first access (also in each worker)
+        self._src_offsets = _read_offsets(self._prefix(self.src_lang), self.dtype)
+        self._tgt_offsets = _read_offsets(self._prefix(self.tgt_lang), self.dtype)
+        src_offsets, tgt_offsets = self._src_offsets, self._tgt_offsets
         if len(src_offsets) != len(tgt_offsets):
             raise ValueError(f"{self.prepared_dir}: split {split!r} has {len(src_offsets) - 1} source but "
                              f"{len(tgt_offsets) - 1} target sentences; re-run prepare")
@@ -150,13 +157,11 @@ class TranslationDataset(torch.utils.data.Dataset):
         self.num_tokens = np.maximum(self.src_sizes, self.tgt_sizes)
 
     def _prefix(self, lang: str) -> Path:
-        # (with_suffix replaces only the last dot-part: "train.en" + ".idx" -> "train.en.idx")
-        return self.prepared_dir / f"{self.split}.{lang}.x"
+        return self.prepared_dir / f"{self.split}.{lang}"
 
     def _open(self) -> None:
-        base = self.prepared_dir / self.split
-        self._src = _read_indexed(Path(f"{base}.{self.src_lang}"), self.dtype)
-        self._tgt = _read_indexed(Path(f"{base}.{self.tgt_lang}"), self.dtype)
+        self._src = _memmap(Path(f"{self._prefix(self.src_lang)}.bin"), self.dtype)
+        self._tgt = _memmap(Path(f"{self._prefix(self.tgt_lang)}.bin"), self.dtype)
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -166,8 +171,7 @@ class TranslationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.num_tokens)
 
-    def _sequence(self, side: tuple[np.ndarray, np.ndarray], i: int) -> torch.Tensor:
-        data, offsets = side
+    def _sequence(self, data: np.ndarray, offsets: np.ndarray, i: int) -> torch.Tensor:
         start, end = offsets[i], offsets[i + 1]
         out = np.empty(end - start + 1, dtype=np.int64)
         out[:-1] = data[start:end]
@@ -180,7 +184,8 @@ class TranslationDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for {self.split!r} of size {len(self)}")
         if self._src is None:
             self._open()
-        return {"id": i, "source": self._sequence(self._src, i), "target": self._sequence(self._tgt, i)}
+        return {"id": i, "source": self._sequence(self._src, self._src_offsets, i),
+                "target": self._sequence(self._tgt, self._tgt_offsets, i)}
 
 
 def collate(samples: Sequence[dict[str, Any]], pad_idx: int = PAD_ID, bos_idx: int = BOS_ID,
