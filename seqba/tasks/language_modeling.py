@@ -1,0 +1,383 @@
+"""Language modeling task: AWD-LSTM on PTB with Batch Augmentation (Hoffer et al. 2020, Table 3; Merity et al. 2018).
+
+BA lives in the stream layout (see :mod:`seqba.data.lm`): the training text is cut into B streams and the M copies
+are extra columns, copy-major, so one step reads T rows of N = B * M columns::
+
+    column:   0 .. B-1   |  B .. 2B-1  | ... | (M-1)B .. MB-1      column c*B + b = copy c of stream b
+    rows      copy 0     |  copy 1     | ... | copy M-1            every copy holds the same tokens
+    [i, i+T)  s0 .. sB-1 |  s0 .. sB-1 | ... | s0 .. sB-1          x = rows [i, i+T), y = rows [i+1, i+1+T)
+    hidden    h[:, 0:B]  |  h[:, B:2B] | ... |                     one (h, c) per column, carried across windows
+
+``expand`` is therefore the identity; ``ba.micro_batches = k`` (k divides M) evaluates the columns in k chunks of
+M/k whole copies, each with its slice of the hidden state.
+
+The shared-mask subtlety: the copies of a stream differ only through dropout masks, and not all of AWD-LSTM's masks
+are per column. Locked dropout (``dropouti``/``dropouth``/``dropout``) draws a (1, N, H) mask, so every copy gets its
+own; weight drop (``wdrop``) and embedding dropout (``dropoute``) draw ONE mask per forward for the whole batch, so
+by default (``model.per_copy_masks: false``, what the paper ran) the M copies share them. ``per_copy_masks: true``
+gives each copy its own (M fused LSTM calls per layer, slower). With micro-batches the shared masks are drawn once
+per chunk, so copies in different chunks also differ by them; gradients equal the whole batch's exactly only
+without dropout (tested) -- with ``per_copy_masks: true`` the two are equal in distribution.
+
+Optimization is the reference's NT-ASGD: plain SGD (lr 30, clip 0.25, lr scaled by seq_len / bptt each step) until
+the validation loss has not improved on the best earlier one for ``criterion.nonmono`` evaluations; from then on
+the running average of the iterates (``torch.optim.swa_utils.AveragedModel``, updated after each step) is what is
+validated and saved. It equals the ``ax`` of ``torch.optim.ASGD(lr, lambd=0, t0=0)`` created at the switch, as
+awd-lstm-lm does (whose lagged ``mu`` starts the mean at the second step after the switch).
+
+Measured on one CPU thread (benchmarks/bench_lm.py): the full PTB model (400/1150x3, bptt 70) takes 2.7 s per
+update at M=1 (20 columns) and 21.5 s at M=10 (200 columns), 7.9x. The small recipes (128/256x3, B=10, bptt 35,
+250 updates) run in 5.4 min (M=10) and 1.1 min (M=1) and reach valid ppl 692 / 659, test ppl 664 / 635 (batch 1):
+too early in training for BA to show (the paper's gains come over hundreds of epochs).
+
+Run the small recipe, then evaluate::
+
+    OMP_NUM_THREADS=1 accelerate launch --num_processes 1 -m seqba.train recipes/awd_lstm_ptb_small_m10.yaml
+    python -m seqba.eval --checkpoint runs/awd_lstm_ptb_small_m10/checkpoint_best.pt --split test
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
+
+from seqba.config import ConfigError
+from seqba.data.lm import SPLITS, BPTTIterator, Corpus, batchify, load_corpus, load_corpus_hf, repeat_streams
+from seqba.data.paths import data_root
+from seqba.losses import activation_regularization, temporal_activation_regularization
+from seqba.models.awd_lstm import AWDLSTM, Hidden, detach_hidden
+from seqba.tasks.base import Task, TaskSpec
+
+logger = logging.getLogger("seqba.tasks.language_modeling")
+
+
+@dataclass
+class LMDataConfig:
+    """Corpus and BPTT batching (awd-lstm-lm ``main.py`` flags in brackets).
+
+    Attributes:
+        root: folder with ``ptb.{train,valid,test}.txt``; ``None``: ``seqba.data.paths.data_root() / "ptb"``.
+        source: ``local`` (files under ``root``) or ``hf`` (``datasets.load_dataset("ptb_text_only")``).
+        batch_size: B, distinct text streams per rank group [--batch_size]; the step has B * M columns.
+        bptt: window length [--bptt]; training draws lengths around it when ``variable_bptt``.
+        variable_bptt: the reference's random window lengths (and lr scaled by seq_len / bptt).
+        eval_batch_size: streams for validation (the reference's 10); ``train.eval_batch_size``, when set, wins.
+        test_batch_size: streams for ``seqba.eval --split test`` (the reference's 1).
+    """
+
+    root: str | None = None
+    source: str = "local"
+    batch_size: int = 20
+    bptt: int = 70
+    variable_bptt: bool = True
+    eval_batch_size: int = 10
+    test_batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.source not in ("local", "hf"):
+            raise ValueError(f"source must be 'local' or 'hf', got {self.source!r}")
+        for name in ("batch_size", "bptt", "eval_batch_size", "test_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+
+
+@dataclass
+class LMModelConfig:
+    """:class:`seqba.models.awd_lstm.AWDLSTM` arguments; defaults are the reference's PTB command."""
+
+    emb_size: int = 400
+    hidden_size: int = 1150
+    num_layers: int = 3
+    dropout: float = 0.4
+    dropouth: float = 0.25
+    dropouti: float = 0.4
+    dropoute: float = 0.1
+    wdrop: float = 0.5
+    tie_weights: bool = True
+    per_copy_masks: bool = False
+
+
+@dataclass
+class LMCriterionConfig:
+    """Training objective and regime.
+
+    Attributes:
+        alpha: activation regularization (AR) weight on the last layer's dropped output [--alpha].
+        beta: temporal activation regularization (TAR) weight on its raw output [--beta].
+        nonmono: switch to averaged SGD when validation has not improved on the best earlier evaluation for this
+            many evaluations [--nonmono]; 0 never averages.
+    """
+
+    alpha: float = 2.0
+    beta: float = 1.0
+    nonmono: int = 5
+
+    def __post_init__(self) -> None:
+        if self.nonmono < 0:
+            raise ValueError(f"nonmono must be >= 0, got {self.nonmono!r}")
+
+
+class LMBatch(NamedTuple):
+    """A BPTT window over the column slice ``[lo, hi)`` of the N training columns.
+
+    ``x``, ``y``: (T, hi - lo) int64 on the device (y = next token of x in the same column); ``seq_len`` = T;
+    ``lr_scale`` = drawn length / bptt; ``copies``: BA copies among the columns (whole copies only).
+    """
+
+    x: Tensor
+    y: Tensor
+    seq_len: int
+    lr_scale: float
+    lo: int
+    hi: int
+    copies: int
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_corpus(source: str, root: str | None) -> Corpus:
+    return load_corpus_hf() if source == "hf" else load_corpus(root)
+
+
+def load_lm_corpus(data: LMDataConfig) -> Corpus:
+    """The recipe's corpus (read once per process).
+
+    Raises:
+        FileNotFoundError: no ``root`` given and no shared data folder, or a split file missing.
+    """
+    if data.source == "hf":
+        return _cached_corpus("hf", None)
+    root = data.root
+    if root is None:
+        shared = data_root()
+        if shared is None:
+            raise FileNotFoundError("data.root is not set and no shared data folder was found "
+                                    "(set SEQBA_DATA or data.root=/path/to/ptb)")
+        root = str(shared / "ptb")
+    return _cached_corpus("local", str(Path(root).resolve()))
+
+
+def build_lm(model_cfg: LMModelConfig, vocab_size: int) -> AWDLSTM:
+    """The recipe's AWD-LSTM for a vocabulary of ``vocab_size`` words."""
+    return AWDLSTM(vocab_size, **vars(model_cfg))
+
+
+@torch.no_grad()
+def corpus_nll(model: AWDLSTM, data: Tensor, batch_size: int, bptt: int) -> tuple[float, int]:
+    """Summed next-word NLL (nats) of ``model`` over the (L,) token stream ``data``, and the words scored.
+
+    ``data`` is cut into ``batch_size`` streams, read in fixed ``bptt`` windows with the hidden state carried, as
+    ``evaluate`` of awd-lstm-lm (which divides by the rows instead of the (rows - 1) * batch_size words scored).
+    The model must be in eval mode; runs on the model's device.
+    """
+    device = model.encoder.weight.device
+    source = batchify(data, batch_size).to(device)  # (L // bsz, bsz)
+    hidden = model.init_hidden(batch_size)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for batch in BPTTIterator(source, bptt, variable=False):
+        logits, hidden, _, _ = model(batch.x, hidden)  # (T, bsz, V)
+        total += F.cross_entropy(logits.flatten(0, 1).float(), batch.y.flatten(), reduction="sum").double()
+    return total.item(), (source.size(0) - 1) * batch_size
+
+
+def should_average(history: list[float], nonmono: int) -> bool:
+    """True when none of the last ``nonmono`` validation losses improved on the best one before them.
+
+    ``history`` includes the current evaluation. (awd-lstm-lm's ``val_loss > min(best_val_loss[:-nonmono])``
+    tests only the current loss against the evaluations older than ``nonmono``.)
+    """
+    if nonmono <= 0 or len(history) <= nonmono:
+        return False
+    return min(history[-nonmono:]) >= min(history[:-nonmono])
+
+
+class LanguageModelingTask(Task):
+    """AWD-LSTM language modeling with BA by dropout (stream layout above) and NT-ASGD."""
+
+    best_metric = ("ppl", True)
+
+    def __init__(self, cfg, accelerator) -> None:
+        super().__init__(cfg, accelerator)
+        data, ba = cfg.data, cfg.ba
+        if ba.layout != "tiled":
+            raise ConfigError(f"ba.layout={ba.layout!r}: language modeling lays BA copies out copy-major "
+                              "(repeat_streams); set ba.layout: tiled")
+        if ba.repeats % ba.micro_batches:
+            raise ConfigError(f"ba.micro_batches={ba.micro_batches} must divide ba.repeats={ba.repeats}: "
+                              "language-modeling micro-batches are whole BA copies")
+        self.corpus = load_lm_corpus(data)
+        self.vocab_size = len(self.corpus.dictionary)
+        # Rank groups (ba.group_size consecutive ranks) share streams; groups take disjoint ones.
+        self.group_size = ba.group_size
+        num_groups = accelerator.num_processes // ba.group_size
+        group = accelerator.process_index // ba.group_size
+        streams = batchify(self.corpus.train, data.batch_size * num_groups)  # (L', B * groups)
+        streams = streams[:, group * data.batch_size:(group + 1) * data.batch_size]  # (L', B)
+        self.train_data = repeat_streams(streams, ba.repeats).to(self.device)  # (L', N), N = B * M
+        self.num_columns = self.train_data.size(1)
+        self.iterator = BPTTIterator(self.train_data, data.bptt, variable=data.variable_bptt, seed=cfg.seed)
+        self.hidden: Hidden | None = None  # per-column state of the training streams, detached
+        self.model: AWDLSTM | None = None
+        self.averaged: AveragedModel | None = None  # set when NT-ASGD switches
+        self.skip_steps = 0  # steps after the switch not yet averaged
+        self.history: list[float] = []  # validation losses before the switch
+        logger.info("corpus: %d words, train %d rows x %d columns (B=%d, M=%d), %d windows per epoch",
+                    self.vocab_size, *self.train_data.shape, data.batch_size, ba.repeats, len(self.iterator))
+
+    def build_model(self) -> AWDLSTM:
+        self.model = build_lm(self.cfg.model, self.vocab_size)
+        return self.model
+
+    # -- data ---------------------------------------------------------------------------------------------
+    def num_batches(self, epoch: int) -> int:
+        counter = BPTTIterator(self.train_data, self.cfg.data.bptt, variable=self.cfg.data.variable_bptt,
+                               seed=self.cfg.seed)  # a fresh one: leaves the training position alone
+        counter.set_epoch(epoch)
+        return len(counter)
+
+    def epoch_iterator(self, epoch: int, start: int = 0) -> Iterator[LMBatch]:
+        """Windows of ``epoch`` from ``start``; the hidden state restarts from zero at the epoch's first window."""
+        state = self.iterator.state_dict()
+        state.update(epoch=epoch, iterations_in_epoch=start)
+        self.iterator.load_state_dict(state)
+        if start == 0 or self.hidden is None:
+            self.hidden = self.model.init_hidden(self.num_columns)
+        for b in self.iterator:
+            yield LMBatch(b.x, b.y, b.seq_len, b.lr_scale, 0, self.num_columns, self.cfg.ba.repeats)
+
+    def expand(self, batch: LMBatch) -> LMBatch:
+        return batch  # the copies are already columns of the stream
+
+    def split(self, batch: LMBatch, chunks: int) -> list[LMBatch]:
+        """``chunks`` slices of ``batch.copies // chunks`` whole copies each."""
+        if chunks == 1:
+            return [batch]
+        copies = batch.copies // chunks
+        width = (batch.hi - batch.lo) // chunks
+        return [LMBatch(batch.x[:, i:i + width], batch.y[:, i:i + width], batch.seq_len, batch.lr_scale,
+                        batch.lo + i, batch.lo + i + width, copies)
+                for i in range(0, batch.hi - batch.lo, width)]
+
+    def sample_size(self, batch: LMBatch) -> float:
+        return float(batch.x.numel())  # T * N
+
+    def step_logs(self, batch: LMBatch, expanded: LMBatch) -> dict[str, float]:
+        words = batch.x.numel()
+        return {"words_count": words, "distinct_words_count": words / self.cfg.ba.repeats / self.group_size}
+
+    def loss(self, model: nn.Module, batch: LMBatch) -> tuple[Tensor, dict[str, float]]:
+        """CE summed over the T * n words + (AR + TAR) * T * n, so that / (T * N) gives the reference's loss."""
+        lo, hi = batch.lo, batch.hi
+        hidden = [(h[:, lo:hi], c[:, lo:hi]) for h, c in self.hidden]
+        logits, new_hidden, raw, dropped = model(batch.x, hidden, repeats=batch.copies)  # (T, n, V)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.y.flatten(), reduction="sum")
+        crit = self.cfg.criterion
+        reg = activation_regularization(dropped[-1], crit.alpha)
+        if batch.x.size(0) > 1:  # TAR needs two steps; the epoch's last window can be one row
+            reg = reg + temporal_activation_regularization(raw[-1], crit.beta)
+        loss = nll + reg * batch.x.numel()
+        self._store_hidden(detach_hidden(new_hidden), lo, hi)
+        return loss, {"loss_sum": loss.detach(), "nll_sum": nll.detach()}
+
+    def _store_hidden(self, new: Hidden, lo: int, hi: int) -> None:
+        if lo == 0 and hi == self.num_columns:
+            self.hidden = new
+            return
+        # out of place: the old tensors may still be saved for this chunk's backward
+        self.hidden = [(torch.cat([h[:, :lo], nh, h[:, hi:]], 1), torch.cat([c[:, :lo], nc, c[:, hi:]], 1))
+                       for (h, c), (nh, nc) in zip(self.hidden, new)]
+
+    def lr_scale(self, batch: LMBatch) -> float:
+        return batch.lr_scale  # drawn length / bptt (1.0 with fixed windows), as the reference
+
+    # -- NT-ASGD ------------------------------------------------------------------------------------------
+    def after_step(self, model: nn.Module) -> None:
+        if self.averaged is None:
+            return
+        if self.skip_steps:  # torch ASGD's mu lags a step: its average starts at the 2nd iterate after t0
+            self.skip_steps -= 1
+            return
+        self.averaged.update_parameters(self.accelerator.unwrap_model(model))
+
+    def after_validate(self, metrics: dict[str, float]) -> None:
+        if self.averaged is not None:
+            return
+        self.history.append(metrics["loss"])
+        if should_average(self.history, self.cfg.criterion.nonmono):
+            logger.info("validation has not improved for %d evaluations: switching to averaged SGD",
+                        self.cfg.criterion.nonmono)
+            self.averaged = AveragedModel(self.model)
+            self.skip_steps = 1
+
+    def eval_model(self, model: nn.Module) -> nn.Module:
+        """The averaged weights after the switch (the current ones until the average holds an iterate)."""
+        if self.averaged is not None and int(self.averaged.n_averaged) > 0:
+            return self.averaged.module
+        return self.accelerator.unwrap_model(model)
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """Loss (nats per word), ppl and bits per word on valid; every rank computes the whole split."""
+        was_training = model.training
+        model.eval()
+        bsz = self.cfg.train.eval_batch_size or self.cfg.data.eval_batch_size
+        nll, words = corpus_nll(model, self.corpus.valid, bsz, self.cfg.data.bptt)
+        model.train(was_training)
+        loss = nll / words
+        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bpw": loss / math.log(2)}
+
+    # -- resume -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"history": list(self.history), "skip_steps": self.skip_steps}
+        if self.hidden is not None:
+            state["hidden"] = [[h.cpu(), c.cpu()] for h, c in self.hidden]
+        if self.averaged is not None:
+            state["averaged"] = {k: v.cpu() for k, v in self.averaged.state_dict().items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [float(v) for v in state.get("history", [])]
+        self.skip_steps = int(state.get("skip_steps", 0))
+        hidden = state.get("hidden")
+        self.hidden = None if hidden is None else [(h.to(self.device), c.to(self.device)) for h, c in hidden]
+        self.averaged = None
+        if "averaged" in state:
+            self.averaged = AveragedModel(self.model)
+            self.averaged.load_state_dict(state["averaged"])
+
+
+def evaluate(cfg, model_state: dict, args) -> dict[str, float]:
+    """Perplexity and bits per word of a checkpoint on ``args.split`` (batch size 1 for test, as the reference).
+
+    Raises:
+        ValueError: an unknown split, or weights for another vocabulary.
+        FileNotFoundError: the corpus is missing.
+    """
+    if args.split not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
+    corpus = load_lm_corpus(cfg.data)
+    vocab = len(corpus.dictionary)
+    embedding = model_state.get("encoder.weight")
+    if embedding is None or embedding.size(0) != vocab:
+        found = "no encoder.weight" if embedding is None else f"a vocabulary of {embedding.size(0)} words"
+        raise ValueError(f"checkpoint has {found}; the corpus has {vocab} words")
+    model = build_lm(cfg.model, vocab)
+    model.load_state_dict(model_state)
+    model.to(torch.device(args.device)).eval()
+    bsz = cfg.data.test_batch_size if args.split == "test" else cfg.data.eval_batch_size
+    nll, words = corpus_nll(model, getattr(corpus, args.split), bsz, cfg.data.bptt)
+    loss = nll / words
+    metrics = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bpw": loss / math.log(2)}
+    print(f"{args.split}: ppl {metrics['ppl']:.2f}, {metrics['bpw']:.4f} bits per word "
+          f"({words} words, batch size {bsz}, bptt {cfg.data.bptt})")
+    return metrics
+
+
+SPEC = TaskSpec(LMDataConfig, LMModelConfig, LMCriterionConfig, LanguageModelingTask, evaluate=evaluate)
