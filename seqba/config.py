@@ -102,7 +102,6 @@ class TrainConfig:
         mixed_precision: ``no``, ``fp16`` or ``bf16`` (passed to Accelerate).
         num_workers: DataLoader worker processes.
         progress_bar: show a tqdm bar on the main process.
-        eval_batch_size: sentences/images/streams per evaluation batch (task-specific meaning).
     """
 
     max_updates: int = 0
@@ -116,7 +115,6 @@ class TrainConfig:
     mixed_precision: str = "no"
     num_workers: int = 0
     progress_bar: bool = True
-    eval_batch_size: int = 0
 
 
 @dataclass

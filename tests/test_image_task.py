@@ -19,7 +19,7 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 CIFAR_RECIPES = sorted(RECIPES.glob("resnet44_cifar10_*.yaml"))
 MNIST_RECIPES = sorted(RECIPES.glob("resnet_mnist_*.yaml"))
 # What makes any image recipe run in a second or two on a CPU (CIFAR ones also need data.root=<fake folder>).
-TINY = ["train.max_updates=2", "data.batch_size=8", "model.depth=8", "model.width=4", "train.eval_batch_size=64",
+TINY = ["train.max_updates=2", "data.batch_size=8", "model.depth=8", "model.width=4", "data.eval_batch_size=64",
         "train.num_workers=0", "train.progress_bar=false"]
 
 

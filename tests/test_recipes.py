@@ -22,7 +22,7 @@ TINY = {
         "train.progress_bar=false",
     ],
     "image_classification": [
-        "train.max_updates=2", "data.batch_size=8", "model.depth=8", "model.width=4", "train.eval_batch_size=64",
+        "train.max_updates=2", "data.batch_size=8", "model.depth=8", "model.width=4", "data.eval_batch_size=64",
         "train.num_workers=0", "train.progress_bar=false",
     ],
 }

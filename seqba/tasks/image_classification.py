@@ -91,6 +91,7 @@ class ImageDataConfig:
         mixup_alpha: mixup Beta(alpha, alpha) after augmentation (0: off).
         augment_on_device: augment the M·B rows on the device in one batched call (``True``) or each sample in the
             DataLoader (``False``, the paper's original way; needs ``ba.expand_on_device: false`` when M > 1).
+        eval_batch_size: images per evaluation forward (0: the training step's M·B rows).
     """
 
     dataset: str = "cifar10"
@@ -102,6 +103,7 @@ class ImageDataConfig:
     cutout_size: int = 0
     mixup_alpha: float = 0.0
     augment_on_device: bool = True
+    eval_batch_size: int = 0
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -189,8 +191,8 @@ def build_augment(data: ImageDataConfig, cutout: bool = True) -> Augment:
 
 
 def eval_batch_size(cfg: Any) -> int:
-    """``train.eval_batch_size`` images per evaluation forward; 0 means the training step's M·B rows."""
-    return cfg.train.eval_batch_size or cfg.data.batch_size * cfg.ba.repeats
+    """``data.eval_batch_size`` images per evaluation forward; 0 means the training step's M·B rows."""
+    return cfg.data.eval_batch_size or cfg.data.batch_size * cfg.ba.repeats
 
 
 class AugmentedImages(Dataset):

@@ -69,7 +69,7 @@ class LMDataConfig:
         batch_size: B, distinct text streams per rank group [--batch_size]; the step has B * M columns.
         bptt: window length [--bptt]; training draws lengths around it when ``variable_bptt``.
         variable_bptt: the reference's random window lengths (and lr scaled by seq_len / bptt).
-        eval_batch_size: streams for validation (the reference's 10); ``train.eval_batch_size``, when set, wins.
+        eval_batch_size: streams for validation (the reference's 10).
         test_batch_size: streams for ``seqba.eval --split test`` (the reference's 1).
     """
 
@@ -327,7 +327,7 @@ class LanguageModelingTask(Task):
         """Loss (nats per word), ppl and bits per word on valid; every rank computes the whole split."""
         was_training = model.training
         model.eval()
-        bsz = self.cfg.train.eval_batch_size or self.cfg.data.eval_batch_size
+        bsz = self.cfg.data.eval_batch_size
         nll, words = corpus_nll(model, self.corpus.valid, bsz, self.cfg.data.bptt)
         model.train(was_training)
         loss = nll / words
