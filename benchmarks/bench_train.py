@@ -43,7 +43,7 @@ def recipe_args(args, out: Path, repeats: int, micro: int) -> list[str]:
     overrides = [
         f"output_dir={out}", f"data.prepared_dir={args.data}", f"data.max_tokens={args.max_tokens}",
         f"ba.repeats={repeats}", f"ba.micro_batches={micro}", f"train.max_updates={args.steps}",
-        "train.log_interval=1", "train.validate_interval=0", "train.save_interval=1000000", "train.progress_bar=false",
+        "train.log_interval=1", "train.validate_interval_updates=0", "train.save_interval_updates=1000000", "train.progress_bar=false",
         "model.dropout=0.1", "optim.warmup_updates=4000", "data.required_batch_size_multiple=8",
     ]
     return [str(ROOT / "recipes" / "transformer_synthetic_m4.yaml"), *overrides, *(SMALL if args.small else [])]

@@ -3,7 +3,7 @@
 Layout of ``output_dir/checkpoints``::
 
     step_000120/            one checkpoint (written as .tmp_step_000120, then renamed: never half-written)
-        model.safetensors, optimizer.bin, scheduler.bin, ...  (``accelerator.save_state``)
+        model.safetensors, optimizer.bin, ...  (``accelerator.save_state``)
         trainer_state_<rank>.pt   loop position, task state, this rank's RNG states (tensors and plain Python)
         config.yaml
     latest                  text file naming the newest complete checkpoint (replaced atomically)
@@ -58,14 +58,20 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _complete(path: Path) -> bool:
+    return (path / "trainer_state_0.pt").is_file()
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint under ``output_dir/checkpoints``, or ``None``."""
+    """The checkpoint ``latest`` names under ``output_dir/checkpoints`` (else the newest complete one), or ``None``."""
     root = Path(output_dir) / "checkpoints"
     pointer = root / LATEST
-    if not pointer.is_file():
-        return None
-    path = root / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    if pointer.is_file():
+        path = root / pointer.read_text().strip()
+        if _complete(path):
+            return path
+    complete = sorted(p for p in root.glob("step_*") if p.is_dir() and _complete(p))
+    return complete[-1] if complete else None
 
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_state: dict[str, Any],
@@ -88,12 +94,17 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
     if accelerator.is_main_process:
         if config is not None:
             (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        shutil.rmtree(final, ignore_errors=True)
+        stale = root / f".old_{name}"
+        if final.exists():  # the same step saved again (e.g. at an epoch end): keep it until the new one is in place
+            shutil.rmtree(stale, ignore_errors=True)
+            os.replace(final, stale)
         os.replace(tmp, final)
         _write_text_atomic(root / LATEST, name + "\n")
-        old = sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep] if keep > 0 else []
-        for path in old:
-            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)
+        if keep > 0:  # never the one just written, whatever its step (a run resumed from an older checkpoint)
+            others = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name != name)
+            for path in others[: max(len(others) - (keep - 1), 0)]:
+                shutil.rmtree(path, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
@@ -107,7 +118,7 @@ def load_checkpoint(accelerator, path: str | Path) -> dict[str, Any]:
     state_file = path / f"trainer_state_{accelerator.process_index}.pt"
     if not state_file.is_file():
         raise FileNotFoundError(f"{state_file} is missing: was the checkpoint written with this many processes?")
-    accelerator.load_state(str(path), load_kwargs={"weights_only": True})
+    accelerator.load_state(str(path), load_kwargs={"weights_only": True})  # optimizer etc. (model: safetensors)
     state = torch.load(state_file, map_location="cpu", weights_only=True)
     set_rng_state(state.pop("rng"))
     return state

@@ -56,6 +56,15 @@ class BAConfig:
     micro_batches: int = 1
     expand_on_device: bool = True
 
+    def __post_init__(self) -> None:
+        from seqba.samplers import LAYOUTS
+
+        for name in ("repeats", "group_size", "micro_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+
 
 @dataclass
 class OptimConfig:
@@ -68,7 +77,7 @@ class OptimConfig:
             lr * sqrt(warmup_updates / step), Vaswani et al. 2017 as fairseq), ``step`` (multiply by ``lr_gamma`` at
             each update in ``lr_steps``, He et al. 2016) or ``constant``.
         clip_norm: clip the gradient L2 norm to this (0 disables).
-        weight_decay: L2 penalty (decoupled from BN/bias params where the task says so).
+        weight_decay: L2 penalty added to the gradient (torch's coupled form); tasks may exempt BN and bias parameters.
     """
 
     optimizer: str = "adam"
@@ -85,6 +94,14 @@ class OptimConfig:
     lr_steps: list[int] = field(default_factory=list)
     lr_gamma: float = 0.1
 
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.lr_scheduler not in ("inverse_sqrt", "step", "constant"):
+            raise ValueError(f"lr_scheduler must be inverse_sqrt, step or constant, got {self.lr_scheduler!r}")
+        if self.lr < 0 or self.warmup_updates < 0 or self.clip_norm < 0:
+            raise ValueError("lr, warmup_updates and clip_norm must be >= 0")
+
 
 @dataclass
 class TrainConfig:
@@ -95,9 +112,9 @@ class TrainConfig:
         max_epochs: stop after this many epochs (0: no limit); one of the two must be set.
         update_freq: accumulate gradients over this many batches per step (``accelerator.accumulate``).
         log_interval: write a JSONL metrics line every this many updates.
-        validate_interval: validate every this many updates (0: at the end of each epoch only).
-        save_interval: checkpoint every this many updates (0: at validation time and at the end).
-        keep_checkpoints: how many step checkpoints to keep besides ``last``.
+        validate_interval_updates: validate every this many updates (0: at the end of each epoch only).
+        save_interval_updates: checkpoint every this many updates (0: at validation time and at the end).
+        keep_checkpoints: how many step checkpoints to keep (0: all).
         resume: ``auto`` (latest checkpoint in output_dir if any), ``none``, or a checkpoint directory.
         mixed_precision: ``no``, ``fp16`` or ``bf16`` (passed to Accelerate).
         num_workers: DataLoader worker processes.
@@ -108,13 +125,21 @@ class TrainConfig:
     max_epochs: int = 0
     update_freq: int = 1
     log_interval: int = 10
-    validate_interval: int = 0
-    save_interval: int = 0
+    validate_interval_updates: int = 0
+    save_interval_updates: int = 0
     keep_checkpoints: int = 1
     resume: str = "auto"
     mixed_precision: str = "no"
     num_workers: int = 0
     progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_updates < 0 or self.max_epochs < 0:
+            raise ValueError("max_updates and max_epochs must be >= 0")
+        if self.update_freq < 1 or self.log_interval < 1:
+            raise ValueError(f"update_freq and log_interval must be >= 1, got {self.update_freq}, {self.log_interval}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
 
 
 @dataclass
@@ -227,7 +252,7 @@ def from_dict(cls: type, values: Any, where: _Where | None = None, path: tuple[s
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:  # __post_init__ checks
-        raise ConfigError(f"{where(path)}: {err}") from err
+        raise ConfigError(f"{where(path)}: {cls.__name__}: {err}") from err
 
 
 def to_dict(cfg: Any) -> dict:

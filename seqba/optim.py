@@ -5,8 +5,8 @@
 * ``step``: ``lr * lr_gamma ** (number of milestones in lr_steps <= step)`` (He et al. 2016's CIFAR regime).
 * ``constant``: ``lr``.
 
-Schedules are ``torch.optim.lr_scheduler.LambdaLR`` multipliers of the base ``lr``, stepped once per update, so their
-state is saved and restored with the optimizer's by Accelerate.
+The schedule is a pure function of the update number (:func:`lr_multiplier`): the training loop sets each group's
+``lr`` before every step, so nothing but the update counter needs checkpointing.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 
 from seqba.config import OptimConfig
 
-__all__ = ["build_optimizer", "build_scheduler", "lr_multiplier"]
+__all__ = ["build_optimizer", "lr_multiplier"]
 
 
 def build_optimizer(cfg: OptimConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
@@ -49,13 +49,7 @@ def lr_multiplier(cfg: OptimConfig, step: int) -> float:
         update = step + 1
         warmup = max(cfg.warmup_updates, 0)
         if warmup and update < warmup:
-            init = cfg.warmup_init_lr / cfg.lr
+            init = cfg.warmup_init_lr / cfg.lr if cfg.lr else 0.0
             return init + (1.0 - init) * update / warmup
         return math.sqrt(warmup / update) if warmup else 1.0 / math.sqrt(update)
     raise ValueError(f"optim.lr_scheduler must be inverse_sqrt, step or constant, got {cfg.lr_scheduler!r}")
-
-
-def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` following :func:`lr_multiplier`; step it once per update."""
-    lr_multiplier(cfg, 0)  # validate the name now, not at the first step
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(cfg, step))

@@ -249,9 +249,13 @@ class TokenBudgetBatchSampler:
     def _equalize(self, offsets: np.ndarray) -> np.ndarray:
         """Split the largest batches until the batch count is a multiple of ``num_groups``."""
         mult = self.required_batch_size_multiple
+        needed = -(-(len(offsets) - 1) // self.num_groups) * self.num_groups
+        if needed > offsets[-1]:
+            raise ValueError(f"{offsets[-1]} samples cannot fill {needed} non-empty batches, the next multiple of "
+                             f"{self.num_groups} groups above the {len(offsets) - 1} built")
         while (len(offsets) - 1) % self.num_groups:
             sizes = np.diff(offsets)
-            i = int(np.argmax(sizes))  # first of the largest
+            i = int(np.argmax(sizes))  # first of the largest (>= 2 samples, as the check above guarantees)
             size = int(sizes[i])
             half = (size // 2) // mult * mult or size // 2
             offsets = np.insert(offsets, i + 1, offsets[i] + half)

@@ -71,10 +71,16 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
     def truncate(self, step: int) -> None:
-        """Drop records after ``step`` (written by a run that was killed after its last checkpoint)."""
+        """Drop records after ``step`` (written by a run killed after its last checkpoint) and torn lines."""
         if self.enabled and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines(keepends=True)
-                    if json.loads(line).get("step", 0) <= step]
+            kept = []
+            for line in self.path.read_text().splitlines(keepends=True):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a write cut short by a kill
+                    continue
+                if record.get("step", 0) <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
             tmp = self.path.with_name(f".{self.path.name}.tmp")
             tmp.write_text("".join(kept))
             os.replace(tmp, self.path)
@@ -169,7 +175,12 @@ def train(cfg: config_lib.Config) -> dict[str, float]:
     window: dict[str, float] = {}
     window_start = time.perf_counter()
     metrics: dict[str, float] = {}
-    done = False
+    pending_size, pending_finite = 0.0, True  # target tokens / words / images and loss sanity of this update
+    done = ((tc.max_updates > 0 and state["num_updates"] >= tc.max_updates)
+            or (tc.max_epochs > 0 and state["epoch"] >= tc.max_epochs))
+    if done:
+        logger.info("the run in %s already finished at update %d; nothing to train", output_dir, state["num_updates"])
+        return task.validate(task.eval_model(model))
     while not done:
         epoch = state["epoch"]
         for batch in task.epoch_iterator(epoch, start=state["iterations_in_epoch"]):
@@ -184,18 +195,19 @@ def train(cfg: config_lib.Config) -> dict[str, float]:
                     sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
                     with sync:
                         loss_sum, logs = task.loss(model, chunk)
-                        accelerator.backward(loss_sum / sample_size)
+                        accelerator.backward(loss_sum)  # summed: normalised by the update's total below
                     for k, v in logs.items():
                         step_logs[k] = step_logs.get(k, 0.0) + float(v)
                 step_logs["sample_size"] = float(sample_size)
+                pending_size += float(sample_size)
+                pending_finite &= math.isfinite(step_logs.get("loss_sum", 0.0))
                 if not accelerator.sync_gradients:
                     _accumulate(window, step_logs)
                     continue
-                max_norm = cfg.optim.clip_norm if cfg.optim.clip_norm > 0 else float("inf")
-                grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
-                finite = torch.tensor([float(math.isfinite(step_logs.get("loss_sum", 0.0)) and math.isfinite(grad_norm))],
-                                      device=accelerator.device)
-                if accelerator.reduce(finite, "sum").item() < accelerator.num_processes:
+                grad_norm, finite = _normalise_and_clip(accelerator, params, pending_size, pending_finite,
+                                                        cfg.optim.clip_norm)
+                pending_size, pending_finite = 0.0, True
+                if not finite:
                     optimizer.zero_grad(set_to_none=True)
                     raise NonFiniteLossError(
                         f"non-finite loss or gradient at update {state['num_updates'] + 1} (loss_sum="
@@ -219,12 +231,14 @@ def train(cfg: config_lib.Config) -> dict[str, float]:
                 bar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}", lr=f"{lr:.2e}")
                 window, window_start = {}, time.perf_counter()
             done = (tc.max_updates > 0 and state["num_updates"] >= tc.max_updates)
-            if tc.validate_interval and state["num_updates"] % tc.validate_interval == 0 and not done:
+            paused = time.perf_counter()
+            if tc.validate_interval_updates and state["num_updates"] % tc.validate_interval_updates == 0 and not done:
                 metrics = validate()
-                if not tc.save_interval:
+                if not tc.save_interval_updates:
                     checkpoint()
-            if tc.save_interval and state["num_updates"] % tc.save_interval == 0 and not done:
+            if tc.save_interval_updates and state["num_updates"] % tc.save_interval_updates == 0 and not done:
                 checkpoint()
+            window_start += time.perf_counter() - paused  # throughput counts training time only
             if fault_step and state["num_updates"] == fault_step:
                 os.kill(os.getpid(), signal.SIGKILL)
             if done:
@@ -233,7 +247,7 @@ def train(cfg: config_lib.Config) -> dict[str, float]:
             state["epoch"] += 1
             state["iterations_in_epoch"] = 0
             done = tc.max_epochs > 0 and state["epoch"] >= tc.max_epochs
-            if not tc.validate_interval and not done:
+            if not tc.validate_interval_updates and not done:
                 metrics = validate()
                 checkpoint()
     bar.close()
@@ -241,6 +255,30 @@ def train(cfg: config_lib.Config) -> dict[str, float]:
     checkpoint()
     accelerator.end_training()
     return metrics
+
+
+def _normalise_and_clip(accelerator: Accelerator, params: list[torch.Tensor], sample_size: float,
+                        loss_finite: bool, clip_norm: float) -> tuple[float, bool]:
+    """Turn the accumulated gradients of summed losses into the gradient of the update's mean loss; clip.
+
+    Each rank back-propagated summed losses; DDP averaged them over ranks and Accelerate divided by
+    ``update_freq``. Multiplying by ``world_size * update_freq / total`` (total = the update's sample size summed
+    over ranks and accumulated batches) normalises by the true number of target tokens (words, images) of the
+    update, as fairseq does, whatever the batch sizes of the ranks and batches were.
+
+    Returns the gradient L2 norm before clipping and whether the update is finite on every rank. With a loss
+    scaler (fp16) an infinite gradient is not fatal: the scaler skips the step and lowers its scale.
+    """
+    total = accelerator.reduce(torch.tensor([sample_size, float(not loss_finite)], dtype=torch.float64,
+                                            device=accelerator.device), "sum").tolist()
+    accelerator.unscale_gradients()
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads and total[0] > 0:
+        torch._foreach_mul_(grads, accelerator.num_processes * accelerator.gradient_accumulation_steps / total[0])
+    max_norm = clip_norm if clip_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    finite = total[1] == 0 and (math.isfinite(grad_norm) or accelerator.scaler is not None)
+    return grad_norm, finite
 
 
 def _accumulate(window: dict[str, float], logs: dict[str, float]) -> None:

@@ -23,8 +23,8 @@ RECIPES = sorted((ROOT / "recipes").rglob("awd_lstm_ptb*.yaml"))
 SMALL = ROOT / "recipes" / "awd_lstm_ptb_small_m10.yaml"
 # A tiny AWD-LSTM: about a second per recipe on the PTB slice below (~4.7 s on full PTB), one CPU thread.
 TINY = ["model.emb_size=8", "model.hidden_size=16", "model.num_layers=2", "data.batch_size=4", "data.bptt=20",
-        "data.test_batch_size=10", "train.max_updates=3", "train.log_interval=1", "train.validate_interval=0",
-        "train.save_interval=0", "train.progress_bar=false"]
+        "data.test_batch_size=10", "train.max_updates=3", "train.log_interval=1", "train.validate_interval_updates=0",
+        "train.save_interval_updates=0", "train.progress_bar=false"]
 NO_DROPOUT = ["model.dropout=0", "model.dropouth=0", "model.dropouti=0", "model.dropoute=0", "model.wdrop=0"]
 
 
@@ -85,7 +85,7 @@ def test_recipe_trains_and_evaluates(recipe, ptb, tmp_path, capsys):
 
 
 def test_resume_after_kill_is_bit_exact(ptb, tmp_path):
-    args = [str(SMALL), ptb, *TINY, "train.max_updates=6", "train.save_interval=3"]
+    args = [str(SMALL), ptb, *TINY, "train.max_updates=6", "train.save_interval_updates=3"]
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     assert train_cli.main([*args, f"output_dir={ref}"]) == 0
 
@@ -113,7 +113,7 @@ def test_asgd_switch_in_a_run(ptb, tmp_path):
     """lr 0: validation never improves, so nonmono=1 switches at the 2nd evaluation; the mean starts at step 4."""
     run = tmp_path / "run"
     assert train_cli.main([str(SMALL), ptb, f"output_dir={run}", *TINY, "train.max_updates=4",
-                           "train.validate_interval=1", "criterion.nonmono=1", "optim.lr=0"]) == 0
+                           "train.validate_interval_updates=1", "criterion.nonmono=1", "optim.lr=0"]) == 0
     ckpt = next((run / "checkpoints").glob("step_*"))
     state = torch.load(ckpt / "trainer_state_0.pt", weights_only=True)["task"]
     assert int(state["averaged"]["n_averaged"]) == 1 and state["skip_steps"] == 0

@@ -13,12 +13,12 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml
 TINY = {
     "translation": [
         "model.d_model=16", "model.ffn_dim=32", "model.num_heads=2", "model.encoder_layers=1",
-        "model.decoder_layers=1", "data.max_tokens=256", "train.max_updates=3", "train.validate_interval=2",
-        "train.save_interval=2", "train.log_interval=1", "train.progress_bar=false",
+        "model.decoder_layers=1", "data.max_tokens=256", "train.max_updates=3", "train.validate_interval_updates=2",
+        "train.save_interval_updates=2", "train.log_interval=1", "train.progress_bar=false",
     ],
     "language_modeling": [
         "model.emb_size=8", "model.hidden_size=16", "model.num_layers=2", "data.batch_size=4", "data.bptt=20",
-        "train.max_updates=3", "train.validate_interval=0", "train.save_interval=0", "train.log_interval=1",
+        "train.max_updates=3", "train.validate_interval_updates=0", "train.save_interval_updates=0", "train.log_interval=1",
         "train.progress_bar=false",
     ],
     "image_classification": [

@@ -23,7 +23,7 @@ data:
 model: {{d_model: 32, ffn_dim: 64, num_heads: 2, encoder_layers: 1, decoder_layers: 1, dropout: 0.2}}
 optim: {{lr: 0.003, warmup_updates: 10}}
 ba: {{repeats: 2}}
-train: {{max_updates: 12, log_interval: 1, validate_interval: 6, progress_bar: false}}
+train: {{max_updates: 12, log_interval: 1, validate_interval_updates: 6, progress_bar: false}}
 """
 
 
@@ -84,7 +84,7 @@ def test_train_then_eval(recipe, tmp_path, capsys):
 
 
 def test_eval_explicit_src_ref_files(recipe, tmp_path, capsys):
-    assert train_cli.main([str(recipe), "train.max_updates=2", "train.validate_interval=0"]) == 0
+    assert train_cli.main([str(recipe), "train.max_updates=2", "train.validate_interval_updates=0"]) == 0
     src, ref = tmp_path / "src.txt", tmp_path / "ref.txt"
     src.write_text("He was born on July 11, 1961.\nThe lesson ends at half past twelve.\n")
     ref.write_text("Er wurde am 11. Juli 1961 geboren.\nDer Unterricht endet um halb eins.\n")
@@ -99,7 +99,7 @@ def test_eval_explicit_src_ref_files(recipe, tmp_path, capsys):
 
 def test_micro_batches_give_the_same_steps(recipe, tmp_path):
     """Evaluating the M·B batch in 3 chunks gives the same losses as the whole batch (dropout off)."""
-    common = ["model.dropout=0.0", "train.max_updates=5", "train.validate_interval=0", "ba.repeats=3"]
+    common = ["model.dropout=0.0", "train.max_updates=5", "train.validate_interval_updates=0", "ba.repeats=3"]
     assert train_cli.main([str(recipe), *common, f"output_dir={tmp_path / 'whole'}"]) == 0
     assert train_cli.main([str(recipe), *common, "ba.micro_batches=3", f"output_dir={tmp_path / 'chunks'}"]) == 0
     whole, chunks = losses(tmp_path / "whole"), losses(tmp_path / "chunks")
@@ -110,7 +110,7 @@ def test_micro_batches_give_the_same_steps(recipe, tmp_path):
 
 def test_sampler_side_repetition_matches_device_expansion(recipe, tmp_path):
     """ba.expand_on_device=false (RepeatBatchSampler) and the default (repeat_batch) train identically."""
-    common = ["model.dropout=0.0", "train.max_updates=4", "train.validate_interval=0"]
+    common = ["model.dropout=0.0", "train.max_updates=4", "train.validate_interval_updates=0"]
     assert train_cli.main([str(recipe), *common, f"output_dir={tmp_path / 'device'}"]) == 0
     assert train_cli.main([str(recipe), *common, "ba.expand_on_device=false", f"output_dir={tmp_path / 'loader'}"]) == 0
     a, b = losses(tmp_path / "device"), losses(tmp_path / "loader")
@@ -119,7 +119,7 @@ def test_sampler_side_repetition_matches_device_expansion(recipe, tmp_path):
 
 
 def test_resume_after_sigkill_gives_the_same_losses(recipe, tmp_path):
-    common = [recipe, "train.validate_interval=0", "train.save_interval=4", "train.max_updates=10"]
+    common = [recipe, "train.validate_interval_updates=0", "train.save_interval_updates=4", "train.max_updates=10"]
     run_module("seqba.train", *common, f"output_dir={tmp_path / 'straight'}")
     killed = run_module("seqba.train", *common, f"output_dir={tmp_path / 'killed'}",
                         env={train_cli.FAULT_ENV: "6"}, check=False)
@@ -135,10 +135,10 @@ def test_resume_after_sigkill_gives_the_same_losses(recipe, tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(recipe, tmp_path):
     run = tmp_path / "run"
-    assert train_cli.main([str(recipe), "train.max_updates=2", "train.validate_interval=0"]) == 0
+    assert train_cli.main([str(recipe), "train.max_updates=2", "train.validate_interval_updates=0"]) == 0
     good = (run / "checkpoints" / "latest").read_text()
     code = train_cli.main([str(recipe), "optim.lr=1e30", "optim.warmup_updates=0", "train.max_updates=40",
-                           "train.save_interval=1000", "train.validate_interval=0"])
+                           "train.save_interval_updates=1000", "train.validate_interval_updates=0"])
     assert code == 1
     assert (run / "checkpoints" / "latest").read_text() == good
 
@@ -155,10 +155,33 @@ def test_two_processes_with_accelerate_launch(recipe, tmp_path, group_size):
     out = tmp_path / f"run{group_size}"
     proc = subprocess.run(
         [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "-m", "seqba.train", str(recipe),
-         f"ba.group_size={group_size}", "train.max_updates=4", "train.validate_interval=2", f"output_dir={out}"],
+         f"ba.group_size={group_size}", "train.max_updates=4", "train.validate_interval_updates=2", f"output_dir={out}"],
         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes" in proc.stderr and f"group_size={group_size}" in proc.stderr
     assert sorted(p.name for p in (out / "checkpoints" / "step_0000004").glob("trainer_state_*.pt")) == [
         "trainer_state_0.pt", "trainer_state_1.pt"]
     assert len(losses(out)) == 4
+
+
+def test_rerunning_a_finished_run_trains_nothing(recipe, tmp_path):
+    common = [str(recipe), "train.max_updates=3", "train.validate_interval_updates=0"]
+    assert train_cli.main(common) == 0
+    run = tmp_path / "run"
+    before = (run / "checkpoint_last.pt").stat().st_mtime_ns, losses(run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 9, "lo')  # a line torn by a kill must not break the resume
+    assert train_cli.main(common) == 0
+    assert (run / "checkpoint_last.pt").stat().st_mtime_ns == before[0] and losses(run) == before[1]
+
+
+def test_checkpoint_pruning_keeps_the_one_just_written(recipe, tmp_path):
+    run = tmp_path / "run"
+    assert train_cli.main([str(recipe), "train.max_updates=4", "train.save_interval_updates=2",
+                           "train.validate_interval_updates=0", "train.keep_checkpoints=2"]) == 0
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_0000002", "step_0000004"]
+    # resume from the older checkpoint and save: the new step-3 checkpoint must survive pruning
+    assert train_cli.main([str(recipe), "train.max_updates=3", "train.validate_interval_updates=0",
+                           f"train.resume={run / 'checkpoints' / 'step_0000002'}", "train.keep_checkpoints=1"]) == 0
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000003"
+    assert (run / "checkpoints" / "step_0000003").is_dir()

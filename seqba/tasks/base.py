@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from seqba.distributed import worker_seed
 from seqba.samplers import repeat_batch
 
 
@@ -69,6 +70,15 @@ class Task:
     def epoch_iterator(self, epoch: int, start: int = 0) -> Iterator[Any]:
         """Yield this rank's batches of ``epoch`` from batch ``start`` on, on ``self.device``."""
         raise NotImplementedError
+
+    def loader_generator(self, epoch: int) -> torch.Generator:
+        """A generator for this rank's ``DataLoader`` of ``epoch``.
+
+        Creating a DataLoader iterator draws its base seed from the generator it is given, or else from the global
+        torch RNG, which would make a resumed run's dropout differ from the uninterrupted one. Seeded per rank, so
+        the members of a BA group augment their copies differently in loader workers.
+        """
+        return torch.Generator().manual_seed(worker_seed(self.cfg.seed, self.accelerator.process_index) + epoch)
 
     def expand(self, batch: Any) -> Any:
         """B distinct samples -> M·B rows (default: :func:`repeat_batch` with the recipe's layout)."""

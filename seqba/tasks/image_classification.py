@@ -290,7 +290,7 @@ class ImageClassificationTask(Task):
                                                                                      layout=ba.layout)
         dataset = self.train_data if data.augment_on_device else AugmentedImages(self.train_data, self.augment)
         loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_images,
-                            num_workers=self.cfg.train.num_workers, pin_memory=self.device.type == "cuda")
+                            generator=self.loader_generator(epoch), num_workers=self.cfg.train.num_workers, pin_memory=self.device.type == "cuda")
         for batch in loader:
             yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -133,10 +134,31 @@ class TranslationTask(Task):
         self.train_data = TranslationDataset(data.prepared_dir, "train")
         self.valid_data = TranslationDataset(data.prepared_dir, "valid")
         self.sampler = TokenBudgetBatchSampler(
-            self.train_data.num_tokens, data.max_tokens, max_sentences=data.max_sentences,
+            self._fit_positions(self.train_data, "train"), data.max_tokens, max_sentences=data.max_sentences,
             required_batch_size_multiple=data.required_batch_size_multiple, shuffle=True, seed=cfg.seed,
             num_replicas=accelerator.num_processes, rank=accelerator.process_index, group_size=cfg.ba.group_size,
             skip_invalid_size=data.skip_invalid_size)
+
+    def _fit_positions(self, dataset: TranslationDataset, split: str) -> np.ndarray:
+        """``num_tokens`` of ``dataset``, with pairs longer than ``model.max_positions`` marked for skipping.
+
+        Such pairs would make the model raise mid-run (fairseq's ``filter_by_size``). They are given a length over
+        the token budget, so the sampler drops and counts them when ``data.skip_invalid_size`` is set.
+
+        Raises:
+            ValueError: naming the first such pair, when ``skip_invalid_size`` is off.
+        """
+        limit = self.cfg.model.max_positions
+        num_tokens = dataset.num_tokens
+        too_long = num_tokens > limit
+        if not too_long.any():
+            return num_tokens
+        first = int(np.flatnonzero(too_long)[0])
+        if not self.cfg.data.skip_invalid_size and split == "train":
+            raise ValueError(f"{split} pair {first} has {int(num_tokens[first])} tokens, more than "
+                             f"model.max_positions={limit}; set data.skip_invalid_size=true to drop such pairs")
+        budget = max(self.cfg.data.max_tokens, self.cfg.data.valid_max_tokens or 0)
+        return np.where(too_long, budget + 1, num_tokens)
 
     def build_model(self) -> Transformer:
         return build_transformer(self.cfg.model, self.vocab_size)
@@ -150,9 +172,8 @@ class TranslationTask(Task):
         ba = self.cfg.ba
         batch_sampler = self.sampler if ba.expand_on_device else RepeatBatchSampler(self.sampler, ba.repeats,
                                                                                      layout=ba.layout)
-        # Its own generator: creating the iterator must not draw from the global RNG (exact resume).
-        generator = torch.Generator().manual_seed(self.cfg.seed + epoch)
-        loader = DataLoader(self.train_data, batch_sampler=batch_sampler, collate_fn=collate, generator=generator,
+        loader = DataLoader(self.train_data, batch_sampler=batch_sampler, collate_fn=collate,
+                            generator=self.loader_generator(epoch),
                             num_workers=self.cfg.train.num_workers, pin_memory=self.device.type == "cuda")
         for batch in loader:
             yield _to_device(batch, self.device)
@@ -184,7 +205,8 @@ class TranslationTask(Task):
         was_training = model.training
         model.eval()
         acc = self.accelerator
-        sampler = TokenBudgetBatchSampler(self.valid_data.num_tokens, self.cfg.data.valid_max_tokens or
+        sampler = TokenBudgetBatchSampler(self._fit_positions(self.valid_data, "valid"),
+                                          self.cfg.data.valid_max_tokens or
                                           self.cfg.data.max_tokens, shuffle=False, num_replicas=acc.num_processes,
                                           rank=acc.process_index, skip_invalid_size=True)
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
