@@ -32,12 +32,14 @@ do not align.
 
 MNIST: the shared data holds only the 10,000 official test digits; the task uses the deterministic stratified split
 of :func:`seqba.data.images.load_mnist` (8,000 train / 2,000 test, seed 0) and validates on its test part. CIFAR-10:
-validates on the official test batch (as He et al. 2016 and the BA paper report).
+validates on the official test batch (as He et al. 2016 and the BA paper report). Since validation is the test
+split, ``checkpoint_best.pt`` is selected on test data: report ``checkpoint_last.pt`` (the paper reports the final
+model).
 
 Run (2 CPU cores, a few minutes)::
 
     accelerate launch --num_processes 1 -m seqba.train recipes/resnet_mnist_m4.yaml
-    python -m seqba.eval --checkpoint runs/resnet_mnist_m4/checkpoint_best.pt --tta 10
+    python -m seqba.eval --checkpoint runs/resnet_mnist_m4/checkpoint_last.pt --tta 10
 
 Shape notation: N = rows, B = distinct images, M = repeats, C = channels, H = height, W = width, K = classes.
 """
