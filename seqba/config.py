@@ -276,8 +276,13 @@ def _apply_override(tree: dict, override: str) -> tuple[str, ...]:
     return path
 
 
-def build(tree: dict, where: _Where) -> Config:
-    """Build a :class:`Config` from a recipe dict, resolving the task's section types."""
+def build(tree: dict, where: _Where | str = "<config>") -> Config:
+    """Build a :class:`Config` from a recipe dict, resolving the task's section types.
+
+    ``where`` names the source in error messages (a path, or a locator with line numbers).
+    """
+    if isinstance(where, str):
+        where = _Where(where)
     from seqba.tasks import TASKS  # late: the task modules import the config
 
     if not isinstance(tree, dict):
@@ -299,6 +304,23 @@ def build(tree: dict, where: _Where) -> Config:
             continue
         kwargs[f.name] = _coerce(tree[f.name], typing.get_type_hints(Config)[f.name], (f.name,), where)
     return Config(**kwargs)
+
+
+# Keys renamed since seqba 0.1.0 development began: (section, old key) -> new key (None: dropped).
+_RENAMED = {("train", "validate_interval"): "validate_interval_updates",
+            ("train", "save_interval"): "save_interval_updates",
+            ("train", "eval_batch_size"): None}
+
+
+def upgrade(tree: dict) -> dict:
+    """Rename keys of a config saved by an older seqba (e.g. inside a checkpoint) to the current schema."""
+    for (section, old), new in _RENAMED.items():
+        values = tree.get(section)
+        if isinstance(values, dict) and old in values:
+            value = values.pop(old)
+            if new is not None:
+                values.setdefault(new, value)
+    return tree
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

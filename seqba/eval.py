@@ -39,7 +39,7 @@ def load_model_file(path: str | Path) -> tuple[config_lib.Config, dict, dict]:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or "config" not in blob or "model" not in blob:
         raise ValueError(f"{path} is not a seqba model file (expected keys 'config' and 'model')")
-    cfg = config_lib.build(blob["config"], config_lib._Where(str(path)))
+    cfg = config_lib.build(config_lib.upgrade(blob["config"]), str(path))
     extra = {k: v for k, v in blob.items() if k not in ("config", "model")}
     return cfg, blob["model"], extra
 

@@ -61,3 +61,9 @@ def test_wrong_type_and_override_errors(tmp_path):
 def test_invalid_yaml(tmp_path):
     with pytest.raises(ConfigError, match="invalid YAML"):
         config_lib.load(write(tmp_path, "task: [translation\n"))
+
+
+def test_upgrade_renames_keys_of_older_checkpoints():
+    tree = {"task": "translation", "train": {"validate_interval": 5, "save_interval": 7, "eval_batch_size": 3}}
+    cfg = config_lib.build(config_lib.upgrade(tree), "old.pt")
+    assert cfg.train.validate_interval_updates == 5 and cfg.train.save_interval_updates == 7
