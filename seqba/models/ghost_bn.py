@@ -25,6 +25,7 @@ Shape notation: N = rows, C = channels (``num_features``), H = height, W = width
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -108,18 +109,20 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
                 f"GhostBatchNorm2d: a ghost batch of {rows} row(s) of {h}x{w} has {count} value per channel; "
                 "need more than 1 (raise ghost_batch_size or use a batch size divisible by it)"
             )
-        xg = x.reshape(-1, rows, c, h, w)  # (G, n, C, H, W)
+        groups = x.shape[0] // rows
+        xg = x.reshape(groups, rows, c, h, w)  # (G, n, C, H, W)
         if xg.dtype in (torch.float16, torch.bfloat16):  # statistics in float32, as cuDNN BatchNorm does
             xg = xg.float()
-        var, mean = torch.var_mean(xg, dim=(1, 3, 4), keepdim=True, correction=0)  # (G, 1, C, 1, 1)
-        out = (xg - mean) * torch.rsqrt(var + self.eps)
+        # One fused batch_norm over G*C channels: (n, G*C, H, W) holds each ghost batch's channels side by side.
+        # Scratch running buffers with momentum 1 receive the ghost means and unbiased variances.
+        xr = xg.transpose(0, 1).reshape(rows, groups * c, h, w)
+        mean = torch.zeros(groups * c, device=x.device, dtype=xr.dtype)
+        var_unbiased = torch.ones(groups * c, device=x.device, dtype=xr.dtype)
+        out = F.batch_norm(xr, mean, var_unbiased, None, None, True, 1.0, self.eps)
+        out = out.reshape(rows, groups, c, h, w).transpose(0, 1).reshape(x.shape)  # (N, C, H, W)
         if self.weight is not None:
-            out = out * self.weight[:, None, None]
-        if self.bias is not None:
-            out = out + self.bias[:, None, None]
-        out = out.reshape(x.shape).to(x.dtype)  # (N, C, H, W)
-        var_unbiased = var.detach().flatten(1) * (count / (count - 1))  # (G, C)
-        return out, mean.detach().flatten(1), var_unbiased
+            out = out * self.weight[:, None, None] + self.bias[:, None, None]
+        return out.to(x.dtype), mean.view(groups, c), var_unbiased.view(groups, c)
 
     @torch.no_grad()
     def _update_running_stats(self, means: torch.Tensor, variances: torch.Tensor, counts: torch.Tensor) -> None:
