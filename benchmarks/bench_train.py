@@ -39,14 +39,39 @@ SMALL = ["model.d_model=256", "model.ffn_dim=1024", "model.num_heads=4", "model.
          "model.decoder_layers=3"]
 
 
+BASE = ["model.d_model=512", "model.ffn_dim=2048", "model.num_heads=8", "model.encoder_layers=6",
+        "model.decoder_layers=6"]
+
+
+def write_random_corpus(out: Path, vocab_size: int, sentences: int, seed: int = 0) -> None:
+    """A prepared corpus of random piece ids with WMT-like lengths (lognormal, mean ~28 tokens, clipped to
+    [1, 256]), so that the benchmark has WMT16's 32k-entry softmax without a 32k SentencePiece model."""
+    import numpy as np
+
+    from seqba.data.translation import token_dtype, write_indexed
+
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(vocab_size)
+    splits = {"train": sentences, "valid": 64}
+    for split, n in splits.items():
+        for lang in ("en", "de"):
+            lengths = np.clip(np.round(rng.lognormal(np.log(28) - 0.18, 0.6, n)), 1, 255).astype(int)
+            write_indexed(out / f"{split}.{lang}", [rng.integers(4, vocab_size, k) for k in lengths], dtype)
+    manifest = {"vocab_size": vocab_size, "dtype": dtype.name, "src_lang": "en", "tgt_lang": "de",
+                "splits": {split: {"sentences": n} for split, n in splits.items()}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+
+
 def recipe_args(args, out: Path, repeats: int, micro: int) -> list[str]:
     overrides = [
-        f"output_dir={out}", f"data.prepared_dir={args.data}", f"data.max_tokens={args.max_tokens}",
+        f"output_dir={out}", f"data.prepared_dir={args.data}", "data.prepare.preset=null",
+        f"data.max_tokens={args.max_tokens}",
         f"ba.repeats={repeats}", f"ba.micro_batches={micro}", f"train.max_updates={args.steps}",
         "train.log_interval=1", "train.validate_interval_updates=0", "train.save_interval_updates=1000000", "train.progress_bar=false",
         "model.dropout=0.1", "optim.warmup_updates=4000", "data.required_batch_size_multiple=8",
     ]
-    return [str(ROOT / "recipes" / "transformer_synthetic_m4.yaml"), *overrides, *(SMALL if args.small else [])]
+    return [str(ROOT / "recipes" / "transformer_synthetic_m4.yaml"), *overrides, *(SMALL if args.small else BASE)]
 
 
 def peak_memory_mb(device: str) -> float:
@@ -131,7 +156,8 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--small", action="store_true", help="d_model 256, 3+3 layers instead of Transformer-base")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--data", default=str(ROOT / "data-bin" / "synthetic_en_de"), help="prepared corpus")
+    p.add_argument("--data", default=None, help="a prepared corpus (default: random ids, 32k vocabulary)")
+    p.add_argument("--vocab-size", type=int, default=32000, help="vocabulary of the default random corpus")
     p.add_argument("--default-malloc", action="store_true")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train.json"))
     p.add_argument("--child", choices=["seqba", "bare"], help=argparse.SUPPRESS)
@@ -144,11 +170,15 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    if args.data is None:
+        args.data = Path(tempfile.mkdtemp(prefix="seqba-bench-")) / "corpus"
+        write_random_corpus(args.data, args.vocab_size, sentences=max(2000, 200 * args.steps))
     results = {"bare_m1": spawn(args, "bare"), "seqba_m1": spawn(args, "seqba", 1, 1),
                "seqba_m4": spawn(args, "seqba", 4, 4)}
     results["ratio_m4_over_m1"] = results["seqba_m4"]["tgt_tokens_per_s"] / results["seqba_m1"]["tgt_tokens_per_s"]
     results["ratio_seqba_over_bare"] = results["seqba_m1"]["tgt_tokens_per_s"] / results["bare_m1"]["tgt_tokens_per_s"]
-    results["setup"] = {"model": "small (d256, 3+3)" if args.small else "Transformer-base", "max_tokens":
+    results["setup"] = {"model": "small (d256, 3+3)" if args.small else "Transformer-base", "corpus": str(args.data),
+                        "vocab_size": args.vocab_size, "max_tokens":
                         args.max_tokens, "steps": args.steps, "warmup": args.warmup, "device": args.device,
                         "malloc": "default" if args.default_malloc else "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1e11",
                         "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"}

@@ -45,7 +45,9 @@ class TranslationDataConfig:
 
     Attributes:
         prepared_dir: where the binarized corpus is (or is written to).
-        prepare: how to build it from raw text (preset or files, vocab size, filters).
+        prepare: how to build it from raw text (preset or files, vocab size, filters); with neither a preset nor
+            train files (``data.prepare.preset=null``) the corpus in ``prepared_dir`` is used as it is (e.g. one
+            made with ``data_prep/prepare_translation.py``).
         max_tokens: distinct-token budget per batch before BA repetition (the paper's B: 4096), padding included.
         max_sentences: at most this many distinct sentences per batch (``None``: no limit).
         required_batch_size_multiple: batch sizes are multiples of it where the budget allows (fairseq's 8).
@@ -128,7 +130,7 @@ class TranslationTask(Task):
         super().__init__(cfg, accelerator)
         data = cfg.data
         with accelerator.main_process_first():
-            if accelerator.is_main_process:
+            if accelerator.is_main_process and (data.prepare.preset or data.prepare.train_src):
                 prepare_translation(data.prepared_dir, data.prepare)
         self.vocab_size = int(read_manifest(data.prepared_dir)["vocab_size"])
         self.train_data = TranslationDataset(data.prepared_dir, "train")
