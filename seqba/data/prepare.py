@@ -231,7 +231,7 @@ def _build(config: PrepareConfig, inputs: dict[str, dict[str, _Input]], tmp: Pat
 
     texts, counts = {}, {}
     for split, sides in inputs.items():
-        src, tgt = (_read_lines(sides[s].path, sides[s].moses_escaped) for s in ("src", "tgt"))
+        src, tgt = (read_lines(sides[s].path, sides[s].moses_escaped) for s in ("src", "tgt"))
         if len(src) != len(tgt):
             raise ValueError(f"{split}: {sides['src'].path} has {len(src)} lines but {sides['tgt'].path} "
                              f"has {len(tgt)} lines")
@@ -324,9 +324,9 @@ def train_sentencepiece(sentences: list[str], seed: int = 0, **options) -> bytes
     return model.getvalue()
 
 
-def _read_lines(path: Path, moses_escaped: bool) -> list[str]:
+def read_lines(path: str | os.PathLike, moses_escaped: bool = False) -> list[str]:
     """Stripped lines of a UTF-8 file, split on "\\n" only; ``ValueError`` naming file and line if invalid."""
-    data = path.read_bytes()
+    data = Path(path).read_bytes()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from seqba.data.prepare import PrepareConfig, prepare_translation
+from seqba.data.prepare import PrepareConfig, prepare_translation, read_lines
 from seqba.data.translation import (BOS_ID, EOS_ID, PAD_ID, TranslationDataset, collate, load_tokenizer,
                                     read_manifest, read_raw_lines)
 from seqba.losses import label_smoothed_nll_loss
@@ -227,18 +227,6 @@ class TranslationTask(Task):
         return {"num_skipped": self.sampler.num_skipped}
 
 
-def _read_text(path: str) -> list[str]:
-    """Lines of a UTF-8 text file; ``ValueError`` naming the file and line for invalid UTF-8."""
-    lines = []
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                lines.append(raw.decode("utf-8").rstrip("\r\n").strip())
-            except UnicodeDecodeError as err:
-                raise ValueError(f"{path}:{number}: invalid UTF-8 ({err.reason})") from None
-    return lines
-
-
 def translate(model: Transformer, sources: list[torch.Tensor], *, beam: int = 4, lenpen: float = 1.0,
               max_len_a: float = 0.0, max_len_b: int = 200, max_tokens: int | None = None,
               batch_size: int | None = None, device: torch.device | str = "cpu",
@@ -294,9 +282,9 @@ def evaluate(cfg, model_state: dict, args: argparse.Namespace) -> dict[str, Any]
     model.to(device).eval()
     refs: list[str] | None
     if args.src:
-        src_lines = _read_text(args.src)
+        src_lines = read_lines(args.src)
         sources = [torch.tensor(sp.encode(line, out_type=int) + [EOS_ID], dtype=torch.long) for line in src_lines]
-        refs = _read_text(args.ref) if args.ref else None
+        refs = read_lines(args.ref) if args.ref else None
         if refs is not None and len(refs) != len(src_lines):
             raise ValueError(f"{args.src} has {len(src_lines)} lines but {args.ref} has {len(refs)}")
         name = Path(args.src).name
