@@ -244,11 +244,12 @@ def train(cfg: config_lib.Config) -> dict[str, float]:
             if done:
                 break
         else:
+            done = tc.max_epochs > 0 and state["epoch"] + 1 >= tc.max_epochs
+            if not tc.validate_interval_updates and not done:
+                metrics = validate()  # logged under the epoch that just ended
             state["epoch"] += 1
             state["iterations_in_epoch"] = 0
-            done = tc.max_epochs > 0 and state["epoch"] >= tc.max_epochs
             if not tc.validate_interval_updates and not done:
-                metrics = validate()
                 checkpoint()
     bar.close()
     metrics = validate()
