@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 from tqdm.auto import tqdm
 
 from seqba import config as config_lib
@@ -158,6 +158,8 @@ def train(cfg: config_lib.Config) -> dict[str, float]:
 
     def validate() -> dict[str, float]:
         metrics = task.validate(task.eval_model(model))
+        if accelerator.num_processes > 1:  # decisions taken on metrics (best checkpoint, ASGD switch) agree on all ranks
+            metrics = broadcast_object_list([metrics])[0]
         task.after_validate(metrics)
         name, lower = task.best_metric
         value = metrics.get(name)
