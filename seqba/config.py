@@ -110,7 +110,8 @@ class TrainConfig:
     Attributes:
         max_updates: stop after this many optimizer steps (0: no limit).
         max_epochs: stop after this many epochs (0: no limit); one of the two must be set.
-        update_freq: accumulate gradients over this many batches per step (``accelerator.accumulate``).
+        update_freq: accumulate gradients over this many batches per step (``accelerator.accumulate``); a window
+            may span an epoch boundary (the loader is not prepared by Accelerate, so it never sees an epoch end).
         log_interval: write a JSONL metrics line every this many updates.
         validate_interval_updates: validate every this many updates (0: at the end of each epoch only).
         save_interval_updates: checkpoint every this many updates (0: at validation time and at the end).
