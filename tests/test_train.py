@@ -185,3 +185,18 @@ def test_checkpoint_pruning_keeps_the_one_just_written(recipe, tmp_path):
                            f"train.resume={run / 'checkpoints' / 'step_0000002'}", "train.keep_checkpoints=1"]) == 0
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000003"
     assert (run / "checkpoints" / "step_0000003").is_dir()
+
+
+def test_update_freq_accumulates_batches(recipe, tmp_path):
+    """With update_freq=2 each update consumes two batches: tokens per update double, the update count holds."""
+    common = [str(recipe), "train.max_updates=4", "train.validate_interval_updates=0", "model.dropout=0.0"]
+    assert train_cli.main([*common, f"output_dir={tmp_path / 'one'}"]) == 0
+    assert train_cli.main([*common, "train.update_freq=2", f"output_dir={tmp_path / 'two'}"]) == 0
+
+    def tokens(run):
+        return [json.loads(line)["tokens_per_step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                if "tokens_per_step" in line]
+
+    one, two = tokens(tmp_path / "one"), tokens(tmp_path / "two")
+    assert len(one) == len(two) == 4
+    assert sum(two) == pytest.approx(2 * sum(one), rel=0.35)
