@@ -34,6 +34,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from seqba.distributed import rank_group
+
 __all__ = ["TokenBudgetBatchSampler", "RepeatBatchSampler", "repeat_batch", "batch_boundaries", "LAYOUTS"]
 
 logger = logging.getLogger(__name__)
@@ -212,8 +214,8 @@ class TokenBudgetBatchSampler:
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
         self.group_size = int(group_size)
-        self.num_groups = self.num_replicas // self.group_size
-        self.group = self.rank // self.group_size
+        where = rank_group(self.rank, self.num_replicas, self.group_size)
+        self.num_groups, self.group = where.num_groups, where.group
 
         indices = np.arange(len(lengths), dtype=np.int64)
         self.num_skipped = 0

@@ -80,6 +80,10 @@ class Task:
         """
         return torch.Generator().manual_seed(worker_seed(self.cfg.seed, self.accelerator.process_index) + epoch)
 
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Move the tensors of a collated batch to ``self.device`` (non-blocking from pinned memory)."""
+        return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
     def expand(self, batch: Any) -> Any:
         """B distinct samples -> M·B rows (default: :func:`repeat_batch` with the recipe's layout)."""
         ba = self.cfg.ba

@@ -294,7 +294,7 @@ class ImageClassificationTask(Task):
         loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_images,
                             generator=self.loader_generator(epoch), num_workers=self.cfg.train.num_workers, pin_memory=self.device.type == "cuda")
         for batch in loader:
-            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            yield self.to_device(batch)
 
     def expand(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """B images -> M·B augmented rows: ``image`` float (N, C, H, W), ``label`` (N,), ``sample_id`` (N,), and

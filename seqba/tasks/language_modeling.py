@@ -52,6 +52,7 @@ from torch.optim.swa_utils import AveragedModel
 from seqba.config import ConfigError
 from seqba.data.lm import SPLITS, BPTTIterator, Corpus, batchify, load_corpus, load_corpus_hf, repeat_streams
 from seqba.data.paths import data_root
+from seqba.distributed import rank_group
 from seqba.losses import activation_regularization, temporal_activation_regularization
 from seqba.models.awd_lstm import AWDLSTM, Hidden, detach_hidden
 from seqba.tasks.base import Task, TaskSpec
@@ -216,10 +217,9 @@ class LanguageModelingTask(Task):
         self.vocab_size = len(self.corpus.dictionary)
         # Rank groups (ba.group_size consecutive ranks) share streams; groups take disjoint ones.
         self.group_size = ba.group_size
-        num_groups = accelerator.num_processes // ba.group_size
-        group = accelerator.process_index // ba.group_size
-        streams = batchify(self.corpus.train, data.batch_size * num_groups)  # (L', B * groups)
-        streams = streams[:, group * data.batch_size:(group + 1) * data.batch_size]  # (L', B)
+        where = rank_group(accelerator.process_index, accelerator.num_processes, ba.group_size)
+        streams = batchify(self.corpus.train, data.batch_size * where.num_groups)  # (L', B * groups)
+        streams = streams[:, where.group * data.batch_size:(where.group + 1) * data.batch_size]  # (L', B)
         self.train_data = repeat_streams(streams, ba.repeats).to(self.device)  # (L', N), N = B * M
         self.num_columns = self.train_data.size(1)
         self.iterator = BPTTIterator(self.train_data, data.bptt, variable=data.variable_bptt, seed=cfg.seed)

@@ -88,10 +88,6 @@ class TranslationCriterionConfig:
     label_smoothing: float = 0.1
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
 def split_batch(batch: dict[str, Any], chunks: int, pad: int = PAD_ID) -> list[dict[str, Any]]:
     """Split a collated translation batch into ``chunks`` row slices, trimming padding columns in each.
 
@@ -178,7 +174,7 @@ class TranslationTask(Task):
                             generator=self.loader_generator(epoch),
                             num_workers=self.cfg.train.num_workers, pin_memory=self.device.type == "cuda")
         for batch in loader:
-            yield _to_device(batch, self.device)
+            yield self.to_device(batch)
 
     def split(self, batch: dict[str, Any], chunks: int) -> list[dict[str, Any]]:
         return [batch] if chunks == 1 else split_batch(batch, chunks)
@@ -213,7 +209,7 @@ class TranslationTask(Task):
                                           rank=acc.process_index, skip_invalid_size=True)
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)
         for batch in DataLoader(self.valid_data, batch_sampler=sampler, collate_fn=collate):
-            batch = _to_device(batch, self.device)
+            batch = self.to_device(batch)
             loss, logs = self.loss(model, batch)
             totals += torch.stack([logs["loss_sum"].double(), logs["nll_sum"].double(),
                                    torch.tensor(float(batch["ntokens"]), dtype=torch.float64, device=self.device)])
