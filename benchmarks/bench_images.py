@@ -67,7 +67,8 @@ def bench_train(args, data: ImageDataConfig, images: torch.Tensor, device: torch
     out = {}
     for m in args.repeats:
         torch.manual_seed(0)
-        model = cifar_resnet(args.depth, 10, images.shape[1], args.width, args.ghost_batch_size or None)
+        model = cifar_resnet(10, images.shape[1], depth=args.depth, width=args.width,
+                             ghost_batch_size=args.ghost_batch_size or None)
         model = model.to(device)
         opt = torch.optim.SGD(param_groups(model, 1e-4), lr=0.01, momentum=0.9)
 

@@ -1,21 +1,35 @@
-"""Atomic, resumable checkpoints: Accelerate state + seqba's loop/task/RNG state.
+"""Checkpoints and model files: atomic writes, exact resume, recovery after a crash at any moment.
 
-Layout of ``output_dir/checkpoints``::
+Two formats live here:
 
-    step_000120/            one checkpoint (written as .tmp_step_000120, then renamed: never half-written)
+* the **resume checkpoint** under ``output_dir/checkpoints`` (Accelerate state + seqba's loop/task/RNG state)::
+
+    step_0000120/           one checkpoint (written as .tmp_step_0000120, then renamed: never half-written)
         model.safetensors, optimizer.bin, ...  (``accelerator.save_state``)
         trainer_state_<rank>.pt   loop position, task state, this rank's RNG states (tensors and plain Python)
         config.yaml
+        complete.json       written last, after every rank's files: the folder is complete
     latest                  text file naming the newest complete checkpoint (replaced atomically)
+    nonfinite_step_*/       a checkpoint whose weights produced a NaN/inf loss, moved aside (never resumed)
+
+* the **model file** ``checkpoint_{best,last}.pt``: ``{"config": dict, "model": state_dict, **extra}`` written by
+  :func:`save_model_file`, read by :func:`load_model_file` (what ``seqba.eval`` and ``seqba.analyze`` load).
 
 All ``torch.load`` calls use ``weights_only=True``; RNG states are stored as tensors and lists so that they load
-that way. A crash or SIGKILL at any moment leaves ``latest`` pointing at a complete checkpoint.
+that way. A crash or SIGKILL at any moment leaves a complete checkpoint to resume from: :func:`latest_checkpoint`
+repairs an interrupted replace (the ``.tmp_``/``.old_`` folders of a step) and falls back, with a warning, to the
+newest complete checkpoint when ``latest`` names a missing or incomplete one. Nothing here deletes a complete
+checkpoint except :func:`prune_checkpoints`, which never touches the ones it is told to protect.
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
+import pickle
 import random
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +37,16 @@ import numpy as np
 import torch
 import yaml
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "rng_state", "set_rng_state"]
+from seqba import config as config_lib
+from seqba.errors import CheckpointError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "prune_checkpoints", "set_aside",
+           "point_latest", "save_model_file", "load_model_file", "rng_state", "set_rng_state"]
+
+logger = logging.getLogger(__name__)
 
 LATEST = "latest"
+COMPLETE = "complete.json"
 
 
 def rng_state() -> dict[str, Any]:
@@ -59,26 +80,96 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def _complete(path: Path) -> bool:
-    return (path / "trainer_state_0.pt").is_file()
+    """A checkpoint folder is complete once its marker is written (older ones: rank 0's trainer state)."""
+    if (path / COMPLETE).is_file():
+        return True
+    return path.is_dir() and (path / "trainer_state_0.pt").is_file() and not any(path.glob("*.tmp*"))
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The checkpoint ``latest`` names under ``output_dir/checkpoints`` (else the newest complete one), or ``None``."""
+def _step_of(name: str) -> int:
+    return int(name.rsplit("_", 1)[1])
+
+
+def _repair(root: Path) -> None:
+    """Finish a replace of a step folder that a crash interrupted (main process only).
+
+    ``save_checkpoint`` replaces ``step_N`` as: ``step_N -> .old_step_N``, ``.tmp_step_N -> step_N``. If
+    ``step_N`` is missing, the complete ``.tmp_`` (newer) or else ``.old_`` folder becomes ``step_N``.
+    """
+    for staged in sorted(root.glob(".tmp_step_*")) + sorted(root.glob(".old_step_*")):
+        final = root / staged.name.split("_", 1)[1]
+        if not final.exists() and _complete(staged):
+            logger.warning("restoring %s from %s (a checkpoint replace was interrupted)", final.name, staged.name)
+            os.replace(staged, final)
+
+
+def latest_checkpoint(output_dir: str | Path, repair: bool = True) -> Path | None:
+    """The checkpoint to resume from under ``output_dir/checkpoints``, or ``None`` when there is none.
+
+    ``latest`` names it; when that folder is missing or incomplete, the newest complete ``step_*`` folder is used
+    with a warning. ``repair`` first finishes an interrupted replace (see :func:`_repair`; main process only).
+
+    Raises:
+        CheckpointError: ``step_*`` folders exist but none is complete (rather than silently training from
+            update 0 over them).
+    """
     root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    if repair:
+        _repair(root)
     pointer = root / LATEST
-    if pointer.is_file():
-        path = root / pointer.read_text().strip()
-        if _complete(path):
-            return path
-    complete = sorted(p for p in root.glob("step_*") if p.is_dir() and _complete(p))
-    return complete[-1] if complete else None
+    named = root / pointer.read_text().strip() if pointer.is_file() else None
+    if named is not None and _complete(named):
+        return named
+    steps = sorted((p for p in root.glob("step_*") if p.is_dir()), key=lambda p: _step_of(p.name))
+    complete = [p for p in steps if _complete(p)]
+    if named is not None or complete:
+        logger.warning("%s names %s, which is %s; resuming from the newest complete checkpoint %s", pointer,
+                       named.name if named else None, "incomplete" if named and named.exists() else "missing",
+                       complete[-1].name if complete else None)
+    if complete:
+        return complete[-1]
+    if steps:
+        raise CheckpointError(f"{root} holds {len(steps)} checkpoint folder(s) but none is complete; refusing to "
+                              "train from update 0 over them. Move the folder away or set train.resume=none")
+    return None
+
+
+def prune_checkpoints(root: Path, keep: int, protect: set[str] = frozenset()) -> None:
+    """Delete all but the newest ``keep`` ``step_*`` folders, never those named in ``protect`` (main process).
+
+    ``keep <= 0`` keeps everything. The folder ``latest`` names is always protected.
+    """
+    if keep <= 0:
+        return
+    pointer = root / LATEST
+    protect = set(protect) | ({pointer.read_text().strip()} if pointer.is_file() else set())
+    steps = sorted((p for p in root.glob("step_*") if p.is_dir()), key=lambda p: _step_of(p.name))
+    for path in steps[: max(len(steps) - keep, 0)]:
+        if path.name not in protect:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def point_latest(root: Path, name: str) -> None:
+    """Make ``root/latest`` name the checkpoint folder ``name`` (atomically)."""
+    _write_text_atomic(root / LATEST, name + "\n")
+
+
+def set_aside(path: Path, reason: str = "nonfinite") -> Path:
+    """Rename checkpoint folder ``path`` to ``<reason>_<name>`` (kept for inspection, never resumed from)."""
+    target = path.with_name(f"{reason}_{path.name}")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(path, target)
+    return target
 
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_state: dict[str, Any],
-                    config: dict | None = None, keep: int = 1) -> Path:
+                    config: dict | None = None, keep: int = 1, protect: set[str] = frozenset()) -> Path:
     """Save a complete checkpoint of all ranks at ``step`` atomically; keep the newest ``keep`` ones.
 
-    Every rank must call it (collective). ``trainer_state`` is this rank's loop and task state.
+    Every rank must call it (collective). ``trainer_state`` is this rank's loop and task state. Pruning never
+    deletes the checkpoint just written (whatever its step) nor the folders named in ``protect``.
     """
     root = Path(output_dir) / "checkpoints"
     name = f"step_{step:07d}"
@@ -94,17 +185,15 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
     if accelerator.is_main_process:
         if config is not None:
             (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (tmp / COMPLETE).write_text(json.dumps({"step": step, "num_processes": accelerator.num_processes}) + "\n")
         stale = root / f".old_{name}"
         if final.exists():  # the same step saved again (e.g. at an epoch end): keep it until the new one is in place
             shutil.rmtree(stale, ignore_errors=True)
             os.replace(final, stale)
         os.replace(tmp, final)
-        _write_text_atomic(root / LATEST, name + "\n")
+        point_latest(root, name)
         shutil.rmtree(stale, ignore_errors=True)
-        if keep > 0:  # never the one just written, whatever its step (a run resumed from an older checkpoint)
-            others = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name != name)
-            for path in others[: max(len(others) - (keep - 1), 0)]:
-                shutil.rmtree(path, ignore_errors=True)
+        prune_checkpoints(root, keep, set(protect) | {name})
     accelerator.wait_for_everyone()
     return final
 
@@ -117,8 +206,60 @@ def load_checkpoint(accelerator, path: str | Path) -> dict[str, Any]:
     path = Path(path)
     state_file = path / f"trainer_state_{accelerator.process_index}.pt"
     if not state_file.is_file():
-        raise FileNotFoundError(f"{state_file} is missing: was the checkpoint written with this many processes?")
-    accelerator.load_state(str(path), load_kwargs={"weights_only": True})  # optimizer etc. (model: safetensors)
-    state = torch.load(state_file, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"{state_file} is missing: was the checkpoint written with this many processes?")
+    try:
+        accelerator.load_state(str(path), load_kwargs={"weights_only": True})  # optimizer etc. (model: safetensors)
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+    except (RuntimeError, ValueError, KeyError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"cannot resume from {path}: {type(err).__name__}: {_first_line(err)} (a checkpoint "
+                              "of another model, task or process count?)") from None
     set_rng_state(state.pop("rng"))
     return state
+
+
+def _first_line(err: BaseException, limit: int = 300) -> str:
+    text = str(err).strip().splitlines()
+    return (text[0] if text else "")[:limit]
+
+
+def save_model_file(path: str | Path, model_state: dict[str, torch.Tensor], config: dict,
+                    extra: dict | None = None) -> None:
+    """Write ``{"config": config, "model": model_state, **extra}`` to ``path`` atomically (temp file + rename).
+
+    ``config`` is the plain-dict config (``seqba.config.to_dict``); ``extra`` holds plain values (``step``, the
+    best metric).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"config": config, "model": model_state, **(extra or {})}, tmp)
+    os.replace(tmp, path)
+
+
+def load_model_file(path: str | Path) -> tuple[Any, dict, dict]:
+    """Load a model file (``checkpoint_best.pt`` / ``checkpoint_last.pt``, or a run folder: its best file).
+
+    Returns:
+        ``(config, model_state, extra)``: the typed :class:`seqba.config.Config`, the state dict, and the other
+        keys (``step``, the best metric), loaded with ``weights_only=True``.
+
+    Raises:
+        CheckpointError: a missing file, or one that is empty, truncated, not a torch file, or not a seqba model
+            file (each named).
+        seqba.errors.ConfigError: the stored config does not fit this version's schema.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint_best.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        size = path.stat().st_size
+        raise CheckpointError(f"{path} ({size} bytes) is not a readable checkpoint ({type(err).__name__}: "
+                              f"{_first_line(err)}); empty, truncated or another kind of file?") from None
+    if not isinstance(blob, dict) or "config" not in blob or "model" not in blob:
+        raise CheckpointError(f"{path} is not a seqba model file (expected keys 'config' and 'model')")
+    cfg = config_lib.build(config_lib.upgrade(blob["config"]), str(path))
+    extra = {k: v for k, v in blob.items() if k not in ("config", "model")}
+    return cfg, blob["model"], extra

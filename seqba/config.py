@@ -15,24 +15,40 @@ sections (see :mod:`seqba.tasks`), the other sections are common::
 
 ``load("recipe.yaml", ["ba.repeats=1", "train.max_updates=10"])`` parses override values as YAML scalars. Every key
 is checked: an unknown or misspelt key raises :class:`ConfigError` naming the file, line, key and the valid keys;
-a value of the wrong type names the expected type. Defaults live only in the dataclasses below.
+a value of the wrong type or range names the expected one (a dataclass's ``__post_init__`` raises
+:class:`~seqba.errors.FieldError` for its field). Choice fields are ``Literal[...]``, checked by the coercion.
+Cross-field checks (the common ones here, the task's in ``TaskSpec.check``) also run in :func:`load`, before any
+process starts or anything is written. Defaults live only in the dataclasses.
+
+Import order: ``seqba.errors`` (leaf) <- ``seqba.tasks`` (a lazy registry) <- ``seqba.config``; task modules never
+import this module.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-__all__ = ["ConfigError", "BAConfig", "OptimConfig", "TrainConfig", "Config", "load", "from_dict", "to_dict"]
+from seqba.errors import ConfigError, FieldError
+from seqba.tasks import TASKS
+
+__all__ = ["ConfigError", "FieldError", "BAConfig", "OptimConfig", "TrainConfig", "Config", "Where", "load",
+           "build", "from_dict", "to_dict", "upgrade"]
+
+#: How the M copies of a sample are laid out in the expanded batch (see ``seqba.samplers.repeat_batch``).
+Layout = Literal["adjacent", "tiled"]
 
 
-class ConfigError(ValueError):
-    """A recipe or override that does not fit the schema; the message names where and what is valid."""
+def _require(name: str, ok: bool, message: str) -> None:
+    """Raise :class:`FieldError` for field ``name`` unless ``ok``."""
+    if not ok:
+        raise FieldError(name, message)
 
 
 @dataclass
@@ -51,19 +67,14 @@ class BAConfig:
     """
 
     repeats: int = 1
-    layout: str = "adjacent"
+    layout: Layout = "adjacent"
     group_size: int = 1
     micro_batches: int = 1
     expand_on_device: bool = True
 
     def __post_init__(self) -> None:
-        from seqba.samplers import LAYOUTS
-
         for name in ("repeats", "group_size", "micro_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+            _require(name, getattr(self, name) >= 1, f"must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -80,7 +91,7 @@ class OptimConfig:
         weight_decay: L2 penalty added to the gradient (torch's coupled form); tasks may exempt BN and bias parameters.
     """
 
-    optimizer: str = "adam"
+    optimizer: Literal["adam", "sgd"] = "adam"
     lr: float = 5e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-8
@@ -88,19 +99,19 @@ class OptimConfig:
     nesterov: bool = False
     weight_decay: float = 0.0
     clip_norm: float = 0.0
-    lr_scheduler: str = "inverse_sqrt"
+    lr_scheduler: Literal["inverse_sqrt", "step", "constant"] = "inverse_sqrt"
     warmup_updates: int = 4000
     warmup_init_lr: float = 1e-7
     lr_steps: list[int] = field(default_factory=list)
     lr_gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.lr_scheduler not in ("inverse_sqrt", "step", "constant"):
-            raise ValueError(f"lr_scheduler must be inverse_sqrt, step or constant, got {self.lr_scheduler!r}")
-        if self.lr < 0 or self.warmup_updates < 0 or self.clip_norm < 0:
-            raise ValueError("lr, warmup_updates and clip_norm must be >= 0")
+        for name in ("lr", "warmup_updates", "clip_norm", "weight_decay", "momentum", "warmup_init_lr", "lr_gamma"):
+            _require(name, getattr(self, name) >= 0, f"must be >= 0, got {getattr(self, name)}")
+        _require("eps", self.eps > 0, f"must be > 0, got {self.eps}")
+        _require("betas", len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+                 f"must be two numbers in [0, 1), got {self.betas}")
+        _require("lr_steps", all(s >= 0 for s in self.lr_steps), f"must be update numbers >= 0, got {self.lr_steps}")
 
 
 @dataclass
@@ -110,8 +121,9 @@ class TrainConfig:
     Attributes:
         max_updates: stop after this many optimizer steps (0: no limit).
         max_epochs: stop after this many epochs (0: no limit); one of the two must be set.
-        update_freq: accumulate gradients over this many batches per step (``accelerator.accumulate``); a window
-            may span an epoch boundary (the loader is not prepared by Accelerate, so it never sees an epoch end).
+        update_freq: accumulate gradients over this many batches per update (fairseq's ``--update-freq``); the
+            last update of an epoch takes the batches that are left (fewer), so updates never span epochs and a
+            checkpoint always falls on an update boundary.
         log_interval: write a JSONL metrics line every this many updates.
         validate_interval_updates: validate every this many updates (0: at the end of each epoch only).
         save_interval_updates: checkpoint every this many updates (0: at validation time and at the end).
@@ -130,17 +142,17 @@ class TrainConfig:
     save_interval_updates: int = 0
     keep_checkpoints: int = 1
     resume: str = "auto"
-    mixed_precision: str = "no"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     num_workers: int = 0
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        if self.max_updates < 0 or self.max_epochs < 0:
-            raise ValueError("max_updates and max_epochs must be >= 0")
-        if self.update_freq < 1 or self.log_interval < 1:
-            raise ValueError(f"update_freq and log_interval must be >= 1, got {self.update_freq}, {self.log_interval}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        for name in ("max_updates", "max_epochs", "validate_interval_updates", "save_interval_updates",
+                     "keep_checkpoints", "num_workers"):
+            _require(name, getattr(self, name) >= 0, f"must be >= 0, got {getattr(self, name)}")
+        for name in ("update_freq", "log_interval"):
+            _require(name, getattr(self, name) >= 1, f"must be >= 1, got {getattr(self, name)}")
+        _require("resume", bool(self.resume), "must be auto, none or a checkpoint directory")
 
 
 @dataclass
@@ -178,8 +190,12 @@ def _line_index(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
-class _Where:
-    """Formats the location of a key path: ``recipe.yaml:12: optim.lr`` or ``command line: optim.lr``."""
+class Where:
+    """Formats the location of a key path: ``recipe.yaml:12: optim.lr`` or ``command-line override optim.lr``.
+
+    ``lines`` maps key paths to recipe lines; ``overridden`` holds the key paths set on the command line (an
+    error about such a key, or anything below it, names the override rather than a recipe line).
+    """
 
     def __init__(self, source: str, lines: dict | None = None, overridden: set | None = None) -> None:
         self.source, self.lines, self.overridden = source, lines or {}, overridden or set()
@@ -192,10 +208,21 @@ class _Where:
         return f"{self.source}:{line}: {key}" if line else f"{self.source}: {key}"
 
 
-def _coerce(value: Any, annotation: Any, path: tuple[str, ...], where: _Where) -> Any:
+# YAML 1.1 reads these unquoted words as booleans; a choice spelled that way (Accelerate's ``no``) is meant.
+_YAML_BOOL_WORDS = {False: ("no", "false", "off"), True: ("yes", "true", "on")}
+
+
+def _coerce(value: Any, annotation: Any, path: tuple[str, ...], where: Where) -> Any:
+    """Check ``value`` against the type ``annotation`` (recursively) and convert where YAML is lossy."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if annotation is Any:
+        return value
+    if origin is Literal:
+        if isinstance(value, bool):
+            value = next((c for c in args if str(c).lower() in _YAML_BOOL_WORDS[value]), value)
+        if value not in args or isinstance(value, bool):
+            raise ConfigError(f"{where(path)}: {value!r} is not one of {', '.join(map(str, args))}")
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -213,36 +240,43 @@ def _coerce(value: Any, annotation: Any, path: tuple[str, ...], where: _Where) -
         if not isinstance(value, list):
             raise ConfigError(f"{where(path)}: expected a list, got {value!r}")
         return [_coerce(v, args[0] if args else Any, path, where) for v in value]
-    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if annotation is float and isinstance(value, str):
-        try:
-            return float(value)  # YAML 1.1 reads "1e-4" as a string
-        except ValueError:
-            pass
-    if annotation in (int, str, bool, float):
+    if annotation is float:
+        number = value
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if isinstance(number, bool) or not isinstance(number, (int, float)):
+            raise ConfigError(f"{where(path)}: expected float, got {value!r}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{where(path)}: expected a finite number, got {value!r}")
+        return float(number)
+    if annotation in (int, str, bool):
         if type(value) is annotation:
             return value
         raise ConfigError(f"{where(path)}: expected {annotation.__name__}, got {value!r}")
     return value
 
 
-def from_dict(cls: type, values: Any, where: _Where | None = None, path: tuple[str, ...] = ()) -> Any:
+def from_dict(cls: type, values: Any, where: Where | None = None, path: tuple[str, ...] = ()) -> Any:
     """Build dataclass ``cls`` from a dict, recursively, rejecting unknown keys and wrong types.
+
+    A :class:`~seqba.errors.FieldError` raised by ``cls.__post_init__`` is reported at that field's location.
 
     Raises:
         ConfigError: naming the source, line, key path, and the valid keys or the expected type.
     """
-    where = where or _Where("<config>")
+    where = where or Where("<config>")
     if values is None:
         values = {}
     if not isinstance(values, dict):
         raise ConfigError(f"{where(path)}: expected a mapping of {cls.__name__} fields, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(set(values) - set(fields), key=str)
     if unknown:
         key = unknown[0]
-        raise ConfigError(f"{where(path + (key,))}: unknown key {key!r} in {cls.__name__}; "
+        raise ConfigError(f"{where(path + (str(key),))}: unknown key {key!r} in {cls.__name__}; "
                           f"valid keys: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls)
     kwargs = {name: _coerce(v, hints[name], path + (name,), where) for name, v in values.items()}
@@ -252,8 +286,10 @@ def from_dict(cls: type, values: Any, where: _Where | None = None, path: tuple[s
         raise ConfigError(f"{where(path)}: missing required key(s) {', '.join(missing)} for {cls.__name__}")
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as err:  # __post_init__ checks
-        raise ConfigError(f"{where(path)}: {cls.__name__}: {err}") from err
+    except FieldError as err:
+        raise ConfigError(f"{where(path + (err.field,))}: {err.message}") from None
+    except (ValueError, TypeError) as err:  # other __post_init__ checks
+        raise ConfigError(f"{where(path)}: {cls.__name__}: {err}") from None
 
 
 def to_dict(cfg: Any) -> dict:
@@ -266,36 +302,53 @@ def _apply_override(tree: dict, override: str) -> tuple[str, ...]:
         raise ConfigError(f"override {override!r} is not of the form key=value (e.g. ba.repeats=4)")
     key, raw = override.split("=", 1)
     path = tuple(key.strip().split("."))
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    if not all(path):
+        raise ConfigError(f"override {override!r}: empty key in {key.strip()!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: invalid YAML value: {err}") from None
     node = tree
-    for part in path[:-1]:
+    for depth, part in enumerate(path[:-1]):
         child = node.setdefault(part, {})
+        if child is None:  # an empty section in the recipe (``ba:``)
+            child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+            raise ConfigError(f"override {override!r}: {'.'.join(path[:depth + 1])} is not a section")
         node = child
     node[path[-1]] = value
     return path
 
 
-def build(tree: dict, where: _Where | str = "<config>") -> Config:
-    """Build a :class:`Config` from a recipe dict, resolving the task's section types.
+def _check(cfg: Config, where: Where) -> None:
+    """Cross-field checks of the common sections, then the task's own (``TaskSpec.check``)."""
+    tc = cfg.train
+    if tc.max_updates == 0 and tc.max_epochs == 0:
+        raise ConfigError(f"{where(('train', 'max_updates'))}: set train.max_updates or train.max_epochs (> 0)")
+    TASKS[cfg.task].check(cfg, where)
 
-    ``where`` names the source in error messages (a path, or a locator with line numbers).
+
+def build(tree: Any, where: Where | str = "<config>") -> Config:
+    """Build a :class:`Config` from a recipe dict, resolving the task's section types, and run every check.
+
+    ``where`` names the source in error messages (a path, or a :class:`Where` with line numbers).
+
+    Raises:
+        ConfigError: unknown keys or task, wrong types, invalid values or combinations.
     """
     if isinstance(where, str):
-        where = _Where(where)
-    from seqba.tasks import TASKS  # late: the task modules import the config
-
+        where = Where(where)
     if not isinstance(tree, dict):
-        raise ConfigError(f"{where(())}: a recipe must be a mapping")
+        raise ConfigError(f"{where.source}: a recipe must be a mapping of sections, got {type(tree).__name__}")
     task = tree.get("task")
     if task not in TASKS:
         raise ConfigError(f"{where(('task',))}: unknown task {task!r}; valid tasks: {', '.join(sorted(TASKS))}")
     spec = TASKS[task]
     common = {f.name for f in dataclasses.fields(Config)}
-    unknown = sorted(set(tree) - common)
+    unknown = sorted(set(tree) - common, key=str)
     if unknown:
-        raise ConfigError(f"{where((unknown[0],))}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(common))}")
+        raise ConfigError(f"{where((str(unknown[0]),))}: unknown key {unknown[0]!r}; "
+                          f"valid keys: {', '.join(sorted(common))}")
     sections = {"data": spec.data_config, "model": spec.model_config, "criterion": spec.criterion_config}
     kwargs: dict[str, Any] = {"task": task}
     for name, cls in sections.items():
@@ -304,7 +357,9 @@ def build(tree: dict, where: _Where | str = "<config>") -> Config:
         if f.name in kwargs or f.name not in tree:
             continue
         kwargs[f.name] = _coerce(tree[f.name], typing.get_type_hints(Config)[f.name], (f.name,), where)
-    return Config(**kwargs)
+    cfg = Config(**kwargs)
+    _check(cfg, where)
+    return cfg
 
 
 # Keys renamed since seqba 0.1.0 development began: (section, old key) -> new key (None: dropped).
@@ -325,20 +380,39 @@ def upgrade(tree: dict) -> dict:
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load a YAML recipe (``yaml.safe_load``), apply ``key=value`` overrides, and build the typed config.
+    """Load a YAML recipe (``yaml.safe_load``), apply ``key=value`` overrides, build the typed config and check it.
+
+    Every check runs here, before any process starts or anything is written (only ``ba.group_size`` against
+    the number of processes waits for the launch).
 
     Raises:
         FileNotFoundError: if the recipe does not exist.
-        ConfigError: for YAML errors, unknown keys (with the valid ones) and wrong types, naming file and line.
+        ConfigError: for non-UTF-8 or invalid YAML, a recipe that is not a mapping, unknown keys (with the valid
+            ones), wrong types and invalid values or combinations, naming file and line or the override.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
     try:
-        tree = yaml.safe_load(text) or {}
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 ({err.reason} at byte {err.start})") from None
+    try:
+        tree = yaml.safe_load(text)
         lines = _line_index(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from err
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    tree = {} if tree is None else tree
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of sections (task:, data:, ...), "
+                          f"got a {type(tree).__name__}")
     overridden = {_apply_override(tree, override) for override in overrides}
-    return build(tree, _Where(str(path), lines, overridden))
+    where = Where(str(path), lines, overridden)
+    cfg = build(tree, where)
+    resume = cfg.train.resume
+    if resume not in ("auto", "none") and not Path(resume).is_dir():
+        raise ConfigError(f"{where(('train', 'resume'))}: no checkpoint directory at {resume} "
+                          "(use auto, none, or a checkpoints/step_* folder)")
+    return cfg

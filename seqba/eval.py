@@ -4,88 +4,115 @@ The checkpoint file (written by ``seqba.train``) holds the model weights and the
 in that config evaluates it:
 
 * translation: batched beam search with the KV cache (``--beam 4``, greedy with ``--beam 1``), SentencePiece
-  decoding, sacreBLEU on the detokenized references; hypotheses are written in input order to ``--output``.
-  Source: ``--split test`` of the prepared corpus, or explicit ``--src``/``--ref`` text files.
+  decoding, sacreBLEU on the detokenized references; hypotheses are written in input order to ``--output``
+  (default: ``hyp.<split>.txt`` beside the checkpoint file). Source: ``--split test`` of the prepared corpus, or
+  explicit ``--src``/``--ref`` text files.
 * language_modeling: perplexity and bits per word (eval batch size 1 for test, 10 for valid, as awd-lstm-lm).
 * image_classification: top-1 accuracy, with ``--tta N`` averaging the softmax over N augmented copies.
 
-Prints a JSON line with the metrics (and writes it to ``--metrics-out`` when given).
+Prints a JSON line with the metrics (and writes it to ``--metrics-out`` when given). Every numeric option is
+checked first; a bad one, or an unreadable checkpoint, is one ``error:`` line and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
+from typing import Callable, NoReturn
 
 import torch
 
-from seqba import config as config_lib
+from seqba.checkpoint import load_model_file
+from seqba.errors import SeqbaError
 from seqba.tasks import TASKS
+from seqba.tasks.base import EvalOptions
+
+__all__ = ["main", "build_parser", "load_model_file"]
 
 
-def load_model_file(path: str | Path) -> tuple[config_lib.Config, dict, dict]:
-    """Load ``checkpoint_{best,last}.pt``: (typed config, model state dict, the rest), ``weights_only=True``.
+def _number(kind: type, low: float | None = None, *, allow_none: bool = False, strict: bool = False) -> Callable:
+    """An argparse ``type`` that accepts finite ``kind`` values ``>= low`` (``> low`` when ``strict``)."""
+    def parse(text: str):
+        if allow_none and text.lower() == "none":
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if low is not None and (value <= low if strict else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low}, got {text!r}")
+        return value
+    return parse
 
-    Raises:
-        FileNotFoundError: naming the path when it does not exist.
-        ValueError: when the file is not a seqba model file.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint_best.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or "config" not in blob or "model" not in blob:
-        raise ValueError(f"{path} is not a seqba model file (expected keys 'config' and 'model')")
-    cfg = config_lib.build(config_lib.upgrade(blob["config"]), str(path))
-    extra = {k: v for k, v in blob.items() if k not in ("config", "model")}
-    return cfg, blob["model"], extra
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m seqba.eval", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m seqba.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint_best.pt / checkpoint_last.pt, or a run directory")
     p.add_argument("--split", default="test", help="split of the recipe's data to evaluate (default: test)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--metrics-out", help="also write the metrics JSON here")
     t = p.add_argument_group("translation")
-    t.add_argument("--beam", type=int, default=4, help="beam size (1: greedy)")
-    t.add_argument("--lenpen", type=float, default=1.0, help="length penalty exponent (fairseq semantics)")
-    t.add_argument("--max-len-a", type=float, default=0.0, help="max output length = a * src_len + b")
-    t.add_argument("--max-len-b", type=int, default=200)
-    t.add_argument("--max-tokens", type=int, default=None, help="source tokens per decoding batch")
-    t.add_argument("--batch-size", type=int, default=None, help="sentences per decoding batch")
+    t.add_argument("--beam", type=_number(int, 1), default=4, help="beam size (1: greedy)")
+    t.add_argument("--lenpen", type=_number(float), default=1.0, help="length penalty exponent (fairseq semantics)")
+    t.add_argument("--max-len-a", type=_number(float, 0), default=0.0, help="max output length = a * src_len + b")
+    t.add_argument("--max-len-b", type=_number(int, 1), default=200)
+    t.add_argument("--max-tokens", type=_number(int, 1), default=None, help="source tokens per decoding batch")
+    t.add_argument("--batch-size", type=_number(int, 1), default=None, help="sentences per decoding batch")
     t.add_argument("--src", help="raw source text file (one segment per line) instead of --split")
     t.add_argument("--ref", help="raw reference text file for --src")
     t.add_argument("--output", help="hypotheses file (default: next to the checkpoint, hyp.<split>.txt)")
     i = p.add_argument_group("images")
-    i.add_argument("--tta", type=int, default=0, help="average over N augmented copies per image (0: off)")
+    i.add_argument("--tta", type=_number(int, 0), default=0, help="average over N augmented copies per image (0: off)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.ref and not args.src:
+        return _error("--ref needs --src (the references of --split are read from the prepared corpus)")
+    for name in ("src", "ref"):
+        path = getattr(args, name)
+        if path and not Path(path).is_file():
+            return _error(f"--{name} file not found: {path}")
+    checkpoint = Path(args.checkpoint)
+    if checkpoint.is_dir():
+        checkpoint = checkpoint / "checkpoint_best.pt"
     try:
-        cfg, state, _ = load_model_file(args.checkpoint)
-    except (FileNotFoundError, ValueError, config_lib.ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        cfg, state, _ = load_model_file(checkpoint)
+    except SeqbaError as err:
+        return _error(err)
     evaluate = TASKS[cfg.task].evaluate
     if evaluate is None:
-        print(f"error: task {cfg.task!r} has no evaluation", file=sys.stderr)
-        return 2
+        return _error(f"task {cfg.task!r} has no evaluation")
+    options = EvalOptions(checkpoint=str(checkpoint), **{k: v for k, v in vars(args).items()
+                                                          if k not in ("checkpoint", "metrics_out")})
     try:
-        metrics = evaluate(cfg, state, args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    line = json.dumps({"task": cfg.task, "checkpoint": str(args.checkpoint), **metrics})
+        metrics = evaluate(cfg, state, options)
+    except (FileNotFoundError, ValueError, SeqbaError, RuntimeError) as err:
+        return _error(err)
+    line = json.dumps({"task": cfg.task, "checkpoint": str(checkpoint), **metrics})
     print(line)
     if args.metrics_out:
         Path(args.metrics_out).write_text(line + "\n")
     return 0
+
+
+def _error(err: BaseException | str) -> int:
+    if os.environ.get("SEQBA_TRACEBACK") == "1" and isinstance(err, BaseException):
+        raise err
+    print(f"error: {str(err).strip()}".replace("\n", " "), file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

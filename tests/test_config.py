@@ -18,6 +18,8 @@ model:
   d_model: 32
 ba:
   repeats: 4
+train:
+  max_updates: 10
 """
 
 
@@ -64,6 +66,7 @@ def test_invalid_yaml(tmp_path):
 
 
 def test_upgrade_renames_keys_of_older_checkpoints():
-    tree = {"task": "translation", "train": {"validate_interval": 5, "save_interval": 7, "eval_batch_size": 3}}
+    tree = {"task": "translation", "train": {"validate_interval": 5, "save_interval": 7, "eval_batch_size": 3,
+                                                "max_updates": 1}}
     cfg = config_lib.build(config_lib.upgrade(tree), "old.pt")
     assert cfg.train.validate_interval_updates == 5 and cfg.train.save_interval_updates == 7

@@ -89,9 +89,9 @@ def test_resume_after_kill_is_bit_exact(ptb, tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     assert train_cli.main([*args, f"output_dir={ref}"]) == 0
 
-    env = {**os.environ, train_cli.FAULT_ENV: "3", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "seqba.train", *args, f"output_dir={killed}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "killrun.py"), "--after-save", "3", *args,
+                           f"output_dir={killed}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert sorted(train_losses(killed)) == [1, 2, 3]
 

@@ -24,7 +24,9 @@ def _write_corpus(root, n_train=40, extra_train=()):
 
 
 def _no_leftovers(parent, name):
-    return not (parent / name).exists() and not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+    """No output folder and no build folder; the build lock file (``.<name>.lock``) may stay."""
+    return not (parent / name).exists() and not [p for p in parent.iterdir()
+                                                 if p.name.startswith(f".{name}.") and p.suffix != ".lock"]
 
 
 def test_clean_corpus_counts_each_filter():
@@ -52,7 +54,7 @@ def test_manifest_counts_and_valid_test_kept_whole(tmp_path):
     assert manifest["vocab_size"] == 150 and manifest["dtype"] == "uint16" and manifest["format_version"] == 1
     assert manifest["sentencepiece"]["model_type"] == "bpe" and manifest["special_ids"]["eos"] == 3
     assert len(manifest["sources"]["train"]["src"]["sha256"]) == 64
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.") and p.name != ".out.lock"]
 
 
 def test_second_run_is_a_no_op_and_changes_rebuild(tmp_path, caplog):
@@ -69,7 +71,7 @@ def test_second_run_is_a_no_op_and_changes_rebuild(tmp_path, caplog):
     prepare_translation(tmp_path / "out", vocab_size=120, **options)  # an option changed: rebuilt in place
     assert json.loads((out / "manifest.json").read_text())["vocab_size"] == 120
     assert len(load_tokenizer(out)) == 120
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary or old folder left
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") and p.suffix != ".lock"] == []  # no build folder left
 
 
 def test_unequal_line_counts_name_both_files(tmp_path):
@@ -101,7 +103,7 @@ def test_missing_file_and_bad_options(tmp_path):
     assert _no_leftovers(tmp_path, "out")
     with pytest.raises(ValueError, match="preset: unknown"):
         prepare_translation(tmp_path / "out", preset="wmt14")
-    with pytest.raises(ValueError, match="vocab_size is required"):
+    with pytest.raises(ValueError, match="vocab_size: is required"):
         prepare_translation(tmp_path / "out", train_src="a", train_tgt="b")
     with pytest.raises(ValueError, match="max_ratio"):
         prepare_translation(tmp_path / "out", preset="multi30k", max_ratio=0.5)

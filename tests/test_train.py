@@ -49,10 +49,15 @@ def losses(run_dir):
     return out
 
 
+KILLRUN = Path(__file__).with_name("killrun.py")
+
+
 def run_module(module, *args, env=None, check=True):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    """``python -m module args`` (module ``killrun``: tests/killrun.py, which SIGKILLs the run on request)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    command = [sys.executable, str(KILLRUN)] if module == "killrun" else [sys.executable, "-m", module]
+    proc = subprocess.run([*command, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
@@ -121,8 +126,7 @@ def test_sampler_side_repetition_matches_device_expansion(recipe, tmp_path):
 def test_resume_after_sigkill_gives_the_same_losses(recipe, tmp_path):
     common = [recipe, "train.validate_interval_updates=0", "train.save_interval_updates=4", "train.max_updates=10"]
     run_module("seqba.train", *common, f"output_dir={tmp_path / 'straight'}")
-    killed = run_module("seqba.train", *common, f"output_dir={tmp_path / 'killed'}",
-                        env={train_cli.FAULT_ENV: "6"}, check=False)
+    killed = run_module("killrun", "--after-update", 6, *common, f"output_dir={tmp_path / 'killed'}", check=False)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert losses(tmp_path / "killed").keys() == set(range(1, 7))
     resumed = run_module("seqba.train", *common, f"output_dir={tmp_path / 'killed'}")

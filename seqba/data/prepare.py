@@ -13,9 +13,8 @@ Pipeline (``prepare_translation``)::
 Built in a temporary folder beside ``out_dir`` and renamed at the end, so a failed run leaves nothing. A
 second run with the same inputs (by sha256) and options logs "up to date" and touches nothing.
 
-Measured on 2 shared CPU cores: Multi30k (29k pairs, vocab 8000) in 0.8-2 s; opennmt-wmt-ende (10k pairs)
-in 0.9-2 s; the synthetic preset (50k generated pairs, vocab 1000) in 1.4-3 s. An up-to-date rerun only
-hashes the inputs (the synthetic and wmt16 presets regenerate/re-export them first).
+An up-to-date rerun only hashes the inputs (the synthetic and wmt16 presets regenerate/re-export them first). One
+preparation of a folder runs at a time (a lock beside it); build folders left by a killed one are removed.
 
 Tiny run::
 
@@ -35,8 +34,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from seqba.data.paths import data_root as default_data_root
+from seqba.errors import FieldError
+from seqba.runlock import RunLock
 from seqba.data.translation import (BOS_ID, EOS_ID, MANIFEST, PAD_ID, SPLITS, SPM_MODEL, UNK_ID, token_dtype,
                                     write_indexed)
 
@@ -61,7 +63,7 @@ class PrepareConfig:
     Without a preset, ``train_src``/``train_tgt`` are required and valid/test are optional pairs.
     """
 
-    preset: str | None = None  # one of PRESETS
+    preset: Literal["multi30k", "opennmt-wmt-ende", "wmt16-newstest", "wmt16", "synthetic"] | None = None
     data_root: str | None = None  # folder of the shared corpora; None: seqba.data.paths.data_root()
     train_src: str | None = None
     train_tgt: str | None = None
@@ -84,19 +86,24 @@ class PrepareConfig:
     synthetic_valid: int = 1000
     synthetic_test: int = 1000
 
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad option."""
+    def __post_init__(self) -> None:
+        """Raise :class:`~seqba.errors.FieldError` (a ``ValueError``) naming the first bad option.
+
+        Neither a preset nor train files is valid here: a recipe then uses an already prepared corpus, and
+        :func:`prepare_translation` refuses to run.
+        """
         if self.preset is not None and self.preset not in PRESETS:
-            raise ValueError(f"preset: unknown {self.preset!r}; expected one of {PRESETS}")
-        if self.preset is None and not (self.train_src and self.train_tgt):
-            raise ValueError("train_src and train_tgt are required when no preset is given")
-        if self.preset is None and self.vocab_size is None:
-            raise ValueError("vocab_size is required when no preset is given")
+            raise FieldError("preset", f"unknown {self.preset!r}; expected one of {PRESETS}")
+        if self.preset is None and bool(self.train_src) != bool(self.train_tgt):
+            raise FieldError("train_src" if not self.train_src else "train_tgt",
+                             "train_src and train_tgt must be given together")
+        if self.preset is None and self.train_src and self.vocab_size is None:
+            raise FieldError("vocab_size", "is required when no preset is given")
         for split in SPLITS:
             if bool(getattr(self, f"{split}_src")) != bool(getattr(self, f"{split}_tgt")) and self.preset is None:
-                raise ValueError(f"{split}_src and {split}_tgt must be given together")
+                raise FieldError(f"{split}_src", f"{split}_src and {split}_tgt must be given together")
         if self.src_lang == self.tgt_lang:
-            raise ValueError(f"src_lang and tgt_lang are both {self.src_lang!r}")
+            raise FieldError("tgt_lang", f"src_lang and tgt_lang are both {self.src_lang!r}")
         checks = {"vocab_size": self.vocab_size is None or self.vocab_size >= 8, "max_len": self.max_len >= 1,
                   "max_ratio": self.max_ratio >= 1.0, "character_coverage": 0.0 < self.character_coverage <= 1.0,
                   "max_train_lines": self.max_train_lines is None or self.max_train_lines >= 1,
@@ -105,7 +112,7 @@ class PrepareConfig:
                   "synthetic_test": self.synthetic_test >= 1}
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(f"{name}: invalid value {getattr(self, name)!r}")
+                raise FieldError(name, f"invalid value {getattr(self, name)!r}")
 
 
 @dataclass
@@ -127,14 +134,28 @@ def prepare_translation(out_dir: str | os.PathLike, config: PrepareConfig | None
         FileNotFoundError: a missing input file (named), or a missing data root.
         FileExistsError: ``out_dir`` exists, is not empty, and was not written by this function.
     """
-    config = dataclasses.replace(config or PrepareConfig(), **options)
-    config.validate()
+    config = dataclasses.replace(config or PrepareConfig(), **options)  # checks the options (__post_init__)
+    if config.preset is None and not config.train_src:
+        raise ValueError("give a preset or train_src and train_tgt files to prepare a corpus")
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} exists and is not a folder")
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
         raise FileExistsError(f"{out_dir} exists, is not empty and has no {MANIFEST}: refusing to overwrite it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time; whoever holds the lock may delete build folders left by a killed build.
+    lock = RunLock(out_dir.parent / f".{out_dir.name}.lock", f"corpus {out_dir}").acquire(blocking=True)
+    try:
+        for stale in out_dir.parent.iterdir():  # build folders of a killed preparation
+            if stale.name.startswith((f".{out_dir.name}.tmp-", f".{out_dir.name}.old-")):
+                logger.warning("removing %s, left by an interrupted preparation", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+        return _prepare_locked(out_dir, config)
+    finally:
+        lock.release()
+
+
+def _prepare_locked(out_dir: Path, config: PrepareConfig) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     umask = os.umask(0)
     os.umask(umask)
@@ -210,11 +231,48 @@ def _local_preset_file(preset: str, root: Path, split: str, lang: str) -> _Input
     return _Input(root / "wmt-newstest-deen" / f"newstest{year}.{lang}", False)
 
 
+HF_HUB_HOST = "huggingface.co"
+
+
+def _hub_reachable(host: str = HF_HUB_HOST, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hugging Face hub opens within ``timeout`` seconds."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def _export_hf_wmt16(raw_dir: Path) -> None:
-    """Download Hugging Face ``wmt16`` ``de-en`` and write ``{split}.{en,de}`` text files (needs the hub)."""
+    """Download Hugging Face ``wmt16`` ``de-en`` and write ``{split}.{en,de}`` text files.
+
+    Needs the hub or a ``datasets`` cache that holds it. When the hub does not answer within 3 s the call runs
+    offline (``HF_DATASETS_OFFLINE=1``: the cache only) instead of retrying for half a minute.
+
+    Raises:
+        ConnectionError: neither the hub nor a cached copy is available; the message says how to run from local
+            files instead.
+    """
     import datasets
 
-    dataset = datasets.load_dataset("wmt16", "de-en")
+    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+    if not offline and not _hub_reachable():
+        logger.warning("the Hugging Face hub (%s) is unreachable: looking for wmt16 in the datasets cache only",
+                       HF_HUB_HOST)
+        os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+        offline = True
+    try:
+        dataset = datasets.load_dataset("wmt16", "de-en")
+    except Exception as err:  # datasets raises ConnectionError, FileNotFoundError, ValueError... by version
+        where = "is unreachable and the datasets cache has no copy" if offline else "failed"
+        raise ConnectionError(
+            f"loading wmt16 de-en from the Hugging Face hub {where} ({type(err).__name__}: {str(err)[:200]}). "
+            "Run from local files instead: data.prepare.preset=null data.prepare.train_src=FILE "
+            "data.prepare.train_tgt=FILE (and valid_/test_ pairs), or data.prepare.preset=wmt16-newstest with "
+            "the shared corpora; or point HF_DATASETS_CACHE at a cache that holds wmt16 and set "
+            "HF_DATASETS_OFFLINE=1") from None
     for split, hf_split in (("train", "train"), ("valid", "validation"), ("test", "test")):
         with open(raw_dir / f"{split}.en", "w", encoding="utf-8", newline="\n") as en, \
                 open(raw_dir / f"{split}.de", "w", encoding="utf-8", newline="\n") as de:
@@ -325,8 +383,13 @@ def train_sentencepiece(sentences: list[str], seed: int = 0, **options) -> bytes
 
 
 def read_lines(path: str | os.PathLike, moses_escaped: bool = False) -> list[str]:
-    """Stripped lines of a UTF-8 file, split on "\\n" only; ``ValueError`` naming file and line if invalid."""
+    """Stripped lines of a UTF-8 file, split on "\\n" only; ``ValueError`` naming file and line if invalid.
+
+    A UTF-8 byte-order mark at the start (Windows editors write one) is dropped.
+    """
     data = Path(path).read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

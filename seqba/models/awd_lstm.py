@@ -39,9 +39,13 @@ Tiny CPU run::
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from seqba.errors import FieldError
 
 Hidden = list[tuple[Tensor, Tensor]]
 
@@ -149,6 +153,45 @@ class WeightDropLSTM(nn.LSTM):
         return f"{super().extra_repr()}, wdrop={self.wdrop}"
 
 
+@dataclass
+class AWDLSTMConfig:
+    """AWD-LSTM hyper-parameters; defaults are the reference's PTB command (salesforce/awd-lstm-lm ``main.py``
+    flags in brackets). A recipe's ``model:`` section for language modelling.
+
+    Attributes:
+        emb_size: E [--emsize].
+        hidden_size: H of the inner layers [--nhid].
+        num_layers: number of LSTM layers [--nlayers].
+        dropout: locked dropout on the last layer's output [--dropout].
+        dropouth: locked dropout between LSTM layers [--dropouth].
+        dropouti: locked dropout on the embedded input [--dropouti].
+        dropoute: embedding (word) dropout [--dropoute].
+        wdrop: DropConnect on every layer's ``weight_hh_l0`` [--wdrop].
+        tie_weights: share the embedding and decoder matrices (Press & Wolf 2017).
+        per_copy_masks: with ``repeats > 1`` in training, draw separate weight-drop and embedding-dropout masks
+            for each BA copy (column slice); see the module docstring.
+    """
+
+    emb_size: int = 400
+    hidden_size: int = 1150
+    num_layers: int = 3
+    dropout: float = 0.4
+    dropouth: float = 0.25
+    dropouti: float = 0.4
+    dropoute: float = 0.1
+    wdrop: float = 0.5
+    tie_weights: bool = True
+    per_copy_masks: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("emb_size", "hidden_size", "num_layers"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be >= 1, got {getattr(self, name)!r}")
+        for name in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise FieldError(name, f"must be in [0, 1), got {getattr(self, name)!r}")
+
+
 class AWDLSTM(nn.Module):
     """AWD-LSTM language model with optional per-copy masks for Batch Augmentation.
 
@@ -159,56 +202,35 @@ class AWDLSTM(nn.Module):
 
     Args:
         vocab_size: V.
-        emb_size: E (``--emsize``).
-        hidden_size: H of the inner layers (``--nhid``).
-        num_layers: number of LSTM layers (``--nlayers``).
-        dropout: locked dropout on the last layer's output (``--dropout``).
-        dropouth: locked dropout between LSTM layers (``--dropouth``).
-        dropouti: locked dropout on the embedded input (``--dropouti``).
-        dropoute: embedding (word) dropout (``--dropoute``).
-        wdrop: DropConnect on every layer's ``weight_hh_l0`` (``--wdrop``).
-        tie_weights: share the embedding and decoder matrices.
-        per_copy_masks: with ``repeats > 1`` in training, draw separate weight-drop and embedding-dropout masks
-            for each BA copy (column slice); see the module docstring.
+        config: hyper-parameters (:class:`AWDLSTMConfig`); ``None`` builds one from ``fields``
+            (``AWDLSTM(V, emb_size=16)``).
 
     Raises:
-        ValueError: non-positive sizes or dropout probabilities outside [0, 1).
+        ValueError: a non-positive ``vocab_size``; :class:`~seqba.errors.FieldError` (a ``ValueError``) for
+            non-positive sizes or dropout probabilities outside [0, 1).
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        *,
-        emb_size: int = 400,
-        hidden_size: int = 1150,
-        num_layers: int = 3,
-        dropout: float = 0.4,
-        dropouth: float = 0.25,
-        dropouti: float = 0.4,
-        dropoute: float = 0.1,
-        wdrop: float = 0.5,
-        tie_weights: bool = True,
-        per_copy_masks: bool = False,
-    ) -> None:
+    def __init__(self, vocab_size: int, config: AWDLSTMConfig | None = None, **fields) -> None:
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("emb_size", emb_size),
-                            ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if value < 1:
-                raise ValueError(f"AWDLSTM {name} must be >= 1, got {value!r}")
-        _check_p("dropoute", dropoute)
-        self.dropoute = dropoute
-        self.per_copy_masks = per_copy_masks
-        self.encoder = nn.Embedding(vocab_size, emb_size)
-        last = emb_size if tie_weights else hidden_size
-        sizes = [emb_size] + [hidden_size] * (num_layers - 1) + [last]
+        if config is not None and fields:
+            raise TypeError("give an AWDLSTMConfig or keyword fields, not both")
+        cfg = config if config is not None else AWDLSTMConfig(**fields)
+        if vocab_size < 1:
+            raise ValueError(f"AWDLSTM vocab_size must be >= 1, got {vocab_size!r}")
+        self.config = cfg
+        self.dropoute = cfg.dropoute
+        self.per_copy_masks = cfg.per_copy_masks
+        self.encoder = nn.Embedding(vocab_size, cfg.emb_size)
+        last = cfg.emb_size if cfg.tie_weights else cfg.hidden_size
+        sizes = [cfg.emb_size] + [cfg.hidden_size] * (cfg.num_layers - 1) + [last]
         self.rnns = nn.ModuleList(
-            WeightDropLSTM(sizes[i], sizes[i + 1], wdrop) for i in range(num_layers)
+            WeightDropLSTM(sizes[i], sizes[i + 1], cfg.wdrop) for i in range(cfg.num_layers)
         )
-        self.lockdrop_i = LockedDropout(dropouti)
-        self.lockdrop_h = LockedDropout(dropouth)
-        self.lockdrop_o = LockedDropout(dropout)
+        self.lockdrop_i = LockedDropout(cfg.dropouti)
+        self.lockdrop_h = LockedDropout(cfg.dropouth)
+        self.lockdrop_o = LockedDropout(cfg.dropout)
         self.decoder = nn.Linear(last, vocab_size)
-        if tie_weights:
+        if cfg.tie_weights:
             self.decoder.weight = self.encoder.weight
         self.init_weights()
 

@@ -29,11 +29,39 @@ Shape notation: N = batch (M*B rows under Batch Augmentation), C = channels, H =
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from seqba.errors import FieldError
 from seqba.models.ghost_bn import GhostBatchNorm2d
+
+
+@dataclass
+class ResNetConfig:
+    """CIFAR ResNet hyper-parameters (He et al. 2016, Sec. 4.2): depth 6n + 2, stage widths w, 2w, 4w. A recipe's
+    ``model:`` section for images.
+
+    Attributes:
+        depth: 6n + 2 layers (8, 14, 20, 32, 44, 56); 44 in the BA paper's CIFAR-10 run.
+        width: channels of the first stage (16 in the paper).
+        ghost_batch_size: rows per BN ghost batch (``None``: ordinary BN over the whole forward). With BA use
+            layout "tiled" and ghost_batch_size <= B (see :mod:`seqba.models.ghost_bn`).
+    """
+
+    depth: int = 44
+    width: int = 16
+    ghost_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.depth < 8 or (self.depth - 2) % 6 != 0:
+            raise FieldError("depth", f"must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56), got {self.depth}")
+        if self.width < 1:
+            raise FieldError("width", f"must be >= 1, got {self.width}")
+        if self.ghost_batch_size is not None and self.ghost_batch_size < 1:
+            raise FieldError("ghost_batch_size", f"must be >= 1 or null, got {self.ghost_batch_size}")
 
 
 class _ShortcutA(nn.Module):
@@ -80,15 +108,13 @@ class CifarResNet(nn.Module):
     Forward: images (N, in_channels, H, W) float -> logits (N, num_classes) float.
     """
 
-    def __init__(
-        self, depth: int, num_classes: int, in_channels: int, width: int, ghost_batch_size: int | None
-    ) -> None:
+    def __init__(self, config: ResNetConfig, num_classes: int, in_channels: int) -> None:
         super().__init__()
-        if depth < 8 or (depth - 2) % 6 != 0:
-            raise ValueError(f"cifar_resnet: depth must be 6n + 2 with n >= 1 (8, 14, 20, 32, 44, 56), got {depth}")
-        for name, value in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
+        for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
             if value < 1:
                 raise ValueError(f"cifar_resnet: {name} must be >= 1, got {value}")
+        self.config = config
+        depth, width, ghost_batch_size = config.depth, config.width, config.ghost_batch_size
         blocks_per_stage = (depth - 2) // 6
         self.depth = depth
         self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
@@ -123,22 +149,13 @@ class CifarResNet(nn.Module):
         return self.fc(out)  # (N, num_classes)
 
 
-def cifar_resnet(
-    depth: int = 44,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    width: int = 16,
-    ghost_batch_size: int | None = None,
-) -> CifarResNet:
+def cifar_resnet(num_classes: int = 10, in_channels: int = 3, **fields) -> CifarResNet:
     """Build the CIFAR ResNet of He et al. 2016, Sec. 4.2 (option A shortcuts), BN as ``GhostBatchNorm2d``.
 
     Args:
-        depth: 6n + 2 layers (n >= 1); 44 is the BA paper's CIFAR-10 model.
         num_classes: output logits K.
         in_channels: 3 for CIFAR, 1 for MNIST.
-        width: channels of stage 1 (stages have width, 2*width, 4*width; 16 in the paper).
-        ghost_batch_size: rows per ghost batch in every BN; ``None`` = ordinary BatchNorm. With Batch
-            Augmentation use ``repeat_batch`` layout "tiled" and ghost_batch_size <= B (see ``ghost_bn``).
+        fields: :class:`ResNetConfig` fields (``depth``, ``width``, ``ghost_batch_size``).
 
     Returns:
         ``CifarResNet``: images (N, in_channels, H, W) float -> logits (N, K) float.
@@ -146,7 +163,7 @@ def cifar_resnet(
     Raises:
         ValueError: depth not 6n + 2, or a non-positive size.
     """
-    return CifarResNet(depth, num_classes, in_channels, width, ghost_batch_size)
+    return CifarResNet(ResNetConfig(**fields), num_classes, in_channels)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

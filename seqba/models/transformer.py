@@ -19,7 +19,8 @@ D = d_model, H = heads, Dh = D / H, F = ffn_dim, V = vocab. Tokens are int64, pa
 
 Tiny CPU run::
 
-    model = Transformer(100, d_model=16, ffn_dim=32, num_heads=2, encoder_layers=1, decoder_layers=1)
+    model = Transformer(100, TransformerConfig(d_model=16, ffn_dim=32, num_heads=2, encoder_layers=1,
+                                               decoder_layers=1))
     logits = model(src_tokens, src_lengths, prev_output_tokens)  # (B, T, V)
 """
 
@@ -33,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Transformer", "EncoderOut", "DecoderCache", "KVCache", "sinusoidal_table"]
+from seqba.errors import FieldError
+
+__all__ = ["Transformer", "TransformerConfig", "EncoderOut", "DecoderCache", "KVCache", "sinusoidal_table"]
 
 
 class EncoderOut(NamedTuple):
@@ -217,47 +220,83 @@ class DecoderLayer(_Block):
         return self.residual(x, self.ffn_norm, self.ffn)
 
 
+@dataclass
+class TransformerConfig:
+    """Transformer hyper-parameters; defaults are Transformer-base (Vaswani et al. 2017; fairseq
+    ``transformer_wmt_en_de``). A recipe's ``model:`` section for translation.
+
+    Attributes:
+        d_model: D, model width.
+        ffn_dim: F, feed-forward inner width.
+        num_heads: H; must divide ``d_model``.
+        encoder_layers, decoder_layers: block counts.
+        dropout: on embeddings and every residual branch (BA's copies differ by these masks).
+        attention_dropout: on attention weights.
+        activation_dropout: after the feed-forward activation.
+        normalize_before: pre-norm blocks (and a final LayerNorm per stack) instead of post-norm.
+        share_all_embeddings: one table for encoder input, decoder input and output projection.
+        max_positions: longest sequence (tokens, eos included) the positional table covers.
+    """
+
+    d_model: int = 512
+    ffn_dim: int = 2048
+    num_heads: int = 8
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    normalize_before: bool = False
+    share_all_embeddings: bool = True
+    max_positions: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "ffn_dim", "num_heads", "encoder_layers", "decoder_layers", "max_positions"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.num_heads:
+            raise FieldError("num_heads", f"must divide d_model={self.d_model}, got {self.num_heads}")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise FieldError(name, f"must be in [0, 1), got {getattr(self, name)}")
+
+
 class Transformer(nn.Module):
     """Transformer-base encoder-decoder (fairseq ``transformer_wmt_en_de``); see the module docstring.
+
+    Args:
+        vocab_size: V, the joint vocabulary.
+        config: hyper-parameters; ``None`` builds one from ``fields`` (``Transformer(V, d_model=16)``).
+        pad_idx: id of the padding token.
 
     With vocab_size=32000 and the defaults it has 60.5M parameters (shared embeddings).
     Raises ValueError for a sequence longer than ``max_positions`` tokens.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        *,
-        d_model: int = 512,
-        ffn_dim: int = 2048,
-        num_heads: int = 8,
-        encoder_layers: int = 6,
-        decoder_layers: int = 6,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.0,
-        activation_dropout: float = 0.0,
-        normalize_before: bool = False,
-        share_all_embeddings: bool = True,
-        pad_idx: int = 0,
-        max_positions: int = 1024,
-    ):
+    def __init__(self, vocab_size: int, config: TransformerConfig | None = None, *, pad_idx: int = 0, **fields):
         super().__init__()
+        if config is not None and fields:
+            raise TypeError("give a TransformerConfig or keyword fields, not both")
+        cfg = config if config is not None else TransformerConfig(**fields)
+        self.config = cfg
+        d_model, max_positions = cfg.d_model, cfg.max_positions
         self.pad_idx, self.max_positions, self.d_model = pad_idx, max_positions, d_model
         self.embed_scale = math.sqrt(d_model)
         self.decoder_embed = self._embedding(vocab_size, d_model, pad_idx)
-        if share_all_embeddings:
+        if cfg.share_all_embeddings:
             self.encoder_embed = self.decoder_embed
         else:
             self.encoder_embed = self._embedding(vocab_size, d_model, pad_idx)
         # positions run from pad_idx + 1 to pad_idx + max_positions; not saved in the state dict
         table = sinusoidal_table(max_positions + pad_idx + 1, d_model, pad_idx)
         self.register_buffer("positions", table, persistent=False)
-        self.dropout = nn.Dropout(dropout)
-        args = (d_model, ffn_dim, num_heads, dropout, attention_dropout, activation_dropout, normalize_before)
-        self.encoder_layers = nn.ModuleList(EncoderLayer(*args) for _ in range(encoder_layers))
-        self.decoder_layers = nn.ModuleList(DecoderLayer(*args) for _ in range(decoder_layers))
-        self.encoder_norm = nn.LayerNorm(d_model) if normalize_before else nn.Identity()
-        self.decoder_norm = nn.LayerNorm(d_model) if normalize_before else nn.Identity()
+        self.dropout = nn.Dropout(cfg.dropout)
+        args = (d_model, cfg.ffn_dim, cfg.num_heads, cfg.dropout, cfg.attention_dropout, cfg.activation_dropout,
+                cfg.normalize_before)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(*args) for _ in range(cfg.encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(*args) for _ in range(cfg.decoder_layers))
+        self.encoder_norm = nn.LayerNorm(d_model) if cfg.normalize_before else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(d_model) if cfg.normalize_before else nn.Identity()
 
     @staticmethod
     def _embedding(vocab_size: int, d_model: int, pad_idx: int) -> nn.Embedding:

@@ -1,41 +1,119 @@
-"""The interface between the generic training loop (:mod:`seqba.train`) and a model family.
+"""The interface between the generic training loop (:class:`seqba.trainer.Trainer`) and a model family.
 
-One training step, as :func:`seqba.train.train` runs it::
+One update, as ``Trainer.train_step`` runs it (``update_freq`` batches, each expanded and cut into
+``ba.micro_batches`` chunks)::
 
-    batch = next(epoch_iterator)                  # B distinct samples, already on the device
-    expanded = task.expand(batch)                 # M·B rows: repeat_batch (+ per-copy augmentation)
-    total = task.sample_size(expanded)            # normaliser of the whole M·B batch (e.g. target tokens)
-    for chunk in task.split(expanded, k):         # BA micro-batches (cfg.ba.micro_batches)
-        loss_sum, logs = task.loss(model, chunk)  # summed over the chunk
-        accelerator.backward(loss_sum / total)    # grads equal the whole-batch ones up to float error
-    optimizer.step()
+    for batch in batches:                             # B distinct samples each, already on the device
+        expanded = task.expand(batch)                 # M·B rows: repeat_batch (+ per-copy augmentation)
+        total += task.sample_size(expanded)           # normaliser (e.g. target tokens of the M·B rows)
+        for chunk in task.split(expanded, k):         # BA micro-batches; every copy of a sample in one chunk
+            loss_sum, logs = task.loss(model, chunk)  # summed over the chunk
+            accelerator.backward(loss_sum)
+    grads /= total (over ranks and batches); clip; optimizer.step()
 
 A task owns its data iteration (so that it can resume mid-epoch exactly) and whatever state must survive a
-restart (``state_dict``), and validates a model (``validate``). Everything else (devices, processes, mixed
-precision, accumulation, clipping, checkpoints, logging) belongs to the loop.
+restart (``state_dict``), and validates a model (``validate``, called with the model already in eval mode and
+gradients off). Everything else (devices, processes, train/eval mode, mixed precision, accumulation, clipping,
+checkpoints, logging) belongs to the loop.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from seqba.distributed import worker_seed
-from seqba.samplers import repeat_batch
+from seqba.samplers import RepeatBatchSampler, repeat_batch
+
+
+def _no_checks(cfg: Any, where: Callable[[tuple[str, ...]], str]) -> None:
+    """The default ``TaskSpec.check``: nothing beyond the per-field checks."""
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """Dataclasses of a task's recipe sections and the class that builds it."""
+    """Dataclasses of a task's recipe sections, the class that builds it, and its checks and evaluation.
+
+    Attributes:
+        check: ``check(cfg, where)`` raises :class:`~seqba.errors.ConfigError` for an invalid combination of
+            fields; ``where(("ba", "layout"))`` formats a key's location (recipe line or override). Runs at
+            ``seqba.config.load``.
+        evaluate: ``evaluate(cfg, model_state, options: EvalOptions) -> dict`` (``python -m seqba.eval``).
+    """
 
     data_config: type
     model_config: type
     criterion_config: type
     task_class: type
-    #: ``evaluate(cfg, model_state, args) -> dict`` used by ``python -m seqba.eval`` (see seqba/eval.py)
-    evaluate: Any = None
+    evaluate: Callable[..., dict] | None = None
+    check: Callable[[Any, Callable[[tuple[str, ...]], str]], None] = _no_checks
+
+
+def sample_chunks(rows: int, repeats: int, layout: str, chunks: int,
+                  device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """Row indices of ``chunks`` micro-batches of an expanded batch, cut on sample boundaries.
+
+    The batch has ``rows = M·B`` rows laid out as :func:`~seqba.samplers.repeat_batch` lays them out: ``adjacent``
+    (copies of sample b are rows b·M .. b·M+M-1) or ``tiled`` (copy c of sample b is row c·B+b). Chunk i takes
+    the samples of ``arange(B).tensor_split(chunks)[i]`` with ALL their copies, in the same layout, so that a
+    loss across copies can be computed per chunk. Empty chunks (chunks > B) are dropped.
+
+    Returns:
+        a list of int64 (M·b_i,) index tensors on ``device``; together they cover every row exactly once.
+
+    Raises:
+        ValueError: ``rows`` not a multiple of ``repeats``, or an unknown ``layout``.
+    """
+    if rows % repeats:
+        raise ValueError(f"{rows} rows are not a multiple of repeats={repeats}")
+    samples = rows // repeats
+    out = []
+    for part in torch.arange(samples, device=device).tensor_split(min(chunks, max(samples, 1))):
+        if len(part) == 0:
+            continue
+        copies = torch.arange(repeats, device=device)
+        if layout == "adjacent":
+            out.append((part[:, None] * repeats + copies[None, :]).flatten())  # (b, M) sample-major
+        elif layout == "tiled":
+            out.append((copies[:, None] * samples + part[None, :]).flatten())  # (M, b) copy-major
+        else:
+            raise ValueError(f"layout must be 'adjacent' or 'tiled', got {layout!r}")
+    return out
+
+
+@dataclass
+class EvalOptions:
+    """What ``python -m seqba.eval`` asks of a task (validated by the CLI before a task sees it).
+
+    Attributes:
+        checkpoint: the model file evaluated (outputs default to its folder).
+        split: split of the recipe's data (``test``, ``valid``, ...).
+        device: torch device string.
+        beam: beam size (translation; 1 is greedy).
+        lenpen: length penalty exponent (fairseq semantics), finite.
+        max_len_a, max_len_b: a hypothesis has at most ``a * src_len + b`` tokens (translation).
+        max_tokens, batch_size: source tokens / sentences per decoding batch (``None``: task default).
+        src, ref: raw text files to translate and score instead of ``split`` (translation only).
+        output: hypotheses file (default: ``hyp.<split or src name>.txt`` beside ``checkpoint``).
+        tta: test-time augmentation views per image (images; 0 = off).
+    """
+
+    checkpoint: str
+    split: str = "test"
+    device: str = "cpu"
+    beam: int = 4
+    lenpen: float = 1.0
+    max_len_a: float = 0.0
+    max_len_b: int = 200
+    max_tokens: int | None = None
+    batch_size: int | None = None
+    src: str | None = None
+    ref: str | None = None
+    output: str | None = None
+    tta: int = 0
 
 
 class Task:
@@ -79,6 +157,24 @@ class Task:
         the members of a BA group augment their copies differently in loader workers.
         """
         return torch.Generator().manual_seed(worker_seed(self.cfg.seed, self.accelerator.process_index) + epoch)
+
+    def iterate_loader(self, dataset: Any, sampler: Any, collate_fn: Callable, epoch: int,
+                       start: int) -> Iterator[Any]:
+        """This rank's batches of ``epoch`` from batch ``start`` on, on the device: the shared loader of the tasks
+        that batch with a seqba sampler.
+
+        ``sampler`` yields B distinct indices per batch; with ``ba.expand_on_device: false`` it is wrapped in a
+        :class:`RepeatBatchSampler` so that the loader yields M·B rows. The position comes from
+        ``sampler.load_state_dict`` (exact mid-epoch resume), the worker seeds from :meth:`loader_generator`.
+        """
+        sampler.load_state_dict({"epoch": epoch, "iterations_in_epoch": start})
+        ba = self.cfg.ba
+        batch_sampler = sampler if ba.expand_on_device else RepeatBatchSampler(sampler, ba.repeats, layout=ba.layout)
+        loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn,
+                            generator=self.loader_generator(epoch), num_workers=self.cfg.train.num_workers,
+                            pin_memory=self.device.type == "cuda")
+        for batch in loader:
+            yield self.to_device(batch)
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Move the tensors of a collated batch to ``self.device`` (non-blocking from pinned memory)."""
@@ -125,9 +221,9 @@ class Task:
         """The model to validate and save (default: the unwrapped training model; AWD-LSTM: its average)."""
         return self.accelerator.unwrap_model(model)
 
-    @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
-        """Metrics on the validation split, identical on every rank."""
+        """Metrics on the validation split, identical on every rank. The loop calls it with ``model`` in eval mode
+        under ``torch.no_grad()`` and restores the training mode afterwards."""
         raise NotImplementedError
 
     # -- resume -------------------------------------------------------------------------------------------

@@ -45,25 +45,24 @@ Shape notation: N = rows, B = distinct images, M = repeats, C = channels, H = he
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from seqba.config import ConfigError
+from seqba.errors import ConfigError, FieldError
 from seqba.data.images import ImageTensorDataset, collate_images, load_cifar10, load_cifar10_hf, load_mnist
 from seqba.data.paths import data_root
 from seqba.data.transforms import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, Augment, mixup
-from seqba.models.resnet import CifarResNet, cifar_resnet, param_groups
-from seqba.samplers import RepeatBatchSampler, TokenBudgetBatchSampler, repeat_batch
-from seqba.tasks.base import Task, TaskSpec
+from seqba.models.resnet import CifarResNet, ResNetConfig, param_groups
+from seqba.samplers import TokenBudgetBatchSampler, repeat_batch
+from seqba.tasks.base import EvalOptions, Task, TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +95,8 @@ class ImageDataConfig:
         eval_batch_size: images per evaluation forward (0: the training step's M·B rows).
     """
 
-    dataset: str = "cifar10"
-    source: str = "local"
+    dataset: Literal["cifar10", "mnist"] = "cifar10"
+    source: Literal["local", "hf"] = "local"
     root: str | None = None
     batch_size: int = 64
     crop_padding: int = 4
@@ -108,32 +107,13 @@ class ImageDataConfig:
     eval_batch_size: int = 0
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {self.dataset!r}")
-        if self.source not in ("local", "hf"):
-            raise ValueError(f"source must be 'local' or 'hf', got {self.source!r}")
         if self.source == "hf" and self.dataset != "cifar10":
-            raise ValueError(f"source 'hf' is only wired for cifar10, got dataset {self.dataset!r}")
+            raise FieldError("source", f"'hf' is only wired for cifar10, got dataset {self.dataset!r}")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        for name in ("crop_padding", "cutout_size", "mixup_alpha"):
+            raise FieldError("batch_size", f"must be >= 1, got {self.batch_size}")
+        for name in ("crop_padding", "cutout_size", "mixup_alpha", "eval_batch_size"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-
-
-@dataclass
-class ImageModelConfig:
-    """CIFAR ResNet (He et al. 2016, Sec. 4.2): depth 6n + 2, stage widths w, 2w, 4w.
-
-    Attributes:
-        depth: 44 in the BA paper's CIFAR-10 run.
-        width: channels of the first stage (16 in the paper).
-        ghost_batch_size: rows per BN ghost batch (``None``: ordinary BN over the whole forward).
-    """
-
-    depth: int = 44
-    width: int = 16
-    ghost_batch_size: int | None = None
+                raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -148,7 +128,7 @@ class ImageCriterionConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+            raise FieldError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
 
 
 # -- building blocks shared by training, validation and `python -m seqba.eval` -----------------------------------
@@ -182,8 +162,7 @@ def load_split(data: ImageDataConfig, split: str) -> tuple[torch.Tensor, torch.T
 
 def build_model(cfg: Any) -> CifarResNet:
     """The recipe's ResNet for its dataset's channel count and 10 classes."""
-    m = cfg.model
-    return cifar_resnet(m.depth, NUM_CLASSES, DATASETS[cfg.data.dataset][0], m.width, m.ghost_batch_size)
+    return CifarResNet(cfg.model, NUM_CLASSES, DATASETS[cfg.data.dataset][0])
 
 
 def build_augment(data: ImageDataConfig, cutout: bool = True) -> Augment:
@@ -252,10 +231,6 @@ class ImageClassificationTask(Task):
     def __init__(self, cfg, accelerator) -> None:
         super().__init__(cfg, accelerator)
         data, ba = cfg.data, cfg.ba
-        if ba.expand_on_device and not data.augment_on_device and ba.repeats > 1:
-            raise ConfigError("data.augment_on_device=false augments in the DataLoader, so ba.expand_on_device=true "
-                              "would repeat already augmented images: M identical copies. Set "
-                              "ba.expand_on_device=false (RepeatBatchSampler) or data.augment_on_device=true")
         images, labels = load_split(data, "train")
         self.train_data = ImageTensorDataset(images, labels)
         self.valid_images, self.valid_labels = load_split(data, "test")
@@ -286,15 +261,9 @@ class ImageClassificationTask(Task):
         """This rank's batches: ``image`` uint8 (R, C, H, W) (float, augmented, when the loader augments),
         ``label`` int64 (R,), ``sample_id`` int64 (R,) on the device; R = B, or M·B with
         ``ba.expand_on_device: false``."""
-        self.sampler.load_state_dict({"epoch": epoch, "iterations_in_epoch": start})
-        ba, data = self.cfg.ba, self.cfg.data
-        batch_sampler = self.sampler if ba.expand_on_device else RepeatBatchSampler(self.sampler, ba.repeats,
-                                                                                     layout=ba.layout)
-        dataset = self.train_data if data.augment_on_device else AugmentedImages(self.train_data, self.augment)
-        loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_images,
-                            generator=self.loader_generator(epoch), num_workers=self.cfg.train.num_workers, pin_memory=self.device.type == "cuda")
-        for batch in loader:
-            yield self.to_device(batch)
+        dataset = self.train_data if self.cfg.data.augment_on_device else AugmentedImages(self.train_data,
+                                                                                           self.augment)
+        return self.iterate_loader(dataset, self.sampler, collate_images, epoch, start)
 
     def expand(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """B images -> M·B augmented rows: ``image`` float (N, C, H, W), ``label`` (N,), ``sample_id`` (N,), and
@@ -307,7 +276,7 @@ class ImageClassificationTask(Task):
         return out
 
     def split(self, batch: dict[str, torch.Tensor], chunks: int) -> list[dict[str, torch.Tensor]]:
-        """Consecutive row chunks (see the module docstring for what this does to BN statistics)."""
+        """Consecutive row chunks, which keep ghost batches whole (see the module docstring)."""
         if chunks == 1:
             return [batch]
         parts = {k: v.tensor_split(chunks) for k, v in batch.items()}
@@ -336,11 +305,8 @@ class ImageClassificationTask(Task):
         return loss, {"loss_sum": loss.detach(), "correct_sum": correct}
 
     # -- evaluation ---------------------------------------------------------------------------------------
-    @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
         """Top-1 accuracy and cross-entropy on the held-out split, unaugmented (sharded over ranks, then summed)."""
-        was_training = model.training
-        model.eval()
         acc = self.accelerator
         shard = np.array_split(np.arange(len(self.valid_labels)), acc.num_processes)[acc.process_index]
         lo, hi = (int(shard[0]), int(shard[-1]) + 1) if len(shard) else (0, 0)
@@ -350,15 +316,20 @@ class ImageClassificationTask(Task):
         totals = torch.stack([nll.double(), (probs.argmax(-1) == labels).sum().double(),
                               torch.tensor(float(hi - lo), dtype=torch.float64, device=self.device)])
         totals = acc.reduce(totals, "sum")
-        model.train(was_training)
         loss, correct, count = totals.tolist()
         return {"accuracy": correct / max(count, 1), "loss": loss / max(count, 1)}
 
 
-def evaluate(cfg: Any, model_state: dict, args: argparse.Namespace) -> dict[str, float]:
+def evaluate(cfg: Any, model_state: dict, args: EvalOptions) -> dict[str, float]:
     """Top-1 accuracy (and cross-entropy) on ``args.split``; with ``args.tta = n > 0`` also the accuracy of the
     softmax averaged over n random crop/flip views per image (no cutout), drawn with a generator seeded by
-    ``cfg.seed`` (so repeated evaluations agree)."""
+    ``cfg.seed`` (so repeated evaluations agree).
+
+    Raises:
+        ValueError: ``--src/--ref`` (translation only) or an unknown split.
+    """
+    if args.src or args.ref:
+        raise ValueError("--src/--ref apply to translation; images are evaluated on --split train or test")
     device = torch.device(args.device)
     images, labels = load_split(cfg.data, args.split)
     model = build_model(cfg)
@@ -373,7 +344,7 @@ def evaluate(cfg: Any, model_state: dict, args: argparse.Namespace) -> dict[str,
         "accuracy": int((probs.argmax(-1) == labels).sum()) / len(labels),
         "loss": float(-torch.log(probs.gather(1, labels[:, None]).clamp_min(1e-12)).double().mean()),
     }
-    tta = getattr(args, "tta", 0)
+    tta = args.tta
     if tta > 0:
         generator = torch.Generator().manual_seed(cfg.seed)
         probs = predict(model, images, build_augment(cfg.data, cutout=False), batch_size, device, tta, generator)
@@ -381,4 +352,14 @@ def evaluate(cfg: Any, model_state: dict, args: argparse.Namespace) -> dict[str,
     return metrics
 
 
-SPEC = TaskSpec(ImageDataConfig, ImageModelConfig, ImageCriterionConfig, ImageClassificationTask, evaluate=evaluate)
+def check_config(cfg, where) -> None:
+    """Cross-field checks of an image recipe (run at ``seqba.config.load``)."""
+    data, ba = cfg.data, cfg.ba
+    if ba.expand_on_device and not data.augment_on_device and ba.repeats > 1:
+        raise ConfigError(f"{where(('data', 'augment_on_device'))}: false augments in the DataLoader, so "
+                          "ba.expand_on_device=true would repeat already augmented images: M identical copies. "
+                          "Set ba.expand_on_device=false (RepeatBatchSampler) or data.augment_on_device=true")
+
+
+SPEC = TaskSpec(ImageDataConfig, ResNetConfig, ImageCriterionConfig, ImageClassificationTask, evaluate=evaluate,
+                check=check_config)

@@ -25,10 +25,7 @@ the running average of the iterates (``torch.optim.swa_utils.AveragedModel``, up
 validated and saved. It equals the ``ax`` of ``torch.optim.ASGD(lr, lambd=0, t0=0)`` created at the switch, as
 awd-lstm-lm does (whose lagged ``mu`` starts the mean at the second step after the switch).
 
-Measured on one CPU thread (benchmarks/bench_lm.py): the full PTB model (400/1150x3, bptt 70) takes 2.7 s per
-update at M=1 (20 columns) and 21.5 s at M=10 (200 columns), 7.9x. The small recipes (128/256x3, B=10, bptt 35,
-250 updates) run in 5.4 min (M=10) and 1.1 min (M=1) and reach valid ppl 692 / 659, test ppl 664 / 635 (batch 1):
-too early in training for BA to show (the paper's gains come over hundreds of epochs).
+Speed and results of the recipes are in README.md and benchmarks/results (``benchmarks/bench_lm.py``).
 
 Run the small recipe, then evaluate::
 
@@ -42,20 +39,21 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
-from seqba.config import ConfigError
+from seqba.errors import ConfigError, FieldError
 from seqba.data.lm import SPLITS, BPTTIterator, Corpus, batchify, load_corpus, load_corpus_hf, repeat_streams
 from seqba.data.paths import data_root
 from seqba.distributed import rank_group
 from seqba.losses import activation_regularization, temporal_activation_regularization
-from seqba.models.awd_lstm import AWDLSTM, Hidden, detach_hidden
-from seqba.tasks.base import Task, TaskSpec
+from seqba.metrics import perplexity
+from seqba.models.awd_lstm import AWDLSTM, AWDLSTMConfig, Hidden, detach_hidden
+from seqba.tasks.base import EvalOptions, Task, TaskSpec
 
 logger = logging.getLogger("seqba.tasks.language_modeling")
 
@@ -75,7 +73,7 @@ class LMDataConfig:
     """
 
     root: str | None = None
-    source: str = "local"
+    source: Literal["local", "hf"] = "local"
     batch_size: int = 20
     bptt: int = 70
     variable_bptt: bool = True
@@ -83,27 +81,9 @@ class LMDataConfig:
     test_batch_size: int = 1
 
     def __post_init__(self) -> None:
-        if self.source not in ("local", "hf"):
-            raise ValueError(f"source must be 'local' or 'hf', got {self.source!r}")
         for name in ("batch_size", "bptt", "eval_batch_size", "test_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-
-
-@dataclass
-class LMModelConfig:
-    """:class:`seqba.models.awd_lstm.AWDLSTM` arguments; defaults are the reference's PTB command."""
-
-    emb_size: int = 400
-    hidden_size: int = 1150
-    num_layers: int = 3
-    dropout: float = 0.4
-    dropouth: float = 0.25
-    dropouti: float = 0.4
-    dropoute: float = 0.1
-    wdrop: float = 0.5
-    tie_weights: bool = True
-    per_copy_masks: bool = False
+                raise FieldError(name, f"must be >= 1, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -123,7 +103,10 @@ class LMCriterionConfig:
 
     def __post_init__(self) -> None:
         if self.nonmono < 0:
-            raise ValueError(f"nonmono must be >= 0, got {self.nonmono!r}")
+            raise FieldError("nonmono", f"must be >= 0, got {self.nonmono!r}")
+        for name in ("alpha", "beta"):
+            if getattr(self, name) < 0:
+                raise FieldError(name, f"must be >= 0, got {getattr(self, name)!r}")
 
 
 class LMBatch(NamedTuple):
@@ -165,9 +148,9 @@ def load_lm_corpus(data: LMDataConfig) -> Corpus:
     return _cached_corpus("local", str(Path(root).resolve()))
 
 
-def build_lm(model_cfg: LMModelConfig, vocab_size: int) -> AWDLSTM:
+def build_lm(model_cfg: AWDLSTMConfig, vocab_size: int) -> AWDLSTM:
     """The recipe's AWD-LSTM for a vocabulary of ``vocab_size`` words."""
-    return AWDLSTM(vocab_size, **vars(model_cfg))
+    return AWDLSTM(vocab_size, model_cfg)
 
 
 @torch.no_grad()
@@ -207,12 +190,6 @@ class LanguageModelingTask(Task):
     def __init__(self, cfg, accelerator) -> None:
         super().__init__(cfg, accelerator)
         data, ba = cfg.data, cfg.ba
-        if ba.layout != "tiled":
-            raise ConfigError(f"ba.layout={ba.layout!r}: language modeling lays BA copies out copy-major "
-                              "(repeat_streams); set ba.layout: tiled")
-        if ba.repeats % ba.micro_batches:
-            raise ConfigError(f"ba.micro_batches={ba.micro_batches} must divide ba.repeats={ba.repeats}: "
-                              "language-modeling micro-batches are whole BA copies")
         self.corpus = load_lm_corpus(data)
         self.vocab_size = len(self.corpus.dictionary)
         # Rank groups (ba.group_size consecutive ranks) share streams; groups take disjoint ones.
@@ -322,16 +299,10 @@ class LanguageModelingTask(Task):
             return self.averaged.module
         return self.accelerator.unwrap_model(model)
 
-    @torch.no_grad()
     def validate(self, model: nn.Module) -> dict[str, float]:
         """Loss (nats per word), ppl and bits per word on valid; every rank computes the whole split."""
-        was_training = model.training
-        model.eval()
-        bsz = self.cfg.data.eval_batch_size
-        nll, words = corpus_nll(model, self.corpus.valid, bsz, self.cfg.data.bptt)
-        model.train(was_training)
-        loss = nll / words
-        return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bpw": loss / math.log(2)}
+        nll, words = corpus_nll(model, self.corpus.valid, self.cfg.data.eval_batch_size, self.cfg.data.bptt)
+        return word_metrics(nll / words)
 
     # -- resume -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -353,13 +324,21 @@ class LanguageModelingTask(Task):
             self.averaged.load_state_dict(state["averaged"])
 
 
-def evaluate(cfg, model_state: dict, args) -> dict[str, float]:
+def word_metrics(loss: float) -> dict[str, float]:
+    """``loss`` (mean NLL, nats per word), ``ppl`` and ``bpw`` (bits per word) of a mean word NLL."""
+    return {"loss": loss, "ppl": perplexity(loss), "bpw": loss / math.log(2)}
+
+
+def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, float]:
     """Perplexity and bits per word of a checkpoint on ``args.split`` (batch size 1 for test, as the reference).
 
     Raises:
-        ValueError: an unknown split, or weights for another vocabulary.
+        ValueError: an unknown split, ``--src/--ref`` (translation only), or weights for another vocabulary.
         FileNotFoundError: the corpus is missing.
     """
+    if args.src or args.ref:
+        raise ValueError("--src/--ref apply to translation; a language model is evaluated on --split "
+                         f"({', '.join(SPLITS)}) of its corpus")
     if args.split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
     corpus = load_lm_corpus(cfg.data)
@@ -373,11 +352,22 @@ def evaluate(cfg, model_state: dict, args) -> dict[str, float]:
     model.to(torch.device(args.device)).eval()
     bsz = cfg.data.test_batch_size if args.split == "test" else cfg.data.eval_batch_size
     nll, words = corpus_nll(model, getattr(corpus, args.split), bsz, cfg.data.bptt)
-    loss = nll / words
-    metrics = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "bpw": loss / math.log(2)}
+    metrics = word_metrics(nll / words)
     print(f"{args.split}: ppl {metrics['ppl']:.2f}, {metrics['bpw']:.4f} bits per word "
           f"({words} words, batch size {bsz}, bptt {cfg.data.bptt})")
     return metrics
 
 
-SPEC = TaskSpec(LMDataConfig, LMModelConfig, LMCriterionConfig, LanguageModelingTask, evaluate=evaluate)
+def check_config(cfg, where) -> None:
+    """Cross-field checks of a language-modelling recipe (run at ``seqba.config.load``)."""
+    ba = cfg.ba
+    if ba.layout != "tiled":
+        raise ConfigError(f"{where(('ba', 'layout'))}: {ba.layout!r}: language modeling lays BA copies out "
+                          "copy-major (repeat_streams); set ba.layout: tiled")
+    if ba.repeats % ba.micro_batches:
+        raise ConfigError(f"{where(('ba', 'micro_batches'))}: {ba.micro_batches} must divide ba.repeats="
+                          f"{ba.repeats}: language-modeling micro-batches are whole BA copies")
+
+
+SPEC = TaskSpec(LMDataConfig, AWDLSTMConfig, LMCriterionConfig, LanguageModelingTask, evaluate=evaluate,
+                check=check_config)

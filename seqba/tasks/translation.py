@@ -14,9 +14,7 @@ text in one command.
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +29,12 @@ from seqba.data.prepare import PrepareConfig, prepare_translation, read_lines
 from seqba.data.translation import (BOS_ID, EOS_ID, PAD_ID, TranslationDataset, collate, load_tokenizer,
                                     read_manifest, read_raw_lines)
 from seqba.losses import label_smoothed_nll_loss
-from seqba.models.transformer import Transformer
-from seqba.samplers import RepeatBatchSampler, TokenBudgetBatchSampler
+from seqba.errors import FieldError
+from seqba.metrics import perplexity
+from seqba.models.transformer import Transformer, TransformerConfig
+from seqba.samplers import TokenBudgetBatchSampler
 from seqba.search import beam_search
-from seqba.tasks.base import Task, TaskSpec
+from seqba.tasks.base import EvalOptions, Task, TaskSpec, sample_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -63,22 +63,13 @@ class TranslationDataConfig:
     skip_invalid_size: bool = False
     valid_max_tokens: int | None = None
 
-
-@dataclass
-class TransformerConfig:
-    """Transformer hyper-parameters (defaults: Transformer-base, Vaswani et al. 2017; fairseq transformer_wmt_en_de)."""
-
-    d_model: int = 512
-    ffn_dim: int = 2048
-    num_heads: int = 8
-    encoder_layers: int = 6
-    decoder_layers: int = 6
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    activation_dropout: float = 0.0
-    normalize_before: bool = False
-    share_all_embeddings: bool = True
-    max_positions: int = 1024
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "required_batch_size_multiple"):
+            if getattr(self, name) < 1:
+                raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
+        for name in ("max_sentences", "valid_max_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise FieldError(name, f"must be >= 1 or null, got {getattr(self, name)}")
 
 
 @dataclass
@@ -87,34 +78,40 @@ class TranslationCriterionConfig:
 
     label_smoothing: float = 0.1
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise FieldError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
 
-def split_batch(batch: dict[str, Any], chunks: int, pad: int = PAD_ID) -> list[dict[str, Any]]:
-    """Split a collated translation batch into ``chunks`` row slices, trimming padding columns in each.
 
-    Returns dicts with the same keys; ``ntokens``/``nsentences`` are recomputed per chunk.
+def split_batch(batch: dict[str, Any], chunks: int, repeats: int = 1, layout: str = "adjacent",
+                pad: int = PAD_ID) -> list[dict[str, Any]]:
+    """Split an expanded translation batch into ``chunks`` micro-batches on sample boundaries, trimming padding.
+
+    Every chunk holds all ``repeats`` copies of its samples, in the batch's ``layout`` (see
+    :func:`~seqba.tasks.base.sample_chunks`), so a loss across copies can be computed per chunk. Returns dicts
+    with the same keys; ``ntokens``/``nsentences`` are recomputed per chunk.
     """
-    rows = batch["target"].size(0)
     out = []
-    for index in torch.arange(rows, device=batch["target"].device).tensor_split(min(chunks, rows)):
-        lo, hi = int(index[0]), int(index[-1]) + 1
-        target = batch["target"][lo:hi]
+    for rows in sample_chunks(batch["target"].size(0), repeats, layout, chunks, batch["target"].device):
+        target = batch["target"].index_select(0, rows)
+        src_lengths = batch["src_lengths"].index_select(0, rows)
         tgt_width = int((target != pad).sum(1).max())
-        src_width = int(batch["src_lengths"][lo:hi].max())
+        src_width = int(src_lengths.max())
         out.append({
-            "src_tokens": batch["src_tokens"][lo:hi, :src_width],
-            "src_lengths": batch["src_lengths"][lo:hi],
-            "prev_output_tokens": batch["prev_output_tokens"][lo:hi, :tgt_width],
+            "src_tokens": batch["src_tokens"].index_select(0, rows)[:, :src_width],
+            "src_lengths": src_lengths,
+            "prev_output_tokens": batch["prev_output_tokens"].index_select(0, rows)[:, :tgt_width],
             "target": target[:, :tgt_width],
-            "sample_id": batch["sample_id"][lo:hi],
+            "sample_id": batch["sample_id"].index_select(0, rows),
             "ntokens": int((target != pad).sum()),
-            "nsentences": hi - lo,
+            "nsentences": len(rows),
         })
     return out
 
 
 def build_transformer(model_cfg: TransformerConfig, vocab_size: int) -> Transformer:
     """The recipe's Transformer for a joint vocabulary of ``vocab_size`` pieces."""
-    return Transformer(vocab_size, pad_idx=PAD_ID, **vars(model_cfg))
+    return Transformer(vocab_size, model_cfg, pad_idx=PAD_ID)
 
 
 class TranslationTask(Task):
@@ -166,18 +163,11 @@ class TranslationTask(Task):
         return len(self.sampler)
 
     def epoch_iterator(self, epoch: int, start: int = 0) -> Iterator[dict[str, Any]]:
-        self.sampler.load_state_dict({"epoch": epoch, "iterations_in_epoch": start})
-        ba = self.cfg.ba
-        batch_sampler = self.sampler if ba.expand_on_device else RepeatBatchSampler(self.sampler, ba.repeats,
-                                                                                     layout=ba.layout)
-        loader = DataLoader(self.train_data, batch_sampler=batch_sampler, collate_fn=collate,
-                            generator=self.loader_generator(epoch),
-                            num_workers=self.cfg.train.num_workers, pin_memory=self.device.type == "cuda")
-        for batch in loader:
-            yield self.to_device(batch)
+        return self.iterate_loader(self.train_data, self.sampler, collate, epoch, start)
 
     def split(self, batch: dict[str, Any], chunks: int) -> list[dict[str, Any]]:
-        return [batch] if chunks == 1 else split_batch(batch, chunks)
+        ba = self.cfg.ba
+        return [batch] if chunks == 1 else split_batch(batch, chunks, ba.repeats, ba.layout)
 
     def sample_size(self, batch: dict[str, Any]) -> float:
         return float(batch["ntokens"])
@@ -197,11 +187,8 @@ class TranslationTask(Task):
         return loss, {"loss_sum": loss.detach(), "nll_sum": nll.detach()}
 
     # -- evaluation ---------------------------------------------------------------------------------------
-    @torch.no_grad()
     def validate(self, model) -> dict[str, float]:
         """Label-smoothed loss, nll and perplexity on the valid split (sharded over ranks, then summed)."""
-        was_training = model.training
-        model.eval()
         acc = self.accelerator
         sampler = TokenBudgetBatchSampler(self._fit_positions(self.valid_data, "valid"),
                                           self.cfg.data.valid_max_tokens or
@@ -214,10 +201,9 @@ class TranslationTask(Task):
             totals += torch.stack([logs["loss_sum"].double(), logs["nll_sum"].double(),
                                    torch.tensor(float(batch["ntokens"]), dtype=torch.float64, device=self.device)])
         totals = acc.reduce(totals, "sum")
-        model.train(was_training)
         loss, nll, ntokens = totals.tolist()
         nll = nll / max(ntokens, 1)
-        return {"loss": loss / max(ntokens, 1), "nll": nll, "ppl": math.exp(min(nll, 50.0))}
+        return {"loss": loss / max(ntokens, 1), "nll": nll, "ppl": perplexity(nll)}
 
     def state_dict(self) -> dict[str, Any]:
         return {"num_skipped": self.sampler.num_skipped}
@@ -256,13 +242,13 @@ def translate(model: Transformer, sources: list[torch.Tensor], *, beam: int = 4,
     return out
 
 
-def evaluate(cfg, model_state: dict, args: argparse.Namespace) -> dict[str, Any]:
+def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, Any]:
     """``python -m seqba.eval`` for translation: beam search + SentencePiece decoding + sacreBLEU.
 
     Reads ``args.split`` of the prepared corpus (source ids from the binary files, references from the raw text
     kept at preparation), or raw ``args.src`` (+ optional ``args.ref``) files. Writes the detokenized hypotheses
-    in input order to ``args.output``. Returns ``bleu`` (when references exist), its sacreBLEU ``signature``,
-    ``sentences`` and decoding ``seconds``.
+    in input order to ``args.output`` (default: beside the checkpoint file). Returns ``bleu`` (when references
+    exist), its sacreBLEU ``signature``, ``sentences`` and decoding ``seconds``.
 
     Raises:
         FileNotFoundError / ValueError: for a missing prepared corpus or split, unreadable files, or ``--src``
@@ -295,7 +281,7 @@ def evaluate(cfg, model_state: dict, args: argparse.Namespace) -> dict[str, Any]
                        device=device, progress=True)
     seconds = time.perf_counter() - start
     hyps = [sp.decode(t) for t in tokens]
-    output = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent / f"hyp.{name}.txt"
+    output = Path(args.output) if args.output else Path(args.checkpoint).parent / f"hyp.{name}.txt"
     output.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     result: dict[str, Any] = {"sentences": len(hyps), "seconds": round(seconds, 2), "beam": args.beam,
                               "hypotheses": str(output)}
