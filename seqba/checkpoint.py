@@ -86,8 +86,10 @@ def _complete(path: Path) -> bool:
     return path.is_dir() and (path / "trainer_state_0.pt").is_file() and not any(path.glob("*.tmp*"))
 
 
-def _step_of(name: str) -> int:
-    return int(name.rsplit("_", 1)[1])
+def _step_folders(root: Path) -> list[Path]:
+    """``step_<digits>`` folders under ``root``, oldest first."""
+    found = [p for p in root.glob("step_*") if p.is_dir() and p.name[len("step_"):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len("step_"):]))
 
 
 def _repair(root: Path) -> None:
@@ -97,6 +99,8 @@ def _repair(root: Path) -> None:
     ``step_N`` is missing, the complete ``.tmp_`` (newer) or else ``.old_`` folder becomes ``step_N``.
     """
     for staged in sorted(root.glob(".tmp_step_*")) + sorted(root.glob(".old_step_*")):
+        if not staged.name[len(".tmp_step_"):].isdigit():
+            continue
         final = root / staged.name.split("_", 1)[1]
         if not final.exists() and _complete(staged):
             logger.warning("restoring %s from %s (a checkpoint replace was interrupted)", final.name, staged.name)
@@ -122,7 +126,7 @@ def latest_checkpoint(output_dir: str | Path, repair: bool = True) -> Path | Non
     named = root / pointer.read_text().strip() if pointer.is_file() else None
     if named is not None and _complete(named):
         return named
-    steps = sorted((p for p in root.glob("step_*") if p.is_dir()), key=lambda p: _step_of(p.name))
+    steps = _step_folders(root)
     complete = [p for p in steps if _complete(p)]
     if named is not None or complete:
         logger.warning("%s names %s, which is %s; resuming from the newest complete checkpoint %s", pointer,
@@ -145,7 +149,7 @@ def prune_checkpoints(root: Path, keep: int, protect: set[str] = frozenset()) ->
         return
     pointer = root / LATEST
     protect = set(protect) | ({pointer.read_text().strip()} if pointer.is_file() else set())
-    steps = sorted((p for p in root.glob("step_*") if p.is_dir()), key=lambda p: _step_of(p.name))
+    steps = _step_folders(root)
     for path in steps[: max(len(steps) - keep, 0)]:
         if path.name not in protect:
             shutil.rmtree(path, ignore_errors=True)

@@ -378,20 +378,25 @@ class Trainer:
                               {self.state["known_good"]})
 
     def _recover_from_nonfinite(self) -> str:
-        """Set aside a checkpoint whose weights blew up, point ``latest`` at the known-good one; say where."""
+        """Set aside a checkpoint whose weights blew up, point ``latest`` and ``checkpoint_last.pt`` back at the
+        known-good checkpoint; return a sentence that says where to resume from."""
         root = self.output_dir / "checkpoints"
         good = self.state["known_good"]
-        if self.accelerator.is_main_process:
-            if self.provisional is not None and (root / self.provisional).is_dir():
-                moved = set_aside(root / self.provisional)
-                logger.warning("set aside %s: the update after it was not finite", moved)
-            if good and (root / good).is_dir():
-                point_latest(root, good)
+        if self.accelerator.is_main_process and self.provisional is not None and (root / self.provisional).is_dir():
+            moved = set_aside(root / self.provisional)
+            logger.warning("set aside %s: the update after it was not finite", moved)
         self.accelerator.wait_for_everyone()
-        if good:
-            return (f"The last checkpoint known to be finite is {root / good}; train.resume=auto continues from it "
-                    "(lower optim.lr or raise warmup first).")
-        return "No checkpoint known to be finite was written before it (nothing to resume from)."
+        if not (good and (root / good).is_dir()):
+            return "No checkpoint known to be finite was written before it (nothing to resume from)."
+        loaded = load_checkpoint(self.accelerator, root / good)  # its weights become checkpoint_last.pt again
+        self.state.update(loaded["loop"])
+        self.task.load_state_dict(loaded["task"])
+        self._save_model_file("checkpoint_last.pt")
+        if self.accelerator.is_main_process:
+            point_latest(root, good)
+        self.accelerator.wait_for_everyone()
+        return (f"The last checkpoint known to be finite is {root / good}; train.resume=auto continues from it "
+                "(lower optim.lr or raise warmup first).")
 
     def _already_finished(self) -> dict[str, float]:
         """A rerun of a finished run: make ``checkpoint_last.pt`` match the last checkpoint, prune, validate."""

@@ -4,6 +4,8 @@
     python tests/killrun.py --after-save N RECIPE [key=value ...]        killed once update N's checkpoint is saved
     python tests/killrun.py --at-replace K RECIPE [key=value ...]        killed at the K-th os.replace of
                                                                          seqba.checkpoint (inside a save)
+    python tests/killrun.py --before-model-file NAME:N RECIPE ...        killed before writing model file NAME at
+                                                                         update N (e.g. checkpoint_last.pt:4)
 
 The hooks live here, outside the production loop: a callback for the first, a patched ``os.replace`` in the
 checkpoint module for the second.
@@ -14,7 +16,7 @@ import signal
 import sys
 import types
 
-from seqba import checkpoint, train
+from seqba import checkpoint, train, trainer
 from seqba.callbacks import Callback
 
 
@@ -45,12 +47,27 @@ def kill_at_replace(k: int) -> None:
     checkpoint.os.replace = replace
 
 
+def kill_before_model_file(spec: str) -> None:
+    name, step = spec.rsplit(":", 1)
+    real = trainer.save_model_file
+
+    def save(path, state, config, extra=None):
+        if os.path.basename(path) == name and (extra or {}).get("step") == int(step):
+            os.kill(os.getpid(), signal.SIGKILL)
+        real(path, state, config, extra)
+
+    trainer.save_model_file = save
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--after-update", type=int, default=0)
     parser.add_argument("--after-save", type=int, default=0)
     parser.add_argument("--at-replace", type=int, default=0)
+    parser.add_argument("--before-model-file", default="")
     args, rest = parser.parse_known_args()
+    if args.before_model_file:
+        kill_before_model_file(args.before_model_file)
     callbacks = [Kill(args.after_update, args.after_save)]
     if args.at_replace:
         kill_at_replace(args.at_replace)

@@ -187,3 +187,29 @@ def test_micro_batches_give_whole_batch_gradients(ptb, chunks):
 def test_micro_batches_must_be_whole_copies(ptb):
     with pytest.raises(config_lib.ConfigError, match="must divide ba.repeats"):
         make_task(SMALL, [ptb, *TINY, "ba.micro_batches=3"])
+
+
+def test_resume_at_an_epoch_end_with_update_freq_is_bit_exact(ptb, tmp_path):
+    """update_freq that does not divide the epoch's windows: the epoch ends with a short update and its checkpoint
+    falls between updates, so a kill right after it resumes to the same losses (issue 8, defect 1)."""
+    from seqba.data.lm import load_corpus
+
+    batch_size, bptt = 100, 20
+    words = len(load_corpus(ptb.split("=", 1)[1]).train)
+    windows = -(-(words // batch_size - 1) // bptt)
+    update_freq = next(k for k in (3, 4, 5, 7) if windows % k)
+    per_epoch = -(-windows // update_freq)
+    args = [str(SMALL), ptb, *TINY, f"data.batch_size={batch_size}", f"data.bptt={bptt}", "data.variable_bptt=false",
+            "ba.repeats=2", f"train.update_freq={update_freq}", f"train.max_updates={per_epoch + 2}"]
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    assert train_cli.main([*args, f"output_dir={ref}"]) == 0
+    assert [r["step"] for r in read_metrics(ref) if "valid_loss" in r] == [per_epoch, per_epoch + 2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "killrun.py"), "--after-save", str(per_epoch), *args,
+                           f"output_dir={killed}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert train_cli.main([*args, f"output_dir={killed}"]) == 0
+    resumed, expected = train_losses(killed), train_losses(ref)
+    assert resumed.keys() == expected.keys() == set(range(1, per_epoch + 3))
+    assert {s: resumed[s] for s in (per_epoch + 1, per_epoch + 2)} == {s: expected[s]
+                                                                       for s in (per_epoch + 1, per_epoch + 2)}

@@ -11,56 +11,7 @@ import pytest
 from seqba import eval as eval_cli
 from seqba import train as train_cli
 
-ROOT = Path(__file__).resolve().parents[1]
-
-RECIPE = """task: translation
-seed: 3
-output_dir: {out}
-data:
-  prepared_dir: {data}
-  prepare: {{preset: synthetic, vocab_size: 200, synthetic_train: 600, synthetic_valid: 40, synthetic_test: 40}}
-  max_tokens: 256
-model: {{d_model: 32, ffn_dim: 64, num_heads: 2, encoder_layers: 1, decoder_layers: 1, dropout: 0.2}}
-optim: {{lr: 0.003, warmup_updates: 10}}
-ba: {{repeats: 2}}
-train: {{max_updates: 12, log_interval: 1, validate_interval_updates: 6, progress_bar: false}}
-"""
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data") / "synthetic"
-
-
-@pytest.fixture
-def recipe(tmp_path, data_dir):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(RECIPE.format(out=tmp_path / "run", data=data_dir))
-    return path
-
-
-def losses(run_dir):
-    """step -> training loss from metrics.jsonl (the last record wins)."""
-    out = {}
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "loss" in record:
-            out[record["step"]] = record["loss"]
-    return out
-
-
-KILLRUN = Path(__file__).with_name("killrun.py")
-
-
-def run_module(module, *args, env=None, check=True):
-    """``python -m module args`` (module ``killrun``: tests/killrun.py, which SIGKILLs the run on request)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
-    command = [sys.executable, str(KILLRUN)] if module == "killrun" else [sys.executable, "-m", module]
-    proc = subprocess.run([*command, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
+from runs import KILLRUN, RECIPE, ROOT, data_dir, losses, recipe, run_module  # noqa: F401 (fixtures)
 
 
 def test_train_then_eval(recipe, tmp_path, capsys):

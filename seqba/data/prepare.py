@@ -245,6 +245,18 @@ def _hub_reachable(host: str = HF_HUB_HOST, timeout: float = 3.0) -> bool:
         return False
 
 
+def _go_offline() -> None:
+    """Offline mode for ``datasets`` and ``huggingface_hub`` in this process (both read it at import time)."""
+    import datasets
+    import huggingface_hub.constants
+
+    os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+    for module in (datasets.config, huggingface_hub.constants):
+        for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+            if hasattr(module, name):
+                setattr(module, name, True)
+
+
 def _export_hf_wmt16(raw_dir: Path) -> None:
     """Download Hugging Face ``wmt16`` ``de-en`` and write ``{split}.{en,de}`` text files.
 
@@ -261,7 +273,7 @@ def _export_hf_wmt16(raw_dir: Path) -> None:
     if not offline and not _hub_reachable():
         logger.warning("the Hugging Face hub (%s) is unreachable: looking for wmt16 in the datasets cache only",
                        HF_HUB_HOST)
-        os.environ["HF_DATASETS_OFFLINE"] = os.environ["HF_HUB_OFFLINE"] = "1"
+        _go_offline()
         offline = True
     try:
         dataset = datasets.load_dataset("wmt16", "de-en")
