@@ -1,19 +1,38 @@
-"""Training losses: label-smoothed cross-entropy (translation) and AR/TAR (AWD-LSTM language models).
+"""Training losses: label-smoothed cross-entropy (translation), AR/TAR (AWD-LSTM language models), and the
+cross-copy consistency term of Batch Augmentation.
 
 * ``label_smoothed_nll_loss``: Szegedy et al. 2016 ("Rethinking the Inception Architecture", Sec. 7), exactly as
   fairseq ``fairseq/criterions/label_smoothed_cross_entropy.py``: summed over non-pad tokens; the caller
   divides by the number of target tokens.
 * ``activation_regularization`` / ``temporal_activation_regularization``: Merity et al. 2017 ("Regularizing
   and Optimizing LSTM Language Models", Sec. 4.6), as salesforce/awd-lstm-lm ``main.py``.
+* ``consistency_loss``: agreement between the M copies of each sample of a BA batch, R-Drop's symmetric KL
+  (Liang et al., NeurIPS 2021; fairseq ``criterions/label_smoothed_cross_entropy_with_rdrop.py``) and AugMix's
+  Jensen-Shannon term (Hendrycks et al., ICLR 2020; timm ``loss/jsd.py``), both generalised from 2 or 3 copies to
+  any M. ``copies_view`` shows the expanded batch's rows as (copy, sample).
 
-Shape notation: B = batch, T = time, N = tokens (flattened), V = vocab, H = hidden size.
+Shape notation: B = batch (distinct samples), M = repeats (copies per sample), T = time, N = tokens
+(flattened), V = vocab (or classes), H = hidden size.
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor
 
-__all__ = ["label_smoothed_nll_loss", "activation_regularization", "temporal_activation_regularization"]
+__all__ = [
+    "label_smoothed_nll_loss",
+    "activation_regularization",
+    "temporal_activation_regularization",
+    "consistency_loss",
+    "copies_view",
+    "CONSISTENCY_KINDS",
+]
+
+CONSISTENCY_KINDS = ("sym_kl", "js")
+_LAYOUTS = ("adjacent", "tiled")  # as seqba.samplers.LAYOUTS; kept here so this module needs torch only
 
 
 def label_smoothed_nll_loss(
@@ -67,3 +86,135 @@ def temporal_activation_regularization(raw_output: Tensor, beta: float) -> Tenso
     (``args.beta * (rnn_h[1:] - rnn_h[:-1]).pow(2).mean()``).
     """
     return beta * (raw_output[1:] - raw_output[:-1]).pow(2).mean()
+
+
+def copies_view(x: Tensor, repeats: int, layout: str = "adjacent") -> Tensor:
+    """View the rows of an expanded batch as (copy, sample): (M·B, ...) -> (M, B, ...), no data copied.
+
+    The inverse of :func:`seqba.samplers.repeat_batch`: ``copies_view(repeat_batch(x, M, layout), M, layout)[c]``
+    is ``x`` for every copy c. With samples a, b, c and M = 2::
+
+        rows of x       adjacent           tiled
+                        row  sample copy   row  sample copy
+                        0    a      0      0    a      0
+                        1    a      1      1    b      0
+                        2    b      0      2    c      0
+                        3    b      1      3    a      1
+                        4    c      0      4    b      1
+                        5    c      1      5    c      1
+        copies_view     [[a, b, c],        [[a, b, c],
+                         [a, b, c]]         [a, b, c]]
+
+    Args:
+        x: (M·B, ...) tensor, rows laid out as ``layout`` says.
+        repeats: M, an int >= 1.
+        layout: ``"adjacent"`` (copies of sample b are rows b·M ... b·M+M-1; the result is a transposed,
+            non-contiguous view) or ``"tiled"`` (copy c of sample b is row c·B+b; the result is contiguous
+            when ``x`` is).
+
+    Returns:
+        (M, B, ...) view of ``x``: ``[c, b]`` is copy c of sample b.
+
+    Raises:
+        ValueError: for an unknown ``layout``, ``repeats`` not an int >= 1, a 0-d ``x``, or a row count that is
+            not a multiple of ``repeats``.
+    """
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
+    if x.dim() == 0 or x.size(0) % repeats != 0:
+        raise ValueError(f"rows of shape {tuple(x.shape)} are not a multiple of repeats={repeats}")
+    batch = x.size(0) // repeats
+    if layout == "tiled":
+        return x.view(repeats, batch, *x.shape[1:])
+    return x.view(batch, repeats, *x.shape[1:]).transpose(0, 1)
+
+
+def consistency_loss(
+    lprobs: Tensor,
+    repeats: int,
+    *,
+    layout: str = "adjacent",
+    pad_mask: Tensor | None = None,
+    kind: str = "sym_kl",
+) -> Tensor:
+    """Disagreement between the M copies of each sample, summed over the B distinct samples and their positions.
+
+    At each position (a target token, or an image) with the M copies' distributions p_1 ... p_M over V classes
+    (l_i = log p_i):
+
+    * ``"sym_kl"``: the mean over the M(M-1)/2 unordered pairs of ½·(KL(p_i‖p_j) + KL(p_j‖p_i)); at M = 2 this
+      is R-Drop's per-token term. Computed without the pair loop, from the identity
+      ``Σ_{i<j} ½(KL_ij + KL_ji) = ½ Σ_{i<j} Σ_v (p_i - p_j)(l_i - l_j) = ½ [M Σ_i Σ_v p_i l_i - Σ_v (Σ_i p_i)(Σ_j l_j)]
+      = ½ M Σ_i Σ_v p_i (l_i - l̄)``, with l̄ = (1/M) Σ_j l_j, so the term is
+      ``(1 / (M-1)) Σ_i Σ_v p_i (l_i - l̄)``. The last form is the one computed: it subtracts log-probabilities
+      before multiplying, so it does not cancel two large sums when the copies nearly agree.
+    * ``"js"``: the generalised Jensen-Shannon divergence ``(1/M) Σ_i KL(p_i ‖ p̄)``, p̄ = (1/M) Σ_i p_i (the
+      AugMix / timm ``JsdCrossEntropy`` form, there with M = 3). log p̄ is computed as ``logsumexp_i(l_i) - log M``,
+      exact and finite wherever one copy is; timm instead clamps p̄ to [1e-7, 1] before the log, which biases the
+      term where p̄ < 1e-7. No clamp is needed here: ``l_i - log p̄ <= log M``, so the term lies in [0, log M].
+
+    Cost: O(M·V) time per position for both kinds (the pair loop would be O(M²·V)); memory about three
+    (M·B, ..., V) tensors, of which autograd keeps two (p and l - l̄, or l - log p̄) for backward. Both kinds are
+    >= 0 and 0 when the copies agree.
+
+    Normalisation, and the correspondence to R-Drop's alpha (fairseq ``--rdrop-alpha``, ``reg_alpha`` in the
+    R-Drop code). Let N be the number of distinct (un-repeated) non-pad target tokens, CE_c the cross-entropy
+    summed over copy c's tokens, and C this function's value (one term per distinct token). seqba's loss is
+    ``(Σ_c CE_c + alpha·C) / (M·N)`` (the CE is a mean over the M·N rows). fairseq R-Drop duplicates the batch
+    (tiled, M = 2), sums the CE over both copies, adds ``reg_alpha · compute_kl_loss``, whose value is exactly C at
+    M = 2, and divides by the un-doubled count N: ``(CE_1 + CE_2 + reg_alpha·C) / N``. So at M = 2, with
+    ``consistency_alpha = reg_alpha`` seqba's loss is exactly fairseq's divided by 2 (a factor on the whole loss,
+    which Adam ignores up to its epsilon; with SGD double the learning rate). Per distinct token, R-Drop weighs
+    ½·reg_alpha·(pair term) against the copies' mean CE, and seqba weighs (alpha / M)·C against it, so
+
+        consistency_alpha = (M / 2) × reg_alpha
+
+    keeps R-Drop's balance at any M (= reg_alpha at M = 2). For images, timm ``JsdCrossEntropy`` per image is
+    ``CE + alpha_timm · JS`` (its CE on the clean split only), so ``consistency_alpha = M × alpha_timm`` gives the
+    same balance against seqba's mean CE over the copies (AugMix: M = 3, alpha_timm = 12 -> 36).
+
+    Args:
+        lprobs: (M·B, ..., V) float log-probabilities (log_softmax of the logits) of the expanded batch, e.g.
+            (M·B, T, V) for text or (M·B, V) for images; rows laid out as ``layout`` says. Must be finite (a -inf
+            entry gives NaN: clamp, e.g. ``lprobs.clamp(min=-1e4)``); compute it in float32 for fp16/bf16 models.
+        repeats: M, an int >= 2.
+        layout: ``"adjacent"`` (copies of sample b are rows b·M ... b·M+M-1) or ``"tiled"`` (copy c of sample b is
+            row c·B+b), as :func:`seqba.samplers.repeat_batch`; see :func:`copies_view`.
+        pad_mask: optional (M·B, ...) bool, True at positions to ignore (padding). The copies share their padding,
+            so only the first copy's mask is read (no check of the others, which would cost a device sync).
+        kind: ``"sym_kl"`` or ``"js"`` (``CONSISTENCY_KINDS``).
+
+    Returns:
+        0-d tensor, differentiable: the per-position term summed over the B samples and their kept positions
+        (nats). The caller normalises it like the cross-entropy (see above).
+
+    Raises:
+        ValueError: for an unknown ``kind`` or ``layout``; ``repeats`` not an int >= 2 (with one copy there is
+            nothing to agree with: a consistency term at M = 1 is a configuration mistake, so it is refused rather
+            than returned as 0); ``lprobs`` with fewer than 2 dimensions or a row count not a multiple of
+            ``repeats``; a ``pad_mask`` that is not bool or not of shape ``lprobs.shape[:-1]``.
+    """
+    if kind not in CONSISTENCY_KINDS:
+        raise ValueError(f"kind must be one of {CONSISTENCY_KINDS}, got {kind!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
+        raise ValueError(f"consistency_loss needs repeats as an int >= 2 (copies to compare), got {repeats!r}")
+    if lprobs.dim() < 2:
+        raise ValueError(f"lprobs must be (M·B, ..., V), got shape {tuple(lprobs.shape)}")
+    if pad_mask is not None and (pad_mask.shape != lprobs.shape[:-1] or pad_mask.dtype != torch.bool):
+        raise ValueError(
+            f"pad_mask must be a bool tensor of shape {tuple(lprobs.shape[:-1])} (lprobs without its vocab "
+            f"dimension), got {pad_mask.dtype} {tuple(pad_mask.shape)}"
+        )
+    lp = copies_view(lprobs, repeats, layout)  # (M, B, ..., V)
+    probs = lp.exp()
+    if kind == "sym_kl":
+        mean_lp = lp.mean(dim=0)  # (B, ..., V): l̄
+        term = (probs * (lp - mean_lp)).sum(dim=-1).sum(dim=0) / (repeats - 1)  # (B, ...)
+    else:
+        log_mixture = torch.logsumexp(lp, dim=0) - math.log(repeats)  # (B, ..., V): log p̄
+        term = (probs * (lp - log_mixture)).sum(dim=-1).mean(dim=0)  # (B, ...)
+    if pad_mask is not None:
+        term = term.masked_fill(copies_view(pad_mask, repeats, layout)[0], 0.0)
+    return term.sum()
