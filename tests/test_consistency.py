@@ -266,3 +266,18 @@ def test_errors(kwargs, match):
 def test_errors_on_flat_lprobs():
     with pytest.raises(ValueError, match="M·B, ..., V"):
         consistency_loss(torch.randn(4).log_softmax(-1), 2)
+
+
+@pytest.mark.parametrize("kind", CONSISTENCY_KINDS)
+def test_underflowing_probabilities_stay_finite(kind):
+    """float32 entries whose probability underflows to 0 in every copy (log p = -200 or -1e4) add nothing and
+    give no NaN; the result matches float64."""
+    lprobs, _ = make_batch(3, 2, (4,), 6, "tiled", seed=12, pad=False)
+    lprobs = torch.cat([lprobs, torch.full((6, 4, 2), -200.0, dtype=lprobs.dtype)], dim=-1)
+    lprobs[..., -1] = -1e4
+    lprobs[0, 0, -2] = -150.0  # underflows in one copy only
+    lprobs32 = lprobs.float().requires_grad_(True)
+    loss = consistency_loss(lprobs32, 3, layout="tiled", kind=kind)
+    loss.backward()
+    assert torch.isfinite(lprobs32.grad).all()
+    torch.testing.assert_close(loss.double(), consistency_loss(lprobs, 3, layout="tiled", kind=kind))
