@@ -156,9 +156,11 @@ def consistency_loss(
       wherever p̄ < 1e-7 (most of a large vocabulary). (``logsumexp_i(l_i) - log M`` would need no clamp, but
       costs ~1.4x the time of the whole term on CPU.) In float16, tiny is 6.1e-5: use float32.
 
-    Cost: O(M·V) time per position for both kinds (the pair loop would be O(M²·V)); memory about three
-    (M·B, ..., V) tensors, of which autograd keeps two (p and l - l̄, or l - log p̄) for backward. Both kinds are
-    >= 0 and 0 when the copies agree.
+    Cost: O(M·V) time per position for both kinds (the pair loop would be O(M²·V)). Memory: two temporary
+    (M·B, ..., V) tensors in forward and two in backward, none kept between them: the backward is written out
+    (see ``_Consistency``) and recomputes p from ``lprobs``, which log_softmax keeps anyway. Measured by
+    ``benchmarks/bench_consistency.py``. Both kinds are >= 0 and 0 when the copies agree. Differentiable once
+    (no double backward).
 
     Normalisation, and the correspondence to R-Drop's alpha (fairseq ``--rdrop-alpha``, ``reg_alpha`` in the
     R-Drop code). Let N be the number of distinct (un-repeated) non-pad target tokens, CE_c the cross-entropy
@@ -208,14 +210,62 @@ def consistency_loss(
             f"pad_mask must be a bool tensor of shape {tuple(lprobs.shape[:-1])} (lprobs without its vocab "
             f"dimension), got {pad_mask.dtype} {tuple(pad_mask.shape)}"
         )
-    lp = copies_view(lprobs, repeats, layout)  # (M, B, ..., V)
-    probs = lp.exp()
+    keep = None if pad_mask is None else ~copies_view(pad_mask, repeats, layout)[0]  # (B, ...)
+    return _Consistency.apply(lprobs, keep, repeats, layout, kind)
+
+
+def _reference_point(lp: Tensor, probs: Tensor, kind: str) -> Tensor:
+    """(M, B, ..., V) copies -> (B, ..., V): l̄ = mean_i l_i (sym_kl), or log p̄ clamped at tiny (js)."""
     if kind == "sym_kl":
-        mean_lp = lp.mean(dim=0)  # (B, ..., V): l̄
-        term = (probs * (lp - mean_lp)).sum(dim=-1).sum(dim=0) / (repeats - 1)  # (B, ...)
-    else:
-        log_mixture = probs.mean(dim=0).clamp_min(torch.finfo(probs.dtype).tiny).log()  # (B, ..., V): log p̄
-        term = (probs * (lp - log_mixture)).sum(dim=-1).mean(dim=0)  # (B, ...)
-    if pad_mask is not None:
-        term = term.masked_fill(copies_view(pad_mask, repeats, layout)[0], 0.0)
-    return term.sum()
+        return lp.mean(dim=0)
+    return probs.mean(dim=0).clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+
+class _Consistency(torch.autograd.Function):
+    """consistency_loss with a hand-written backward that keeps no (M·B, ..., V) tensor of its own.
+
+    Autograd through the plain expression would save p and l - r (two tensors the size of ``lprobs``) and make
+    about a dozen passes over them; here backward recomputes p from ``lprobs``, which log_softmax keeps anyway.
+    With r the reference point of :func:`_reference_point` and g the incoming gradient of each kept position:
+
+    * sym_kl, S = (1/(M-1)) Σ_i Σ_v p_i (l_i - l̄):  ∂S/∂l_k = (p_k (l_k - l̄ + 1) - p̄) / (M-1)  (Σ_i ∂l̄/∂l_k = 1);
+    * js, J = (1/M) Σ_i Σ_v p_i (l_i - log p̄):        ∂J/∂l_k = p_k (l_k - log p̄) / M  (Σ_i p_i ∂log p̄/∂l_k = p_k).
+
+    Checked against autograd of the plain expression by ``torch.autograd.gradcheck`` in the tests.
+    """
+
+    @staticmethod
+    def forward(ctx, lprobs: Tensor, keep: Tensor | None, repeats: int, layout: str, kind: str) -> Tensor:
+        lp = copies_view(lprobs, repeats, layout)  # (M, B, ..., V)
+        probs = lp.exp()
+        diff = lp - _reference_point(lp, probs, kind)
+        term = diff.mul_(probs).sum(dim=-1).sum(dim=0)  # (B, ...)
+        term = term / (repeats - 1 if kind == "sym_kl" else repeats)
+        if keep is not None:
+            term = term.masked_fill(~keep, 0.0)
+        ctx.save_for_backward(lprobs, keep)
+        ctx.repeats, ctx.layout, ctx.kind = repeats, layout, kind
+        return term.sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        lprobs, keep = ctx.saved_tensors
+        repeats, layout, kind = ctx.repeats, ctx.layout, ctx.kind
+        lp = copies_view(lprobs, repeats, layout)  # (M, B, ..., V)
+        probs = lp.exp()
+        out = lp - _reference_point(lp, probs, kind)
+        if kind == "sym_kl":
+            out.add_(1.0).mul_(probs).sub_(probs.mean(dim=0))
+            scale = grad / (repeats - 1)
+        else:
+            out.mul_(probs)
+            scale = grad / repeats
+        out.mul_(scale if keep is None else (keep * scale).unsqueeze(-1))
+        return _rows(out, layout), None, None, None, None
+
+
+def _rows(copies: Tensor, layout: str) -> Tensor:
+    """Inverse of :func:`copies_view`: (M, B, ...) -> (M·B, ...), rows laid out as ``layout`` says."""
+    rows = copies.transpose(0, 1) if layout == "adjacent" else copies
+    return rows.reshape(-1, *copies.shape[2:])
