@@ -14,9 +14,11 @@ peak resident memory during one step above its resident memory before it (Linux 
 this follows the live tensors), and the term's share over ``ce``. The inputs (logits, targets) are allocated before
 and not counted.
 
+On ``--device cuda`` the peak is the CUDA allocator's (``max_memory_allocated``) and steps are synchronised.
 Defaults: M = 4, B·T = 1024 distinct target tokens (B = 32 sentences of T = 32), V = 8000 and 32000, float32:
 
     python benchmarks/bench_consistency.py [--vocab 8000 32000] [--repeat 3] [--out benchmarks/results/consistency.json]
+    python benchmarks/bench_consistency.py --device cuda --batch 128 --out benchmarks/results/consistency_cuda.json
 """
 from __future__ import annotations
 
@@ -65,6 +67,16 @@ def peak_rss_mb(fn) -> float | None:
     return (status_kb("VmHWM") - before) / 1024
 
 
+def peak_cuda_mb(fn) -> float:
+    """Peak CUDA memory allocated (MiB) while ``fn`` runs, above what was allocated before it."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
 def make_step(logits, target, repeats, layout, kind, alpha):
     ntokens = int(target.ne(PAD).sum())
     pad_mask = target.eq(PAD)
@@ -82,10 +94,12 @@ def make_step(logits, target, repeats, layout, kind, alpha):
 
 def bench_vocab(vocab, args) -> dict:
     g = torch.Generator().manual_seed(0)
-    distinct = torch.randint(1, vocab, (args.batch, args.length), generator=g)
+    distinct = torch.randint(1, vocab, (args.batch, args.length), generator=g).to(args.device)
     distinct[: args.batch // 4, args.length * 3 // 4:] = PAD  # some padding, as in a real batch
     rows = args.repeats * args.batch
-    logits = torch.randn(rows, args.length, vocab, generator=g).requires_grad_(True)  # (M·B, T, V)
+    logits = torch.randn(rows, args.length, vocab, generator=g).to(args.device).requires_grad_(True)  # (M·B, T, V)
+    cuda = logits.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     cases = [("ce", None, "adjacent")]
     cases += [(f"ce+{kind}/{layout}", kind, layout) for kind in ("sym_kl", "js") for layout in args.layouts]
     out = {}
@@ -95,10 +109,12 @@ def bench_vocab(vocab, args) -> dict:
         step()  # warm-up
         times = []
         for _ in range(args.repeat):
+            sync()
             start = time.perf_counter()
             step()
+            sync()
             times.append(time.perf_counter() - start)
-        out[name] = {"ms": 1e3 * min(times), "ms_median": 1e3 * statistics.median(times), "peak_mb": peak_rss_mb(step)}
+        out[name] = {"ms": 1e3 * min(times), "ms_median": 1e3 * statistics.median(times), "peak_mb": peak_cuda_mb(step) if cuda else peak_rss_mb(step)}
     for name, row in out.items():
         row["ms_over_ce"] = row["ms"] - out["ce"]["ms"]
         if row["peak_mb"] is not None:
@@ -116,6 +132,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=2.0)
     parser.add_argument("--repeat", type=int, default=3, help="timed steps per case (best and median reported)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (peak memory then from the CUDA allocator)")
     parser.add_argument("--out", default="benchmarks/results/consistency.json")
     args = parser.parse_args()
     if args.threads:
@@ -127,6 +144,7 @@ def main() -> None:
         | {"rows": args.repeats * args.batch, "distinct_tokens": args.batch * args.length, "dtype": "float32"},
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                    "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                     "python": platform.python_version(), "mmap_threshold_pinned": pinned},
         "results": {},
     }
