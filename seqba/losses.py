@@ -153,8 +153,8 @@ def consistency_loss(
       below at ``tiny``, the dtype's smallest normal number (1.2e-38 in float32), before the log, so log p̄ is
       finite even where every copy's probability underflows. Where the clamp acts every p_i < M·tiny, so it moves
       the term by less than about M·tiny·log M per entry: nothing. timm clamps p̄ at 1e-7, which changes the term
-      wherever p̄ < 1e-7 (most of a large vocabulary). (``logsumexp_i(l_i) - log M`` would need no clamp, but
-      costs ~1.4x the time of the whole term on CPU.) In float16, tiny is 6.1e-5: use float32.
+      wherever p̄ < 1e-7 (most of a large vocabulary). (``logsumexp_i(l_i) - log M`` would need no clamp, but made
+      the term ~1.4x slower on CPU.) In float16, tiny is 6.1e-5: use float32.
 
     Cost: O(M·V) time per position for both kinds (the pair loop would be O(M²·V)). Memory: two temporary
     (M·B, ..., V) tensors in forward and two in backward, none kept between them: the backward is written out
@@ -229,7 +229,8 @@ class _Consistency(torch.autograd.Function):
     With r the reference point of :func:`_reference_point` and g the incoming gradient of each kept position:
 
     * sym_kl, S = (1/(M-1)) Σ_i Σ_v p_i (l_i - l̄):  ∂S/∂l_k = (p_k (l_k - l̄ + 1) - p̄) / (M-1)  (Σ_i ∂l̄/∂l_k = 1);
-    * js, J = (1/M) Σ_i Σ_v p_i (l_i - log p̄):        ∂J/∂l_k = p_k (l_k - log p̄) / M  (Σ_i p_i ∂log p̄/∂l_k = p_k).
+    * js, J = (1/M) Σ_i Σ_v p_i (l_i - log p̄):        ∂J/∂l_k = p_k (l_k - log p̄) / M  (Σ_i p_i ∂log p̄/∂l_k = p_k);
+      where p̄ is clamped at tiny this is the unclamped function's gradient, which differs by < M·tiny.
 
     Checked against autograd of the plain expression by ``torch.autograd.gradcheck`` in the tests.
     """
