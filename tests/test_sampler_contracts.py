@@ -46,7 +46,9 @@ def test_float_lengths_error_points_at_fixed_size_batches():
 def test_fixed_size_batches_partition_the_dataset(n, batch_size, drop_last, world_group, epoch):
     world, group_size = world_group
     groups = world // group_size
-    if n < groups * (batch_size if drop_last else 1):
+    num_batches = -(-n // batch_size)
+    too_few = n // batch_size < groups if drop_last else -(-num_batches // groups) * groups > n
+    if too_few:
         with pytest.raises(ValueError, match="cannot fill"):
             FixedSizeBatchSampler(n, batch_size, drop_last=drop_last, num_replicas=world, group_size=group_size)
         return

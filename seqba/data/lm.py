@@ -53,6 +53,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seqba.repeat import repeat_streams  # noqa: F401  (public as seqba.repeat_streams; re-exported here)
+
 EOS = "<eos>"
 SPLITS = ("train", "valid", "test")
 
@@ -197,21 +199,6 @@ def batchify(data: Tensor, bsz: int) -> Tensor:
         raise ValueError(f"batchify: bsz={bsz!r} must be in [1, L={data.numel()}]")
     rows = data.numel() // bsz
     return data[: rows * bsz].view(bsz, rows).t().contiguous()  # (L // bsz, bsz)
-
-
-def repeat_streams(batched: Tensor, repeats: int) -> Tensor:
-    """Add the M BA copies as columns, copy-major: (L, B) -> (L, B * M), column c * B + b = stream b.
-
-    Copy c is the column slice ``[c * B, (c + 1) * B)`` (the layout ``AWDLSTM(per_copy_masks=True)`` assumes).
-
-    Raises:
-        ValueError: ``batched`` not 2-D or ``repeats < 1``.
-    """
-    if batched.dim() != 2:
-        raise ValueError(f"repeat_streams: batched must be 2-D (L, B), got shape {tuple(batched.shape)}")
-    if repeats < 1:
-        raise ValueError(f"repeat_streams: repeats must be >= 1, got {repeats!r}")
-    return batched.repeat(1, repeats)  # (L, M * B)
 
 
 class BPTTBatch(NamedTuple):
