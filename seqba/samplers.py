@@ -24,7 +24,12 @@ Distributed BA: ``num_replicas`` ranks form ``num_replicas // group_size`` group
 ranks; ranks of one group get identical batches (the paper's "every M nodes load the same batch") while
 groups get disjoint ones. The sampler seed must be the same on all ranks; dropout and augmentation seeds must
 differ (see :func:`seqba.distributed.worker_seed`). Do not pass these batch samplers through
-``accelerator.prepare``: its ``BatchSamplerShard`` would shard them again.
+``accelerator.prepare``: its ``BatchSamplerShard`` would shard them again (they raise ``RuntimeError`` when it
+iterates them with ``num_replicas > 1``); :func:`seqba.integrations.accelerate.prepare_data_loader` places batches
+on the device without re-sharding.
+
+Fixed-size batches (images, timm / DeiT style) need no lengths: :class:`FixedSizeBatchSampler`. The M-fold
+repetition (:class:`RepeatBatchSampler`, :func:`repeat_batch`, :func:`repeat_streams`) lives in :mod:`seqba.repeat`.
 """
 from __future__ import annotations
 
