@@ -53,6 +53,9 @@ def test_helper_checks_the_sampler_matches_the_accelerator():
         prepare_data_loader(accelerator, DataLoader(range(4), batch_sampler=wrong))
     with pytest.raises(ValueError, match="accelerator.prepare"):
         prepare_data_loader(accelerator, DataLoader(range(4), batch_size=2))
-    right = TokenBudgetBatchSampler([3, 4, 5, 6], 8, shuffle=False)
-    assert [b.tolist() for b in prepare_data_loader(accelerator, DataLoader(range(4), batch_sampler=right))] == \
-        [[0, 1], [2], [3]]
+    # --- README: Accelerate ---
+    sampler = TokenBudgetBatchSampler([3, 4, 5, 6], 8, shuffle=False, num_replicas=accelerator.num_processes,
+                                      rank=accelerator.process_index)
+    loader = prepare_data_loader(accelerator, DataLoader(range(4), batch_sampler=sampler))  # not .prepare(loader)
+    # --- end ---
+    assert [b.tolist() for b in loader] == [[0, 1], [2], [3]]

@@ -117,3 +117,25 @@ def test_two_processes_update_equals_hand(tmp_path, route):
         model = tiny_gpt2()
         model.load_state_dict(torch.load(tmp_path / f"rank{rank}.pt"))
         assert_same_params(model, expected, atol=1e-5)
+
+
+def test_readme_trainer_example(tmp_path, monkeypatch):
+    from transformers import TrainingArguments
+
+    monkeypatch.chdir(tmp_path)
+    train, valid = toy_dataset(8), toy_dataset(4, seed=1)
+    # --- README: Trainer ---
+    model = tiny_gpt2()  # GPT2LMHeadModel(GPT2Config(...)), and model.loss_type = "ForCausalLM" (see below)
+    args = TrainingArguments(output_dir="runs/gpt2_ba", max_steps=2, per_device_train_batch_size=2,
+                             gradient_accumulation_steps=2, report_to=[], use_cpu=True)
+    # (a) dropout copies: the Trainer loads B samples, compute_loss expands them to M·B rows on the device
+    trainer = BATrainer(model=model, args=args, train_dataset=train, eval_dataset=valid, data_collator=collate,
+                        ba=BAArguments(repeats=4))
+    # (b) augmented copies: M copies of every index in token-budget batches (64 distinct tokens per process)
+    trainer = BATrainer(model=model, args=args, train_dataset=train, eval_dataset=valid, data_collator=collate,
+                        ba=BAArguments(repeats=4, route="index", max_tokens=64))
+    trainer.train()               # logs loss, ba_repeats, ba_rows_per_update, ba_samples_per_update
+    metrics = trainer.evaluate()  # evaluation batches are never repeated
+    # --- end ---
+    assert trainer.state.global_step == 2 and math.isfinite(metrics["eval_loss"])
+    assert all(e["ba_repeats"] == 4 for e in trainer.state.log_history if "loss" in e)
