@@ -38,7 +38,6 @@ Install with ``pip install seqba[hf]``.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -54,7 +53,6 @@ from seqba.samplers import FixedSizeBatchSampler, TokenBudgetBatchSampler
 
 __all__ = ["BAArguments", "BatchAugmentationMixin", "BATrainer", "ROUTES"]
 
-logger = logging.getLogger(__name__)
 
 ROUTES = ("device", "index")
 
