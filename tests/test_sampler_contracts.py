@@ -110,3 +110,20 @@ def test_yield_arrays_gives_int64_arrays_equal_to_the_lists():
     data = list(range(1000, 1200))
     loaded = list(DataLoader(data, batch_sampler=TokenBudgetBatchSampler(lengths, 64, seed=2, yield_arrays=True)))
     assert [b.tolist() for b in loaded] == [[1000 + i for i in batch] for batch in lists]
+
+
+def test_bptt_iterator_rejects_bad_seeds_and_epochs():
+    import torch
+
+    from seqba.data.lm import BPTTIterator
+
+    source = torch.zeros(20, 2, dtype=torch.long)
+    for seed in (-1, 0.5):
+        with pytest.raises(ValueError, match=rf"seed.*{seed!r}"):
+            BPTTIterator(source, 5, seed=seed)
+    it = BPTTIterator(source, 5)
+    for epoch in (-1, 1.5):
+        with pytest.raises(ValueError, match=rf"epoch.*{epoch!r}"):
+            it.set_epoch(epoch)
+    with pytest.raises(ValueError, match="missing 'epoch', 'iterations_in_epoch'"):
+        it.load_state_dict({**{k: v for k, v in it.state_dict().items() if k not in ("epoch", "iterations_in_epoch")}})
