@@ -2,9 +2,11 @@
 
 The BA core needs only torch and numpy::
 
-    from seqba import RepeatBatchSampler, TokenBudgetBatchSampler, repeat_batch
+    from seqba import (FixedSizeBatchSampler, RepeatBatchSampler, TokenBudgetBatchSampler, repeat_batch,
+                       repeat_streams)
 """
-from seqba.samplers import RepeatBatchSampler, TokenBudgetBatchSampler, repeat_batch
+from seqba.repeat import repeat_streams
+from seqba.samplers import FixedSizeBatchSampler, RepeatBatchSampler, TokenBudgetBatchSampler, repeat_batch
 
-__all__ = ["RepeatBatchSampler", "TokenBudgetBatchSampler", "repeat_batch"]
+__all__ = ["FixedSizeBatchSampler", "RepeatBatchSampler", "TokenBudgetBatchSampler", "repeat_batch", "repeat_streams"]
 __version__ = "0.1.0"

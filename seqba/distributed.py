@@ -8,12 +8,13 @@ ranks ``[g * group_size, (g + 1) * group_size)`` form group ``g``. Inside a grou
 * the DROPOUT / AUGMENTATION seed differs, so the copies differ: seed torch with ``worker_seed(seed, rank)``.
 
 Recipe for Accelerate users (do NOT hand the batch sampler to ``accelerator.prepare``: its ``BatchSamplerShard``
-would shard the already sharded batches)::
+would shard the already sharded batches, and seqba's samplers raise ``RuntimeError`` when iterated that way; use
+:func:`seqba.integrations.accelerate.prepare_data_loader` for device placement without re-sharding)::
 
     accelerator = Accelerator()
     sampler = TokenBudgetBatchSampler(num_tokens, 4096, seed=cfg.seed, group_size=2,
                                       num_replicas=accelerator.num_processes, rank=accelerator.process_index)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)      # not prepared
+    loader = prepare_data_loader(accelerator, DataLoader(dataset, batch_sampler=sampler, collate_fn=collate))
     model, optimizer = accelerator.prepare(model, optimizer)
     torch.manual_seed(worker_seed(cfg.seed, accelerator.process_index))           # distinct dropout masks
 

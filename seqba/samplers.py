@@ -24,117 +24,40 @@ Distributed BA: ``num_replicas`` ranks form ``num_replicas // group_size`` group
 ranks; ranks of one group get identical batches (the paper's "every M nodes load the same batch") while
 groups get disjoint ones. The sampler seed must be the same on all ranks; dropout and augmentation seeds must
 differ (see :func:`seqba.distributed.worker_seed`). Do not pass these batch samplers through
-``accelerator.prepare``: its ``BatchSamplerShard`` would shard them again.
+``accelerator.prepare``: its ``BatchSamplerShard`` would shard them again (they raise ``RuntimeError`` when it
+iterates them with ``num_replicas > 1``); :func:`seqba.integrations.accelerate.prepare_data_loader` places batches
+on the device without re-sharding.
+
+Fixed-size batches (images, timm / DeiT style) need no lengths: :class:`FixedSizeBatchSampler`. The M-fold
+repetition (:class:`RepeatBatchSampler`, :func:`repeat_batch`, :func:`repeat_streams`) lives in :mod:`seqba.repeat`.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+import sys
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
-import torch
 
+from seqba.boundaries import batch_boundaries
 from seqba.distributed import rank_group
+from seqba.repeat import LAYOUTS, RepeatBatchSampler, refuse_accelerate_reshard, repeat_batch
 
-__all__ = ["TokenBudgetBatchSampler", "RepeatBatchSampler", "repeat_batch", "batch_boundaries", "LAYOUTS"]
+__all__ = ["TokenBudgetBatchSampler", "FixedSizeBatchSampler", "RepeatBatchSampler", "repeat_batch",
+           "batch_boundaries", "LAYOUTS"]
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("adjacent", "tiled")
 
-
-def _check_layout(layout: str) -> None:
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-
-
-def _check_repeats(repeats: Any) -> None:
-    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
-
-
-def _repeat_indices(indices: np.ndarray, repeats: int, layout: str) -> np.ndarray:
-    if layout == "adjacent":
-        return np.repeat(indices, repeats)
-    return np.tile(indices, repeats)
-
-
-def batch_boundaries(
-    sorted_lengths: np.ndarray,
-    max_tokens: int | None,
-    max_sentences: int | None = None,
-    required_batch_size_multiple: int = 1,
-) -> np.ndarray:
-    """Cut a length-sorted sequence of samples into token-budget batches; return the batch start offsets.
-
-    Follows fairseq's ``batch_by_size`` (``fairseq/data/data_utils_fast.pyx``): samples are added in order while
-    ``len(batch) * max(lengths in batch) <= max_tokens`` (padding counts) and ``len(batch) <= max_sentences``;
-    when the next sample would overflow, the batch is cut to the largest multiple of
-    ``required_batch_size_multiple`` that it holds (``max(m * (n // m), n % m)``) and the remainder starts the
-    next batch. Unlike the Cython loop, the cut repeats while the remainder would still overflow, so every batch
-    honours the budget. The last batch is emitted whole. Nothing is dropped.
-
-    The work is vectorized per run of equal lengths: a Python loop over distinct lengths (at most
-    ``max_tokens`` of them), numpy for the cuts inside a run.
-
-    Args:
-        sorted_lengths: (N,) int, non-decreasing sample lengths in tokens (each ``<= max_tokens``).
-        max_tokens: token budget per batch, padding included; ``None`` for no token limit.
-        max_sentences: sentence limit per batch; ``None`` for no limit.
-        required_batch_size_multiple: preferred multiple of batch sizes.
-
-    Returns:
-        (num_batches + 1,) int64 offsets: batch ``i`` is ``sorted[offsets[i]:offsets[i + 1]]``.
+def check_count(name: str, value: Any) -> int:
+    """Return ``value`` as an int if it is a non-negative int (numpy ints included).
 
     Raises:
-        ValueError: if lengths are not sorted, or a sample alone exceeds ``max_tokens``, or neither limit is given.
+        ValueError: naming ``name`` and the value, for negatives, floats (even ``2.0``), bools, None, strings.
     """
-    lengths = np.asarray(sorted_lengths, dtype=np.int64)
-    n = len(lengths)
-    if max_tokens is None and max_sentences is None:
-        raise ValueError("give max_tokens or max_sentences (or both)")
-    if n == 0:
-        return np.zeros(1, dtype=np.int64)
-    if np.any(lengths[1:] < lengths[:-1]):
-        raise ValueError("sorted_lengths must be non-decreasing")
-    if max_tokens is not None and lengths[-1] > max_tokens:
-        raise ValueError(f"a sample of {lengths[-1]} tokens exceeds max_tokens={max_tokens}")
-    mult = required_batch_size_multiple
-    sent_cap = max_sentences if max_sentences is not None else n
-
-    def mod_len(c: int) -> int:
-        return max(mult * (c // mult), c % mult)
-
-    run_starts = np.flatnonzero(np.r_[True, lengths[1:] != lengths[:-1]])
-    run_ends = np.r_[run_starts[1:], n]
-    run_lengths = lengths[run_starts]
-    if max_tokens is None:
-        caps = np.full(len(run_starts), sent_cap, dtype=np.int64)
-    else:
-        caps = np.minimum(sent_cap, max_tokens // np.maximum(run_lengths, 1))
-
-    pieces: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]
-    pending = 0  # samples in the open batch, ending just before the current position
-    for pos, end, cap in zip(run_starts.tolist(), run_ends.tolist(), caps.tolist()):
-        # Adding the run's first sample makes `cap` the limit for the open batch: cut while it overflows.
-        while pending + 1 > cap:
-            cut = mod_len(pending)
-            pieces.append(np.array([pos - pending + cut], dtype=np.int64))
-            pending -= cut
-        run = end - pos
-        first = cap - pending  # index in the run whose arrival overflows the open batch
-        if first < run:
-            period = mod_len(cap)  # steady state: each cut emits mod_len(cap), the rest rolls over
-            count = (run - 1 - first) // period + 1
-            start = pos - pending
-            pieces.append(start + period * np.arange(1, count + 1, dtype=np.int64))
-            pending = pending + run - count * period
-        else:
-            pending += run
-    offsets = np.concatenate(pieces)
-    if offsets[-1] != n:
-        offsets = np.append(offsets, n)
-    return offsets
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return int(value)
 
 
 class TokenBudgetBatchSampler:
@@ -166,11 +89,17 @@ class TokenBudgetBatchSampler:
         group_size: consecutive ranks that receive identical batches (BA across nodes); divides ``num_replicas``.
         skip_invalid_size: drop samples longer than ``max_tokens`` (counted in ``num_skipped`` and logged once)
             instead of raising.
+        yield_arrays: yield each batch as an int64 numpy array instead of a list of ints. ``DataLoader`` accepts
+            both (its fetcher iterates the batch); arrays skip the ``tolist()`` conversion, about half of the cost
+            of iterating an epoch (``benchmarks/bench_batching.py``). Off by default because code that treats a
+            batch as a list (``batch + other``, ``if batch:``, e.g. accelerate's ``BatchSamplerShard``) breaks.
 
     Raises:
         ValueError: on invalid arguments (naming the value), or for a sample longer than ``max_tokens`` (naming its
             index, its length and the budget) unless ``skip_invalid_size``, or when there are fewer samples than
             groups.
+        RuntimeError: when iterated by accelerate's ``BatchSamplerShard`` with ``num_replicas > 1`` (the batches
+            would be sharded twice; see :func:`seqba.repeat.refuse_accelerate_reshard`).
     """
 
     def __init__(
@@ -186,12 +115,14 @@ class TokenBudgetBatchSampler:
         rank: int = 0,
         group_size: int = 1,
         skip_invalid_size: bool = False,
+        yield_arrays: bool = False,
     ) -> None:
         lengths = np.asarray(num_tokens)
         if lengths.ndim != 1:
             raise ValueError(f"num_tokens must be 1-D, got shape {lengths.shape}")
         if lengths.size and (not np.issubdtype(lengths.dtype, np.integer) or lengths.min() < 0):
-            raise ValueError("num_tokens must hold non-negative integers")
+            raise ValueError(f"num_tokens must hold non-negative integers, got dtype {lengths.dtype} (for batches of "
+                             "a fixed number of samples, without lengths, use FixedSizeBatchSampler)")
         for name, value in (("max_tokens", max_tokens), ("max_sentences", max_sentences)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {value!r}")
@@ -210,7 +141,8 @@ class TokenBudgetBatchSampler:
         self.max_sentences = None if max_sentences is None else int(max_sentences)
         self.required_batch_size_multiple = int(required_batch_size_multiple)
         self.shuffle = bool(shuffle)
-        self.seed = int(seed)
+        self.seed = check_count("seed", seed)
+        self.yield_arrays = bool(yield_arrays)
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
         self.group_size = int(group_size)
@@ -241,12 +173,17 @@ class TokenBudgetBatchSampler:
 
         # Batch sizes depend only on the sorted length sequence, which no tie shuffle changes: compute once.
         sorted_lengths = np.sort(self._lengths, kind="stable")
-        offsets = batch_boundaries(sorted_lengths, self.max_tokens, self.max_sentences, self.required_batch_size_multiple)
-        self._offsets = self._equalize(offsets)
+        self._offsets = self._build_offsets(sorted_lengths)
         self.epoch = 0
         self._start = 0  # batches of the current epoch to skip on the next __iter__ (resume)
         self._yielded = 0  # batches yielded so far in the current epoch
         self._cache: tuple[int, list[np.ndarray]] | None = None
+
+    def _build_offsets(self, sorted_lengths: np.ndarray) -> np.ndarray:
+        """(num_batches + 1,) offsets of the epoch's batches in length-sorted order, equal per group."""
+        offsets = batch_boundaries(sorted_lengths, self.max_tokens, self.max_sentences,
+                                   self.required_batch_size_multiple)
+        return self._equalize(offsets)
 
     def _equalize(self, offsets: np.ndarray) -> np.ndarray:
         """Split the largest batches until the batch count is a multiple of ``num_groups``."""
@@ -265,9 +202,14 @@ class TokenBudgetBatchSampler:
 
     # -- epoch bookkeeping -------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose batches the next ``__iter__`` yields (call before each epoch, as DDP samplers)."""
+        """Select the epoch whose batches the next ``__iter__`` yields (call before each epoch, as DDP samplers).
+
+        Raises:
+            ValueError: ``epoch`` is not a non-negative int (naming it).
+        """
+        epoch = check_count("epoch", epoch)
         if epoch != self.epoch:
-            self.epoch = int(epoch)
+            self.epoch = epoch
             self._start = 0
             self._yielded = 0
 
@@ -281,7 +223,7 @@ class TokenBudgetBatchSampler:
             order = perm[np.argsort(self._lengths[perm], kind="stable")]
         else:
             order = np.argsort(self._lengths, kind="stable")
-        order = self._indices[order]
+        order = self._indices[order][: self._offsets[-1]]  # a drop_last tail lies past the last offset
         batches = np.split(order, self._offsets[1:-1])
         if self.shuffle:
             batches = [batches[i] for i in rng.permutation(len(batches))]
@@ -296,13 +238,17 @@ class TokenBudgetBatchSampler:
         """Exact number of batches this rank yields per epoch (the same on every rank)."""
         return (len(self._offsets) - 1) // self.num_groups
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[int] | np.ndarray]:
+        refuse_accelerate_reshard(self, sys._getframe(1))
+        return self._iter_batches()
+
+    def _iter_batches(self) -> Iterator[list[int] | np.ndarray]:
         mine = self.batches()
         start, self._start = self._start, 0
         self._yielded = start
         for batch in mine[start:]:
             self._yielded += 1
-            yield batch.tolist()
+            yield batch if self.yield_arrays else batch.tolist()
 
     # -- resume --------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, int]:
@@ -317,122 +263,111 @@ class TokenBudgetBatchSampler:
         """Resume at ``state["epoch"]`` after ``state["iterations_in_epoch"]`` batches.
 
         Raises:
-            ValueError: if the state was saved with another seed or is past the end of the epoch.
+            ValueError: if a key is missing (naming it), ``epoch`` or ``iterations_in_epoch`` is not a non-negative
+                int, the state was saved with another seed, or it is past the end of the epoch.
         """
-        if "seed" in state and int(state["seed"]) != self.seed:
-            raise ValueError(f"state was saved with seed={state['seed']}, this sampler has seed={self.seed}")
-        position = int(state["iterations_in_epoch"])
-        if not 0 <= position <= len(self):
+        missing = [key for key in ("epoch", "iterations_in_epoch") if key not in state]
+        if missing:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: state is missing "
+                             f"{', '.join(map(repr, missing))} (got keys {sorted(state)})")
+        epoch = check_count("epoch", state["epoch"])
+        position = check_count("iterations_in_epoch", state["iterations_in_epoch"])
+        if "seed" in state and state["seed"] != self.seed:
+            raise ValueError(f"state was saved with seed={state['seed']!r}, this sampler has seed={self.seed}")
+        if position > len(self):
             raise ValueError(f"iterations_in_epoch={position} is outside [0, {len(self)}]")
-        self.epoch = int(state["epoch"])
+        self.epoch = epoch
         self._start = self._yielded = position
 
     @property
     def padding_efficiency(self) -> float:
-        """Real tokens / padded slots (``len(batch) * max length``) over all batches of the epoch."""
+        """Padding efficiency of the lengths the sampler batches on, ``num_tokens``, over all groups' batches.
+
+        ``sum(num_tokens) / sum(len(batch) * max(num_tokens[batch]))``; the same for every epoch (ties only move
+        between batches of equal length). For translation ``num_tokens = max(src_len, tgt_len)``, so this is NOT the
+        efficiency of the padded source and target tensors, which pad each side to its own maximum: that one is
+        :meth:`padding_efficiency_of` ``(src_lengths, tgt_lengths)`` (0.941 against 0.998 here on WMT-like pairs).
+        """
         sorted_lengths = np.sort(self._lengths, kind="stable").astype(np.int64)
-        ends = self._offsets[1:] - 1
-        slots = np.diff(self._offsets) * sorted_lengths[ends]
-        return float(sorted_lengths.sum() / max(slots.sum(), 1))
+        offsets = self._offsets
+        ends = offsets[1:] - 1
+        slots = np.diff(offsets) * sorted_lengths[ends]
+        return float(sorted_lengths[: offsets[-1]].sum() / max(slots.sum(), 1))
+
+    def padding_efficiency_of(self, *lengths: np.ndarray, epoch: int | None = None) -> float:
+        """Padding efficiency of tensors padded per batch, one per array of ``lengths``, over all groups' batches.
+
+        For translation ``padding_efficiency_of(src_lengths, tgt_lengths)`` is the source+target efficiency:
+        ``(sum src + sum tgt) / sum over batches of len(batch) * (max src + max tgt)`` in ``epoch`` (default: the
+        current one), i.e. real tokens over the slots of the padded ``src_tokens`` and ``target`` tensors.
+
+        Args:
+            *lengths: (N,) int arrays indexed like ``num_tokens``.
+            epoch: which epoch's batches; tie-breaking makes epochs differ slightly.
+
+        Raises:
+            ValueError: no arrays, or an array whose length is not N (the sampler's ``num_tokens``).
+        """
+        n = len(self._indices) + self.num_skipped
+        if not lengths or any(np.ndim(x) != 1 or len(x) != n for x in lengths):
+            raise ValueError(f"padding_efficiency_of: give one or more (N,) lengths arrays with N={n}, got shapes "
+                             f"{[np.shape(x) for x in lengths]}")
+        batches = self._global_batches(self.epoch if epoch is None else check_count("epoch", epoch))
+        order = np.concatenate(batches)
+        starts = np.r_[0, np.cumsum([len(b) for b in batches])[:-1]]
+        sizes = np.array([len(b) for b in batches])
+        real = slots = 0
+        for x in lengths:
+            x = np.asarray(x, dtype=np.int64)[order]
+            real += int(x.sum())
+            slots += int((np.maximum.reduceat(x, starts) * sizes).sum())
+        return real / max(slots, 1)
 
 
-class RepeatBatchSampler:
-    """Yield every batch of a wrapped batch sampler with each index repeated ``repeats`` (M) times.
+class FixedSizeBatchSampler(TokenBudgetBatchSampler):
+    """Batches of ``batch_size`` distinct samples (the paper's B for images), no lengths needed.
 
-    ``layout="adjacent"`` gives ``[a, a, a, b, b, b]``; ``layout="tiled"`` gives ``[a, b, a, b, a, b]``
-    (copy-major: copy ``c`` of the batch is the slice ``[c * B, (c + 1) * B)``). ``repeats=1`` is the identity.
-    Use it as ``DataLoader(dataset, batch_sampler=RepeatBatchSampler(sampler, M))``: the dataset is asked for each
-    copy, so a transform in the dataset gives every copy its own augmentation (Hoffer et al. 2020, Sec. 3).
+    A seeded shuffled partition of ``range(num_samples)`` into batches of ``batch_size`` (timm's and DeiT's image
+    loaders; torch's ``BatchSampler(RandomSampler(...))``), deterministic per ``(seed, epoch)``, resumable and with
+    BA rank groups exactly as :class:`TokenBudgetBatchSampler`, which it specialises (all lengths equal, a sentence
+    limit of ``batch_size``). Wrap it in :class:`RepeatBatchSampler` for M augmented copies per sample.
 
-    Args:
-        batch_sampler: any iterable of index lists (a torch ``BatchSampler``, a ``TokenBudgetBatchSampler``, a
-            list of lists). ``len``, ``set_epoch``, ``state_dict`` and ``load_state_dict`` are forwarded to it.
-        repeats: M, an int >= 1.
-        layout: ``"adjacent"`` or ``"tiled"``.
-
-    Raises:
-        ValueError: for ``repeats`` that is not an int >= 1 or an unknown ``layout``.
-    """
-
-    def __init__(self, batch_sampler: Iterable[Sequence[int]], repeats: int, *, layout: str = "adjacent") -> None:
-        _check_repeats(repeats)
-        _check_layout(layout)
-        self.batch_sampler = batch_sampler
-        self.repeats = int(repeats)
-        self.layout = layout
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batch_sampler:
-            if self.repeats == 1:
-                yield list(batch)
-            else:
-                yield _repeat_indices(np.asarray(batch), self.repeats, self.layout).tolist()
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler)  # type: ignore[arg-type]
-
-    def _forward(self, name: str):
-        method = getattr(self.batch_sampler, name, None)
-        if method is None:
-            raise AttributeError(f"the wrapped {type(self.batch_sampler).__name__} has no {name}()")
-        return method
-
-    def set_epoch(self, epoch: int) -> None:
-        self._forward("set_epoch")(epoch)
-
-    def state_dict(self) -> dict:
-        return self._forward("state_dict")()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._forward("load_state_dict")(state)
-
-
-def repeat_batch(
-    batch: Any,
-    repeats: int,
-    layout: str = "adjacent",
-    *,
-    count_keys: Sequence[str] = ("ntokens", "nsentences"),
-) -> Any:
-    """Expand an already collated batch of B samples to M·B rows, on whatever device it lives.
-
-    The same repetition as :class:`RepeatBatchSampler`, applied after collation: text models can move B distinct
-    samples to the device once and expand there (the paper's "no extra I/O"). For a batch collated from padded
-    samples the result equals collating the index-level repeated batch.
-
-    Rules: tensors with at least one dimension are repeated along dim 0 ((B, ...) -> (M·B, ...)); dicts, tuples
-    and lists are containers and are recursed into; Python numbers under a key in ``count_keys`` are per-batch
-    counts and are multiplied by M; anything else (0-d tensors, strings, other scalars) is returned unchanged.
+    ``drop_last=False``: every sample once per epoch; the last batch may be short, and when the number of batches
+    is not a multiple of the number of groups the largest batches are split in two (so batch sizes then differ).
+    ``drop_last=True``: only full batches, and only as many as fill every group equally; the dropped samples are the
+    tail of the epoch's permutation, so they change from epoch to epoch.
 
     Args:
-        batch: a tensor, or a dict / tuple / list of them (nested).
-        repeats: M, an int >= 1 (``1`` returns the batch unchanged).
-        layout: ``"adjacent"`` (``[a, a, b, b]``) or ``"tiled"`` (``[a, b, a, b]``).
-        count_keys: dict keys whose numeric values scale with the number of rows.
+        num_samples: N, the dataset size.
+        batch_size: distinct samples per batch, before BA repetition.
+        drop_last: drop the incomplete batch (and batches that do not fill every group).
+        shuffle, seed, num_replicas, rank, group_size, yield_arrays: as :class:`TokenBudgetBatchSampler`.
+
+    Attributes:
+        batch_size, drop_last: as given (torch's ``BatchSampler`` has them; accelerate reads them).
 
     Raises:
-        ValueError: for bad ``repeats`` or ``layout``.
+        ValueError: ``num_samples`` or ``batch_size`` not an int >= 1, or too few samples to give every group a
+            batch (a full one with ``drop_last``); the other arguments as :class:`TokenBudgetBatchSampler`.
     """
-    _check_repeats(repeats)
-    _check_layout(layout)
-    if repeats == 1:
-        return batch
 
-    def expand(x: Any, key: str | None = None) -> Any:
-        if isinstance(x, torch.Tensor):
-            if x.dim() == 0:
-                return x
-            if layout == "adjacent":
-                return x.repeat_interleave(repeats, dim=0)
-            return x.repeat(repeats, *([1] * (x.dim() - 1)))
-        if isinstance(x, Mapping):
-            return type(x)({k: expand(v, k) for k, v in x.items()})
-        if isinstance(x, tuple) and hasattr(x, "_fields"):  # namedtuple
-            return type(x)(*(expand(v) for v in x))
-        if isinstance(x, (tuple, list)):
-            return type(x)(expand(v) for v in x)
-        if key in count_keys and isinstance(x, (int, float)) and not isinstance(x, bool):
-            return x * repeats
-        return x
+    def __init__(self, num_samples: int, batch_size: int, *, drop_last: bool = False, shuffle: bool = True,
+                 seed: int = 0, num_replicas: int = 1, rank: int = 0, group_size: int = 1,
+                 yield_arrays: bool = False) -> None:
+        for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+            if check_count(name, value) < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        self.batch_size = int(batch_size)
+        self.drop_last = bool(drop_last)
+        super().__init__(np.zeros(int(num_samples), dtype=np.uint8), None, max_sentences=self.batch_size,
+                         shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank, group_size=group_size,
+                         yield_arrays=yield_arrays)
 
-    return expand(batch)
+    def _build_offsets(self, sorted_lengths: np.ndarray) -> np.ndarray:
+        if not self.drop_last:
+            return super()._build_offsets(sorted_lengths)
+        full = len(sorted_lengths) // self.batch_size // self.num_groups * self.num_groups
+        if full == 0:
+            raise ValueError(f"{len(sorted_lengths)} samples cannot fill one batch of {self.batch_size} for each of "
+                             f"{self.num_groups} groups with drop_last=True")
+        return np.arange(full + 1, dtype=np.int64) * self.batch_size

@@ -158,8 +158,9 @@ def test_repeat_layouts_and_forwarding():
     assert len(wrapped) == 2
     wrapped.set_epoch(3)
     assert base.epoch == 3 and wrapped.state_dict()["epoch"] == 3
-    with pytest.raises(AttributeError, match="set_epoch"):
-        RepeatBatchSampler([[0]], 2).set_epoch(1)
+    RepeatBatchSampler([[0]], 2).set_epoch(1)  # a wrapped sampler without set_epoch: nothing to do
+    with pytest.raises(NotImplementedError, match="state_dict"):
+        RepeatBatchSampler([[0]], 2).state_dict()
 
 
 class Squares(torch.utils.data.Dataset):
@@ -251,7 +252,8 @@ def test_core_imports_with_only_torch_and_numpy():
     code = ("import sys\n"
             "for m in ('yaml', 'accelerate', 'datasets', 'sentencepiece', 'sacrebleu', 'tqdm', 'matplotlib'):\n"
             "    sys.modules[m] = None\n"
-            "from seqba import RepeatBatchSampler, TokenBudgetBatchSampler, repeat_batch\n"
+            "from seqba import FixedSizeBatchSampler, RepeatBatchSampler, TokenBudgetBatchSampler, repeat_batch\n"
+            "from seqba import repeat_streams\n"
             "import seqba.distributed\n"
             "print(list(RepeatBatchSampler(TokenBudgetBatchSampler([2, 2], 4, shuffle=False), 2)))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -53,6 +53,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from seqba.repeat import repeat_streams  # noqa: F401  (public as seqba.repeat_streams; re-exported here)
+from seqba.samplers import check_count
+
 EOS = "<eos>"
 SPLITS = ("train", "valid", "test")
 
@@ -199,21 +202,6 @@ def batchify(data: Tensor, bsz: int) -> Tensor:
     return data[: rows * bsz].view(bsz, rows).t().contiguous()  # (L // bsz, bsz)
 
 
-def repeat_streams(batched: Tensor, repeats: int) -> Tensor:
-    """Add the M BA copies as columns, copy-major: (L, B) -> (L, B * M), column c * B + b = stream b.
-
-    Copy c is the column slice ``[c * B, (c + 1) * B)`` (the layout ``AWDLSTM(per_copy_masks=True)`` assumes).
-
-    Raises:
-        ValueError: ``batched`` not 2-D or ``repeats < 1``.
-    """
-    if batched.dim() != 2:
-        raise ValueError(f"repeat_streams: batched must be 2-D (L, B), got shape {tuple(batched.shape)}")
-    if repeats < 1:
-        raise ValueError(f"repeat_streams: repeats must be >= 1, got {repeats!r}")
-    return batched.repeat(1, repeats)  # (L, M * B)
-
-
 class BPTTBatch(NamedTuple):
     """One BPTT window: ``x`` and ``y`` (T, N) int64 (y = next token of x in the same column), ``seq_len`` = T,
     and ``lr_scale`` = drawn length / bptt, by which the reference multiplies the learning rate for this step."""
@@ -269,7 +257,7 @@ class BPTTIterator:
         self.source = source
         self.bptt = bptt
         self.variable = variable
-        self.seed = seed
+        self.seed = check_count("seed", seed)
         self.max_seq_len = max_seq_len
         self.epoch = 0
         self._offset = 0
@@ -290,7 +278,12 @@ class BPTTIterator:
         return plan
 
     def set_epoch(self, epoch: int) -> None:
-        """Select ``epoch``'s lengths; a new epoch starts at its first window, the current one keeps its place."""
+        """Select ``epoch``'s lengths; a new epoch starts at its first window, the current one keeps its place.
+
+        Raises:
+            ValueError: ``epoch`` is not a non-negative int (naming it).
+        """
+        epoch = check_count("epoch", epoch)
         if epoch != self.epoch:
             self.epoch = epoch
             self._offset = 0
@@ -330,8 +323,15 @@ class BPTTIterator:
         """Restore a position from :meth:`state_dict`.
 
         Raises:
-            ValueError: the state comes from an iterator with another bptt, mode, seed, cap or source length.
+            ValueError: a missing ``epoch`` / ``iterations_in_epoch`` (named), a negative or fractional one, or a
+                state from an iterator with another bptt, mode, seed, cap or source length.
         """
+        missing = [key for key in ("epoch", "iterations_in_epoch") if key not in state]
+        if missing:
+            raise ValueError(f"BPTTIterator.load_state_dict: state is missing {', '.join(map(repr, missing))} "
+                             f"(got keys {sorted(state)})")
+        check_count("epoch", state["epoch"])
+        check_count("iterations_in_epoch", state["iterations_in_epoch"])
         diff = {k: (v, state.get(k)) for k, v in self._config().items() if state.get(k) != v}
         if diff:
             raise ValueError(f"BPTTIterator.load_state_dict: configuration differs (this, state): {diff}")
