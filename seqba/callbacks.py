@@ -116,7 +116,9 @@ class MetricsLogger(Callback):
 def summarise(accelerator: Any, window: dict[str, float]) -> dict[str, float]:
     """Turn summed per-update logs of all ranks into per-token means and rates (a collective: all ranks call it).
 
-    ``loss``/``nll`` are ``loss_sum``/``nll_sum`` over ``sample_size``; ``ppl = exp(nll)``; ``lr``/``gnorm`` are
+    ``loss``/``nll``/``correct``/``consistency`` are their ``*_sum`` over ``sample_size`` (tasks log
+    ``consistency_sum`` times M, so ``consistency`` is the term per distinct token, word or image); ``ppl = exp(nll)``;
+    ``lr``/``gnorm`` are
     means over updates; every ``*_count`` becomes a per-update mean and a ``*_per_s`` rate over this rank's
     ``seconds``.
     """
@@ -133,7 +135,7 @@ def summarise(accelerator: Any, window: dict[str, float]) -> dict[str, float]:
         if "nll_sum" in summed:
             out["nll"] = summed["nll_sum"] / size
             out["ppl"] = perplexity(out["nll"])
-        for k in ("correct", "accuracy"):
+        for k in ("correct", "accuracy", "consistency"):
             if f"{k}_sum" in summed:
                 out[k] = summed[f"{k}_sum"] / size
     out["lr"] = window.get("lr", 0.0) / updates

@@ -64,6 +64,14 @@ class BAConfig:
             batch up to float error): the paper's "evaluating on the whole M·B batch or accumulating M instances".
         expand_on_device: load B distinct samples and expand with ``repeat_batch`` on the device (no extra I/O);
             ``false`` repeats indices in the sampler instead (``RepeatBatchSampler``).
+        consistency: a loss across the M copies of every sample (:func:`seqba.losses.consistency_loss`):
+            ``sym_kl`` (mean pairwise symmetric KL; R-Drop at M=2), ``js`` (generalised Jensen-Shannon; AugMix,
+            timm ``JsdCrossEntropy``) or ``none``. Per target token (translation), per token of the copy columns
+            (language modelling) or per image (on class probabilities). Needs M > 1 and every copy of a sample on
+            one rank (``group_size: 1``: copies spread over ranks would need a gradient-correct all-gather).
+        consistency_alpha: its weight: the update minimises (sum of CE over the M·B rows + alpha * consistency
+            summed over the B distinct samples) / (target tokens of the M·B rows). R-Drop's ``reg_alpha`` at M
+            copies corresponds to ``consistency_alpha = M / 2 * reg_alpha`` (the same number at M=2).
     """
 
     repeats: int = 1
@@ -71,10 +79,13 @@ class BAConfig:
     group_size: int = 1
     micro_batches: int = 1
     expand_on_device: bool = True
+    consistency: Literal["none", "sym_kl", "js"] = "none"
+    consistency_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("repeats", "group_size", "micro_batches"):
             _require(name, getattr(self, name) >= 1, f"must be >= 1, got {getattr(self, name)}")
+        _require("consistency_alpha", self.consistency_alpha >= 0, f"must be >= 0, got {self.consistency_alpha}")
 
 
 @dataclass
@@ -325,6 +336,18 @@ def _check(cfg: Config, where: Where) -> None:
     tc = cfg.train
     if tc.max_updates == 0 and tc.max_epochs == 0:
         raise ConfigError(f"{where(('train', 'max_updates'))}: set train.max_updates or train.max_epochs (> 0)")
+    ba = cfg.ba
+    if ba.consistency != "none":
+        if ba.repeats < 2:
+            raise ConfigError(f"{where(('ba', 'consistency'))}: {ba.consistency} compares the copies of a sample; "
+                              "it needs ba.repeats >= 2")
+        if ba.group_size > 1:
+            raise ConfigError(f"{where(('ba', 'consistency'))}: with ba.group_size={ba.group_size} the copies of a "
+                              "sample are on different ranks and cannot meet; use group_size 1 (all M copies on "
+                              "every rank)")
+        if ba.consistency_alpha <= 0:
+            raise ConfigError(f"{where(('ba', 'consistency_alpha'))}: set a weight > 0 for ba.consistency="
+                              f"{ba.consistency}")
     TASKS[cfg.task].check(cfg, where)
 
 

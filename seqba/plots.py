@@ -24,7 +24,7 @@ def plot_curves(jsonl: str | Path, png: str | Path) -> None:
         for key, value in record.items():
             if key == "step" or not isinstance(value, (int, float)):
                 continue
-            if key in ("loss", "nll", "ppl") or key.startswith("valid_"):
+            if key in ("loss", "nll", "ppl", "consistency") or key.startswith("valid_"):
                 xs, ys = series.setdefault(key, ([], []))
                 xs.append(step)
                 ys.append(value)

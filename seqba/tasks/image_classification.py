@@ -62,7 +62,8 @@ from seqba.data.paths import data_root
 from seqba.data.transforms import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, Augment, mixup
 from seqba.models.resnet import CifarResNet, ResNetConfig, param_groups
 from seqba.samplers import TokenBudgetBatchSampler, repeat_batch
-from seqba.tasks.base import EvalOptions, Task, TaskSpec
+from seqba.losses import consistency_loss
+from seqba.tasks.base import EvalOptions, Task, TaskSpec, sample_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -276,9 +277,14 @@ class ImageClassificationTask(Task):
         return out
 
     def split(self, batch: dict[str, torch.Tensor], chunks: int) -> list[dict[str, torch.Tensor]]:
-        """Consecutive row chunks, which keep ghost batches whole (see the module docstring)."""
+        """Consecutive row chunks, which keep ghost batches whole (see the module docstring); with
+        ``ba.consistency``, chunks on image boundaries instead (every copy of an image in its chunk)."""
         if chunks == 1:
             return [batch]
+        ba = self.cfg.ba
+        if ba.consistency != "none":
+            rows = sample_chunks(batch["label"].shape[0], ba.repeats, ba.layout, chunks, batch["label"].device)
+            return [{k: v.index_select(0, index) for k, v in batch.items()} for index in rows]
         parts = {k: v.tensor_split(chunks) for k, v in batch.items()}
         return [{k: parts[k][i] for k in batch} for i in range(chunks) if len(parts["label"][i])]
 
@@ -295,14 +301,20 @@ class ImageClassificationTask(Task):
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Cross-entropy summed over the rows; ``correct_sum`` counts top-1 hits against the (unmixed) labels."""
         logits = model(batch["image"]).float()  # (N, K)
-        eps = self.cfg.criterion.label_smoothing
+        eps, ba = self.cfg.criterion.label_smoothing, self.cfg.ba
         if "soft_target" in batch:
             target = batch["soft_target"] * (1.0 - eps) + eps / NUM_CLASSES
             loss = -(target * F.log_softmax(logits, dim=-1)).sum()
         else:
             loss = F.cross_entropy(logits, batch["label"], reduction="sum", label_smoothing=eps)
         correct = (logits.argmax(-1) == batch["label"]).sum()
-        return loss, {"loss_sum": loss.detach(), "correct_sum": correct}
+        logs = {"correct_sum": correct}
+        if ba.consistency != "none":  # rows in the batch's layout; every copy of an image in this chunk
+            term = consistency_loss(F.log_softmax(logits, dim=-1), ba.repeats, layout=ba.layout, kind=ba.consistency)
+            loss = loss + ba.consistency_alpha * term
+            logs["consistency_sum"] = term.detach() * ba.repeats  # / (M·B rows): mean per distinct image
+        logs["loss_sum"] = loss.detach()
+        return loss, logs
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def validate(self, model: nn.Module) -> dict[str, float]:
@@ -359,6 +371,9 @@ def check_config(cfg, where) -> None:
         raise ConfigError(f"{where(('data', 'augment_on_device'))}: false augments in the DataLoader, so "
                           "ba.expand_on_device=true would repeat already augmented images: M identical copies. "
                           "Set ba.expand_on_device=false (RepeatBatchSampler) or data.augment_on_device=true")
+    if ba.consistency != "none" and data.mixup_alpha > 0:
+        raise ConfigError(f"{where(('ba', 'consistency'))}: mixup pairs every copy with a different partner, so "
+                          "the copies' distributions are not meant to agree; set data.mixup_alpha: 0")
 
 
 SPEC = TaskSpec(ImageDataConfig, ResNetConfig, ImageCriterionConfig, ImageClassificationTask, evaluate=evaluate,

@@ -50,7 +50,7 @@ from seqba.errors import ConfigError, FieldError
 from seqba.data.lm import SPLITS, BPTTIterator, Corpus, batchify, load_corpus, load_corpus_hf, repeat_streams
 from seqba.data.paths import data_root
 from seqba.distributed import rank_group
-from seqba.losses import activation_regularization, temporal_activation_regularization
+from seqba.losses import activation_regularization, consistency_loss, temporal_activation_regularization
 from seqba.metrics import perplexity
 from seqba.models.awd_lstm import AWDLSTM, AWDLSTMConfig, Hidden, detach_hidden
 from seqba.tasks.base import EvalOptions, Task, TaskSpec
@@ -250,18 +250,27 @@ class LanguageModelingTask(Task):
         return {"words_count": words, "distinct_words_count": words / self.cfg.ba.repeats / self.group_size}
 
     def loss(self, model: nn.Module, batch: LMBatch) -> tuple[Tensor, dict[str, float]]:
-        """CE summed over the T * n words + (AR + TAR) * T * n, so that / (T * N) gives the reference's loss."""
+        """CE summed over the T * n words + (AR + TAR) * T * n, so that / (T * N) gives the reference's loss; with
+        ``ba.consistency``, + alpha * the term across the copy columns summed over the T * B distinct words.
+        AR/TAR stay as in the reference (means over all columns)."""
         lo, hi = batch.lo, batch.hi
         hidden = [(h[:, lo:hi], c[:, lo:hi]) for h, c in self.hidden]
         logits, new_hidden, raw, dropped = model(batch.x, hidden, repeats=batch.copies)  # (T, n, V)
         nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.y.flatten(), reduction="sum")
-        crit = self.cfg.criterion
+        crit, ba = self.cfg.criterion, self.cfg.ba
         reg = activation_regularization(dropped[-1], crit.alpha)
         if batch.x.size(0) > 1:  # TAR needs two steps; the epoch's last window can be one row
             reg = reg + temporal_activation_regularization(raw[-1], crit.beta)
         loss = nll + reg * batch.x.numel()
+        logs = {"nll_sum": nll.detach()}
+        if ba.consistency != "none":  # columns are copy-major: copy c of stream b is column c·B + b ("tiled")
+            lprobs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (n, T, V)
+            term = consistency_loss(lprobs, batch.copies, layout="tiled", kind=ba.consistency)
+            loss = loss + ba.consistency_alpha * term
+            logs["consistency_sum"] = term.detach() * batch.copies  # / (T·N words): mean per distinct word
+        logs["loss_sum"] = loss.detach()
         self._store_hidden(detach_hidden(new_hidden), lo, hi)
-        return loss, {"loss_sum": loss.detach(), "nll_sum": nll.detach()}
+        return loss, logs
 
     def _store_hidden(self, new: Hidden, lo: int, hi: int) -> None:
         if lo == 0 and hi == self.num_columns:
@@ -367,6 +376,9 @@ def check_config(cfg, where) -> None:
     if ba.repeats % ba.micro_batches:
         raise ConfigError(f"{where(('ba', 'micro_batches'))}: {ba.micro_batches} must divide ba.repeats="
                           f"{ba.repeats}: language-modeling micro-batches are whole BA copies")
+    if ba.consistency != "none" and ba.micro_batches > 1:
+        raise ConfigError(f"{where(('ba', 'micro_batches'))}: language-modeling micro-batches hold different "
+                          f"copies, which ba.consistency={ba.consistency} must compare; use micro_batches: 1")
 
 
 SPEC = TaskSpec(LMDataConfig, AWDLSTMConfig, LMCriterionConfig, LanguageModelingTask, evaluate=evaluate,

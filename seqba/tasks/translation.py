@@ -6,7 +6,13 @@ Data flow of one step (M = ``ba.repeats``)::
       -> DataLoader + collate (CPU)          src_tokens (B, S), prev_output_tokens/target (B, T)
       -> to device once
       -> repeat_batch (device)               (M·B, S), (M·B, T): copies differ only by their dropout masks
-      -> ba.micro_batches chunks             loss summed per chunk, normalised by the M·B target tokens
+      -> ba.micro_batches chunks             on sentence boundaries: every copy of a sentence in one chunk
+      -> loss per chunk                      label-smoothed CE summed over the M·B rows
+                                             (+ ba.consistency_alpha * consistency across copies, summed over
+                                             the distinct target tokens), normalised by the M·B target tokens
+
+Label smoothing applies to the cross-entropy only; the consistency term compares the copies' model distributions
+as they are (as R-Drop).
 
 The recipe's ``data.prepare`` section describes the corpus (:class:`seqba.data.prepare.PrepareConfig`); the main
 process prepares it into ``data.prepared_dir`` on first use (a no-op when up to date), so a recipe runs from raw
@@ -28,7 +34,7 @@ from torch.utils.data import DataLoader
 from seqba.data.prepare import PrepareConfig, prepare_translation, read_lines
 from seqba.data.translation import (BOS_ID, EOS_ID, PAD_ID, TranslationDataset, collate, load_tokenizer,
                                     read_manifest, read_raw_lines)
-from seqba.losses import label_smoothed_nll_loss
+from seqba.losses import consistency_loss, label_smoothed_nll_loss
 from seqba.errors import FieldError
 from seqba.metrics import perplexity
 from seqba.models.transformer import Transformer, TransformerConfig
@@ -184,7 +190,15 @@ class TranslationTask(Task):
         lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
         loss, nll = label_smoothed_nll_loss(lprobs, batch["target"], self.cfg.criterion.label_smoothing,
                                             ignore_index=PAD_ID)
-        return loss, {"loss_sum": loss.detach(), "nll_sum": nll.detach()}
+        logs = {"nll_sum": nll.detach()}
+        ba = self.cfg.ba
+        if ba.consistency != "none" and model.training:  # the chunk holds every copy of its sentences
+            term = consistency_loss(lprobs, ba.repeats, layout=ba.layout, pad_mask=batch["target"].eq(PAD_ID),
+                                    kind=ba.consistency)
+            loss = loss + ba.consistency_alpha * term
+            logs["consistency_sum"] = term.detach() * ba.repeats  # / (M·B tokens): mean per distinct token
+        logs["loss_sum"] = loss.detach()
+        return loss, logs
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def validate(self, model) -> dict[str, float]:
