@@ -154,7 +154,7 @@ def consistency_loss(
       finite even where every copy's probability underflows. Where the clamp acts every p_i < M·tiny, so it moves
       the term by less than about M·tiny·log M per entry: nothing. timm clamps p̄ at 1e-7, which changes the term
       wherever p̄ < 1e-7 (most of a large vocabulary). (``logsumexp_i(l_i) - log M`` would need no clamp, but made
-      the term ~1.4x slower on CPU.) In float16, tiny is 6.1e-5: use float32.
+      the term slower on CPU.) In float16, tiny is 6.1e-5: use float32.
 
     Cost: O(M·V) time per position for both kinds (the pair loop would be O(M²·V)). Memory: two temporary
     (M·B, ..., V) tensors in forward and two in backward, none kept between them: the backward is written out

@@ -159,4 +159,4 @@ def test_cifar_recipe_on_fake_folder(recipe, fake_cifar, tmp_path, capsys):
 
 
 def test_recipes_found():
-    assert len(CIFAR_RECIPES) == 3 and len(MNIST_RECIPES) == 2
+    assert len(CIFAR_RECIPES) == 3 and len(MNIST_RECIPES) == 3  # m1, m4, m4_js

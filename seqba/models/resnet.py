@@ -16,7 +16,7 @@ zero-padded extra channels, parameter-free. Every BN is a ``GhostBatchNorm2d`` (
 2015, Eq. 10, fan_in, ReLU gain), BN weight 1 and bias 0, classifier bias 0. This follows the widely used
 reimplementation github.com/akamaster/pytorch_resnet_cifar10 (ResNet-44: 0.66M parameters).
 
-Measured: ResNet-44 with 10 classes has 658,586 parameters (all trainable; conv 654,768 + BN 3,168 +
+Size: ResNet-44 with 10 classes has 658,586 parameters (all trainable; conv 654,768 + BN 3,168 +
 linear 650). Any H, W work (global pooling): 1x28x28 MNIST ends with 7x7 maps, 3x32x32 CIFAR with 8x8.
 
 Tiny CPU example::
