@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from seqba.metrics import perplexity
 from seqba.plots import plot_curves
 
-if TYPE_CHECKING:  # annotations only
-    from seqba.trainer import Trainer
+# The observed object is a seqba.trainer.Trainer; it is not imported here (the trainer imports this module).
+Trainer = Any
 
 __all__ = ["Callback", "MetricsLogger", "ProgressBar"]
 
