@@ -140,7 +140,10 @@ class TrainConfig:
         save_interval_updates: checkpoint every this many updates (0: at validation time and at the end).
         keep_checkpoints: how many step checkpoints to keep (0: all).
         resume: ``auto`` (latest checkpoint in output_dir if any), ``none``, or a checkpoint directory.
-        mixed_precision: ``no``, ``fp16`` or ``bf16`` (passed to Accelerate).
+        mixed_precision: ``no``, ``fp16`` or ``bf16`` (passed to Accelerate: autocast on CPU and GPU; fp16 adds a
+            loss scaler and needs a GPU).
+        compile: compile the training model with ``torch.compile`` (inductor, ``dynamic=True`` so that token-budget
+            batches of varying shape reuse one graph); validation, checkpoints and decoding use the eager module.
         num_workers: DataLoader worker processes.
         progress_bar: show a tqdm bar on the main process.
     """
@@ -154,6 +157,7 @@ class TrainConfig:
     keep_checkpoints: int = 1
     resume: str = "auto"
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    compile: bool = False
     num_workers: int = 0
     progress_bar: bool = True
 

@@ -218,8 +218,9 @@ class Task:
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def eval_model(self, model: nn.Module) -> nn.Module:
-        """The model to validate and save (default: the unwrapped training model; AWD-LSTM: its average)."""
-        return self.accelerator.unwrap_model(model)
+        """The model to validate and save (default: the unwrapped, uncompiled training model; AWD-LSTM: its
+        average)."""
+        return self.accelerator.unwrap_model(model, keep_torch_compile=False)
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         """Metrics on the validation split, identical on every rank. The loop calls it with ``model`` in eval mode

@@ -290,7 +290,7 @@ class LanguageModelingTask(Task):
         if self.skip_steps:  # torch ASGD's mu lags a step: its average starts at the 2nd iterate after t0
             self.skip_steps -= 1
             return
-        self.averaged.update_parameters(self.accelerator.unwrap_model(model))
+        self.averaged.update_parameters(self.accelerator.unwrap_model(model, keep_torch_compile=False))
 
     def after_validate(self, metrics: dict[str, float]) -> None:
         if self.averaged is not None:
@@ -306,7 +306,7 @@ class LanguageModelingTask(Task):
         """The averaged weights after the switch (the current ones until the average holds an iterate)."""
         if self.averaged is not None and int(self.averaged.n_averaged) > 0:
             return self.averaged.module
-        return self.accelerator.unwrap_model(model)
+        return self.accelerator.unwrap_model(model, keep_torch_compile=False)
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         """Loss (nats per word), ppl and bits per word on valid; every rank computes the whole split."""
