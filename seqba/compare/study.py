@@ -19,13 +19,13 @@ from seqba.compare.records import UNITS, read_records, summarise
 from seqba.compare.runs import RunSpec
 from seqba.errors import ConfigError
 
-__all__ = ["TestSet", "Study", "parse_test_set", "plan_runs", "resolve_pending", "save_study", "load_study"]
+__all__ = ["EvalSet", "Study", "parse_test_set", "plan_runs", "resolve_pending", "save_study", "load_study"]
 
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass
-class TestSet:
+class EvalSet:
     """A test set: ``test`` is the recipe's own test split; others are raw ``src``/``ref`` files (translation)."""
 
     name: str
@@ -33,8 +33,8 @@ class TestSet:
     ref: str | None = None
 
 
-def parse_test_set(spec: str) -> TestSet:
-    """``NAME=SRC,REF`` -> :class:`TestSet` with absolute paths.
+def parse_test_set(spec: str) -> EvalSet:
+    """``NAME=SRC,REF`` -> :class:`EvalSet` with absolute paths.
 
     Raises:
         ConfigError: not of that form, a bad or reserved name (``test``), or a file that does not exist.
@@ -49,7 +49,7 @@ def parse_test_set(spec: str) -> TestSet:
     for path in paths:
         if not Path(path).is_file():
             raise ConfigError(f"--test-set {spec!r}: file not found: {path}")
-    return TestSet(name, str(Path(paths[0]).resolve()), str(Path(paths[1]).resolve()))
+    return EvalSet(name, str(Path(paths[0]).resolve()), str(Path(paths[1]).resolve()))
 
 
 @dataclass
@@ -70,7 +70,7 @@ class Study:
     overrides: list[str]
     arms: dict[str, list[str]]
     seeds: list[int]
-    test_sets: list[TestSet]
+    test_sets: list[EvalSet]
     pending: list[str] = field(default_factory=list)
     updates_per_epoch: dict[str, int] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
@@ -114,17 +114,17 @@ def save_study(study: Study) -> None:
 def load_study(out: str | Path) -> Study:
     """Read ``OUT/study.json`` (raises ``FileNotFoundError`` if absent)."""
     data = json.loads((Path(out) / "study.json").read_text())
-    data["test_sets"] = [TestSet(**t) for t in data["test_sets"]]
+    data["test_sets"] = [EvalSet(**t) for t in data["test_sets"]]
     return Study(**data)
 
 
 def make_study(out: str | Path, recipe: str | Path, overrides: list[str], arms: list[Arm], seeds: list[int],
-               test_sets: list[TestSet], launch_args: list[str] = (), eval_args: list[str] = ()) -> Study:
+               test_sets: list[EvalSet], launch_args: list[str] = (), eval_args: list[str] = ()) -> Study:
     """A :class:`Study` of ``arms`` (the recipe's ``test`` split is added first to ``test_sets``)."""
     cfg = config_lib.load(recipe, overrides)
     return Study(out=str(Path(out).resolve()), recipe=str(Path(recipe).resolve()), task=cfg.task,
                  overrides=list(overrides), arms={a.name: a.overrides for a in arms}, seeds=list(seeds),
-                 test_sets=[TestSet("test"), *test_sets], pending=[a.name for a in arms if a.pending],
+                 test_sets=[EvalSet("test"), *test_sets], pending=[a.name for a in arms if a.pending],
                  notes={a.name: a.note for a in arms}, launch_args=list(launch_args), eval_args=list(eval_args),
                  prepared_dir=cfg.data.prepared_dir if cfg.task == "translation" else None)
 
@@ -135,7 +135,7 @@ def _checkpoint(study: Study, run_dir: Path) -> Path:
     return run_dir / name
 
 
-def _eval_args(study: Study, run_dir: Path, test: TestSet) -> list[str]:
+def _eval_args(study: Study, run_dir: Path, test: EvalSet) -> list[str]:
     args = ["--checkpoint", str(_checkpoint(study, run_dir)), *study.eval_args]
     args += ["--src", test.src, "--ref", test.ref] if test.src else ["--split", "test"]
     if study.task == "translation":
