@@ -14,6 +14,7 @@ import pytest
 from runs import RECIPE, ROOT, data_dir, recipe  # noqa: F401 - fixtures
 from seqba import config as config_lib
 from seqba.compare import cli
+from seqba.compare.curves import arm_curves, plot_study
 from seqba.compare.arms import count_updates, derive_arms, equal_time_overrides, parse_arm
 from seqba.compare.report import collect_rows, format_table, write_csv
 from seqba.compare.study import Study, EvalSet
@@ -164,6 +165,9 @@ def test_table_and_csv_from_fake_runs(tmp_path):
         "|---|---|---|---|---|---|---|",
         "| fixed_steps | 2 | 20 | 2.00 | 2.0 | 91.00 ± 1.41 | 93.7 |",
         "| ba | 2 | 20 | 2.00 | 10.0 | **96.00 ± 1.41** | 95.43 |"]
+    metric, seeds, points = arm_curves(study, "fixed_steps")  # valid_accuracy 0.8 and 0.82 at update 20, at 2 s
+    assert (metric, seeds, points) == ("valid_accuracy", 2, [(20, 2.0, pytest.approx(0.81), 0.8, pytest.approx(0.82))])
+    assert plot_study(study, arms, tmp_path / "curves.png") and (tmp_path / "curves.png").stat().st_size > 1000
 
 
 # -- end to end ----------------------------------------------------------------------------------------------------

@@ -16,23 +16,36 @@ __all__ = ["arm_curves", "plot_study"]
 
 def arm_curves(study, arm: str) -> tuple[str, int, list[tuple[int, float, float, float, float]]] | None:
     """``(metric, seeds, [(update, mean seconds, mean, min, max), ...])`` over the seeds of ``arm`` that have
-    validation records, or None."""
-    metric, by_step, seeds = None, {}, 0
+    validation records, or None.
+
+    Seeds validated at different updates (``equal_time``: each seed has its own update count) are interpolated
+    linearly onto the union of their updates, each within its own first..last validation only.
+    """
+    metric, curves = None, []
     for seed in study.seeds:
         curve = validation_curve(read_records(study.run_dir(arm, seed)), study.unit)
-        if curve is None:
-            continue
-        metric, seeds = curve[0], seeds + 1
-        for step, seconds, value in curve[1]:
-            by_step.setdefault(step, []).append((seconds, value))
+        if curve is not None and curve[1]:
+            metric = curve[0]
+            curves.append(curve[1])
     if metric is None:
         return None
     points = []
-    for step in sorted(by_step):
-        seconds = [s for s, _ in by_step[step]]
-        values = [v for _, v in by_step[step]]
+    for step in sorted({p[0] for c in curves for p in c}):
+        seconds, values = [], []
+        for c in curves:
+            if c[0][0] <= step <= c[-1][0]:
+                seconds.append(_interp(step, [p[0] for p in c], [p[1] for p in c]))
+                values.append(_interp(step, [p[0] for p in c], [p[2] for p in c]))
         points.append((step, statistics.fmean(seconds), statistics.fmean(values), min(values), max(values)))
-    return metric, seeds, points
+    return metric, len(curves), points
+
+
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    """Linear interpolation of ``ys`` at ``x`` (``xs`` increasing, ``xs[0] <= x <= xs[-1]``)."""
+    for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:]):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else y1
+    return ys[-1]
 
 
 def plot_study(study, arms: list[str], png: str | Path) -> bool:
