@@ -7,11 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from runs import RECIPE, ROOT, data_dir, recipe  # noqa: F401 - fixtures
+from runs import ROOT, data_dir, recipe  # noqa: F401 - fixtures
 from seqba import config as config_lib
 from seqba.compare import cli
 from seqba.compare.curves import arm_curves, plot_study

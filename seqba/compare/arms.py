@@ -83,7 +83,9 @@ def split_overrides(text: str) -> list[str]:
 
 
 def parse_arm(spec: str) -> Arm:
-    """``--arm NAME:key=value,...`` -> an :class:`Arm` (e.g. ``ba_symkl:ba.consistency=sym_kl,ba.consistency_alpha=10``).
+    """``--arm NAME:key=value,...`` -> an :class:`Arm`.
+
+    Example: ``ba_symkl:ba.consistency=sym_kl,ba.consistency_alpha=10`` (BA plus the consistency term).
 
     Raises:
         ConfigError: no ``:``, a bad or built-in name, no overrides, or an override without ``=``.
@@ -171,8 +173,8 @@ def derive_arms(recipe: str | Path, overrides: list[str], names: list[str], cust
     known = {a.name: a for a in custom}
     for name in names:
         if name not in BUILTIN and name not in known:
-            raise ConfigError(f"unknown arm {name!r}; built-in arms: {', '.join(BUILTIN)}"
-                              + (f"; --arm: {', '.join(known)}" if known else " (or define it with --arm NAME:key=value,...)"))
+            defined = f"; --arm: {', '.join(known)}" if known else " (or define it with --arm NAME:key=value,...)"
+            raise ConfigError(f"unknown arm {name!r}; built-in arms: {', '.join(BUILTIN)}{defined}")
     if len(set(names)) != len(names):
         raise ConfigError(f"--arms lists an arm twice: {','.join(names)}")
     if "equal_time" in names and not {"ba", "fixed_steps"} <= set(names):

@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 from seqba.compare.records import read_records, validation_curve
+from seqba.plots import save_figure
 
 __all__ = ["arm_curves", "plot_study"]
 
@@ -74,9 +75,5 @@ def plot_study(study, arms: list[str], png: str | Path) -> bool:
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{Path(study.recipe).stem}: validation {metric.removeprefix('valid_')} (mean, min–max over seeds)")
     fig.tight_layout()
-    png = Path(png)
-    tmp = png.with_name(f".{png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(png)
+    save_figure(fig, png)
     return True

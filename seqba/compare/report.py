@@ -65,7 +65,8 @@ def collect_rows(study, arms: list[str], pvalues: dict | None = None) -> list[di
             row = {"arm": arm, "seed": seed, "updates": s.updates,
                    "epochs_seen": round(s.updates / per_epoch, 3) if per_epoch else "",
                    f"distinct_{unit}_seen": round(s.distinct_seen), f"{unit}_computed": round(s.computed),
-                   "train_seconds": round(s.train_seconds, 2), "wall_seconds": read_done(run_dir).get("wall_seconds", ""),
+                   "train_seconds": round(s.train_seconds, 2),
+                   "wall_seconds": read_done(run_dir).get("wall_seconds", ""),
                    f"{unit}_per_s": round(s.throughput, 1)}
             for test in study.test_sets:
                 metrics = _eval(run_dir, test.name)
