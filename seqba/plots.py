@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["plot_curves"]
+__all__ = ["plot_curves", "save_figure"]
 
 
 def plot_curves(jsonl: str | Path, png: str | Path) -> None:
@@ -41,8 +41,15 @@ def plot_curves(jsonl: str | Path, png: str | Path) -> None:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     fig.tight_layout()
+    save_figure(fig, png)
+
+
+def save_figure(fig, png: str | Path, dpi: int = 100) -> None:
+    """Write matplotlib figure ``fig`` to ``png`` atomically (a temporary file, then a rename) and close it."""
+    import matplotlib.pyplot as plt
+
     png = Path(png)
     tmp = png.with_name(f".{png.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     tmp.replace(png)

@@ -1,0 +1,171 @@
+"""``python -m seqba.compare RECIPE.yaml --arms fixed_steps,fixed_samples,ba --seeds 1,2,3 --out studies/NAME``.
+
+Derives the arms from one BA recipe (:mod:`seqba.compare.arms`), prints them, trains and evaluates every
+(arm, seed) through ``seqba.train`` / ``seqba.eval`` (:mod:`seqba.compare.runs`), here or as Slurm jobs
+(:mod:`seqba.compare.launchers`), then writes ``results.csv``, ``table.md`` and ``curves.png`` into ``--out``.
+Finished runs and evaluations are skipped, so rerunning a killed study resumes it; one lock per study folder.
+A bad command line is one ``error:`` line with exit status 2; failed runs give status 1 after the report of
+the others.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from seqba import config as config_lib
+from seqba.compare.arms import BUILTIN, derive_arms, count_updates, parse_arm
+from seqba.compare.curves import plot_study
+from seqba.compare.launchers import parse_executor_params, run_local, run_submitit
+from seqba.compare.report import collect_rows, format_table, write_csv
+from seqba.compare.significance import study_pvalues
+from seqba.compare.study import make_study, parse_test_set, plan_runs, save_study
+from seqba.errors import ConfigError, RunLockedError, SeqbaError
+from seqba.runlock import RunLock
+
+__all__ = ["main", "build_parser", "write_report"]
+
+_RESERVED = ("seed", "output_dir", "train.resume")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m seqba.compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("recipe", help="the BA recipe (ba.repeats = M >= 2), e.g. recipes/transformer_multi30k_m4.yaml")
+    p.add_argument("overrides", nargs="*", help="key=value overrides applied to every arm")
+    p.add_argument("--arms", default="fixed_steps,fixed_samples,ba",
+                   help=f"comma-separated arms: {', '.join(BUILTIN)}, or names given with --arm")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+    p.add_argument("--out", required=True, help="study folder, e.g. studies/multi30k")
+    p.add_argument("--arm", action="append", default=[], metavar="NAME:key=value,...",
+                   help="a custom arm: the recipe plus these overrides (e.g. ba_symkl:ba.consistency=sym_kl,"
+                        "ba.consistency_alpha=10); list NAME in --arms")
+    p.add_argument("--test-set", action="append", default=[], metavar="NAME=SRC,REF",
+                   help="translation: also evaluate on these raw source/reference files")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="local: one run after another here; slurm: one submitit job per run")
+    p.add_argument("--launch-args", default="",
+                   help="train each run with `accelerate launch LAUNCH_ARGS -m seqba.train` "
+                        "(e.g. \"--multi_gpu --num_processes 8\")")
+    p.add_argument("--eval-args", default="", help="extra seqba.eval options, e.g. \"--beam 4 --max-tokens 8000\"")
+    p.add_argument("--slurm-params", default="",
+                   help="submitit parameters, e.g. \"timeout_min=1440 slurm_partition=gpu gpus_per_node=8\"")
+    p.add_argument("--submitit-cluster", choices=("slurm", "local", "debug"), default="slurm",
+                   help="submitit executor of --launcher slurm (local: jobs as local processes, for testing)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved arms and runs, run nothing")
+    p.add_argument("--report-only", action="store_true", help="rewrite results.csv, table.md, curves.png only")
+    return p
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected comma-separated integers, e.g. 1,2,3") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"--seeds {text!r}: expected distinct integers >= 0")
+    return seeds
+
+
+def _num_processes(launch_args: list[str]) -> int | None:
+    """``--num_processes N`` of the accelerate launch arguments (None when not given)."""
+    match = re.search(r"--num[_-]processes[= ](\d+)", " ".join(launch_args))
+    return int(match.group(1)) if match else None
+
+
+def write_report(study, arms: list[str], echo=print) -> Path:
+    """Write ``results.csv``, ``table.md`` and ``curves.png`` of the finished runs of ``arms``; return table.md."""
+    out = Path(study.out)
+    rows = collect_rows(study, arms, study_pvalues(study, arms))
+    write_csv(rows, out / "results.csv")
+    table = out / "table.md"
+    table.write_text(format_table(study, rows, arms, Path(study.recipe).stem))
+    plot_study(study, arms, out / "curves.png")
+    echo(f"wrote {out / 'results.csv'} ({len(rows)} runs), {table}, {out / 'curves.png'}")
+    return table
+
+
+def _study(args: argparse.Namespace):
+    """Check the command line, derive and print the arms; return (study, arm names)."""
+    for override in args.overrides:
+        if override.split("=", 1)[0].strip() in _RESERVED:
+            raise ConfigError(f"override {override!r}: compare sets seed, output_dir and train.resume per run")
+    names = [a.strip() for a in args.arms.split(",") if a.strip()]
+    seeds = _seeds(args.seeds)
+    custom = [parse_arm(spec) for spec in args.arm]
+    cfg = config_lib.load(args.recipe, args.overrides)
+    test_sets = [parse_test_set(spec) for spec in args.test_set]
+    if test_sets and cfg.task != "translation":
+        raise ConfigError(f"--test-set applies to translation; {args.recipe} is {cfg.task} (its test split is used)")
+    launch_args = shlex.split(args.launch_args)
+    processes = _num_processes(launch_args)
+    if launch_args and processes is None and cfg.train.max_epochs:
+        raise ConfigError("--launch-args without --num_processes N: the updates of an epoch-based recipe depend "
+                          "on the number of processes; add it, or set train.max_updates")
+    arms = derive_arms(args.recipe, args.overrides, names, custom, processes or 1)
+    study = make_study(args.out, args.recipe, args.overrides, arms, seeds, test_sets, launch_args,
+                       shlex.split(args.eval_args))
+    for arm in arms:  # updates of one epoch of each arm, for epochs_seen (equal_time: as fixed_steps)
+        source = "fixed_steps" if arm.pending else arm.name
+        if source not in study.updates_per_epoch:
+            arm_cfg = config_lib.load(args.recipe, [*args.overrides, *study.arms[source], f"seed={seeds[0]}"])
+            study.updates_per_epoch[source] = count_updates(arm_cfg, processes or 1)[1]
+        study.updates_per_epoch[arm.name] = study.updates_per_epoch[source]
+    print(f"study {study.out}: {args.recipe} ({cfg.task}), seeds {','.join(map(str, seeds))}, test sets "
+          f"{', '.join(t.name for t in study.test_sets)}, launcher {args.launcher}")
+    for arm in arms:
+        print(f"  {arm.name:<14} {arm.note}; {study.updates_per_epoch[arm.name]} updates per epoch")
+        print(f"  {'':<14} overrides: {' '.join(arm.overrides) or '(none)'}")
+    return study, names
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m seqba.compare``; returns the exit status."""
+    args = build_parser().parse_intermixed_args(argv)
+    try:
+        study, names = _study(args)
+    except (ConfigError, FileNotFoundError) as err:
+        return _error(err, 2)
+    if args.dry_run:
+        for run in plan_runs(study, names):
+            print(f"  {run.arm} seed {run.seed}: seqba.train {' '.join(run.train_args)}")
+        return 0
+    try:
+        lock = RunLock(Path(study.out) / ".lock", what=f"study {args.out}").acquire()
+    except RunLockedError as err:
+        return _error(err, 1)
+    failures: list[str] = []
+    try:
+        save_study(study)
+        if not args.report_only:
+            runs = plan_runs(study, names)
+            if args.launcher == "slurm":
+                failures = run_submitit(study, runs, args.submitit_cluster, parse_executor_params(args.slurm_params))
+            else:
+                failures = run_local(study, runs)
+        table = write_report(study, names)
+        print(table.read_text())
+    except (ConfigError, FileNotFoundError) as err:
+        return _error(err, 2)
+    except (SeqbaError, ValueError, OSError) as err:
+        return _error(err, 1)
+    finally:
+        lock.release()
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _error(err: BaseException | str, status: int) -> int:
+    if os.environ.get("SEQBA_TRACEBACK") == "1" and isinstance(err, BaseException):
+        raise err
+    print(f"error: {str(err).strip()}".replace("\n", " "), file=sys.stderr)
+    return status

@@ -1,0 +1,135 @@
+"""Launchers: run a study's pending (arm, seed) runs one after another here, or as Slurm jobs through submitit.
+
+Both skip what is done (:func:`seqba.compare.runs.is_done`), run the ``equal_time`` arm only after the ``ba`` and
+``fixed_steps`` runs it is timed from, and print one progress line per run::
+
+    [3/9] fixed_samples seed 1: start (ETA 12.4 min)
+    [3/9] fixed_samples seed 1: done in 251.0 s
+
+The ETA is the mean wall time of the finished runs of each remaining run's arm (of any arm while none of that arm
+has finished), summed over the remaining runs; under Slurm, jobs run in parallel and the ETA is an upper bound.
+"""
+from __future__ import annotations
+
+import shlex
+import time
+from typing import Any, Callable
+
+import yaml
+
+from seqba.compare.runs import RunFailed, RunSpec, execute_run, is_done, read_done
+from seqba.compare.study import Study, resolve_pending
+from seqba.errors import ConfigError
+
+__all__ = ["Progress", "run_local", "run_submitit", "parse_executor_params"]
+
+
+class Progress:
+    """Numbered progress lines with an ETA from finished runs' wall times (``train.done`` of the study's runs)."""
+
+    def __init__(self, runs: list[RunSpec], echo: Callable[[str], None] = print) -> None:
+        self.runs, self.echo = runs, echo
+        self.index = {id(r): i + 1 for i, r in enumerate(runs)}
+
+    def _walls(self) -> dict[str, list[float]]:
+        walls: dict[str, list[float]] = {}
+        for r in self.runs:
+            wall = read_done(r.run_dir).get("wall_seconds")
+            if wall is not None:
+                walls.setdefault(r.arm, []).append(float(wall))
+        return walls
+
+    def eta(self) -> str:
+        walls = self._walls()
+        every = [w for ws in walls.values() for w in ws]
+        if not every:
+            return "ETA unknown until a run finishes"
+        left = [r for r in self.runs if not is_done(r)]
+        seconds = sum(sum(walls.get(r.arm, every)) / len(walls.get(r.arm, every)) for r in left)
+        return f"ETA {seconds / 60:.1f} min"
+
+    def line(self, run: RunSpec, what: str) -> None:
+        self.echo(f"[{self.index[id(run)]}/{len(self.runs)}] {run.arm} seed {run.seed}: {what}")
+
+
+def run_local(study: Study, runs: list[RunSpec], echo: Callable[[str], None] = print) -> list[str]:
+    """Run every unfinished run in order, in this process's children; return the failures (one line each)."""
+    progress, failures = Progress(runs, echo), []
+    for run in runs:
+        if is_done(run):
+            progress.line(run, "done earlier, skipped")
+            continue
+        progress.line(run, f"start ({progress.eta()}) -> {run.run_dir}")
+        try:
+            result = execute_run(resolve_pending(study, run))
+        except (RunFailed, ValueError) as err:
+            failures.append(f"{run.arm} seed {run.seed}: {err}")
+            progress.line(run, f"FAILED: {err}")
+            continue
+        progress.line(run, f"done in {result['wall_seconds']:.1f} s")
+    return failures
+
+
+def parse_executor_params(text: str) -> dict[str, Any]:
+    """``"timeout_min=600 slurm_partition=gpu gpus_per_node=8"`` -> keyword arguments of submitit's
+    ``update_parameters`` (values read as YAML scalars).
+
+    Raises:
+        ConfigError: an item without ``=``.
+    """
+    params = {}
+    for item in shlex.split(text.replace(",", " ")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--slurm-params {item!r}: expected key=value (e.g. timeout_min=600)")
+        params[key] = yaml.safe_load(value)
+    return params
+
+
+def run_submitit(study: Study, runs: list[RunSpec], cluster: str = "slurm", params: dict[str, Any] | None = None,
+                 echo: Callable[[str], None] = print) -> list[str]:
+    """Submit every unfinished run as one job (``seqba.compare.runs.execute_run``) and wait for all.
+
+    Two waves: the runs that need no measurement, then the ``equal_time`` runs, resolved from the first wave.
+    Jobs log under ``OUT/submitit/``. ``cluster`` is submitit's (``slurm``; ``local`` runs the jobs as local
+    processes, as the tests do). Returns the failures, one line each.
+
+    Raises:
+        ConfigError: submitit is not installed (``pip install 'seqba[slurm]'``) or rejects ``params``.
+    """
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("--launcher slurm needs submitit: pip install 'seqba[slurm]'") from None
+    executor = submitit.AutoExecutor(folder=f"{study.out}/submitit/%j", cluster=cluster)
+    try:
+        executor.update_parameters(**{"timeout_min": 60 * 24, "name": "seqba-compare", **(params or {})})
+    except (AssertionError, ValueError, TypeError) as err:
+        raise ConfigError(f"--slurm-params: {err}") from None
+    progress, failures = Progress(runs, echo), []
+    for wave in ([r for r in runs if not r.pending], [r for r in runs if r.pending]):
+        jobs = []
+        for run in wave:
+            if is_done(run):
+                progress.line(run, "done earlier, skipped")
+                continue
+            try:
+                job = executor.submit(execute_run, resolve_pending(study, run))
+            except ValueError as err:
+                failures.append(f"{run.arm} seed {run.seed}: {err}")
+                continue
+            progress.line(run, f"submitted as job {job.job_id} ({progress.eta()})")
+            jobs.append((run, job))
+        for run, job in jobs:
+            start = time.perf_counter()
+            try:
+                result = job.result()
+            except Exception as err:  # noqa: BLE001 - submitit re-raises the job's error wrapped in its own
+                message = str(err).strip().splitlines()
+                failures.append(f"{run.arm} seed {run.seed}: job {job.job_id} failed: "
+                                f"{message[-1] if message else err}")
+                progress.line(run, f"FAILED (job {job.job_id}; log in {study.out}/submitit/{job.job_id})")
+                continue
+            progress.line(run, f"done (job {job.job_id}, {result['wall_seconds']:.1f} s; waited "
+                               f"{time.perf_counter() - start:.1f} s)")
+    return failures

@@ -1,0 +1,168 @@
+"""A study's ``results.csv`` (one row per run) and ``table.md`` (Table 2 of Hoffer et al. 2020: arms x metrics).
+
+``results.csv`` columns (``UNIT`` = tokens, words or images, see :data:`seqba.compare.records.UNITS`)::
+
+    arm, seed
+    updates                       optimizer updates of the run
+    epochs_seen                   updates / updates of one epoch of THIS arm (passes over the distinct data)
+    distinct_UNIT_seen            distinct samples trained on (B per update, in the task's unit)
+    UNIT_computed                 rows computed (M·B per update): the compute
+    train_seconds                 seconds of training updates, from the logged rates (no validation, no saving)
+    wall_seconds                  wall time of the process that finished the run (startup and validation included)
+    UNIT_per_s                    UNIT_computed / train_seconds
+    SET_METRIC                    every test metric on every test set (``test`` = the recipe's test split)
+    SET_bleu_p                    translation: paired-bootstrap p-value against fixed_steps of the same seed
+
+``table.md``: per arm, ``n`` (finished runs), mean updates / epochs seen / training seconds, and for every test
+metric the mean ± sample standard deviation over seeds (``–`` with one seed), the best mean in bold; the
+p-values of each seed; and the paper's figure beside its three arms when the recipe is one of the paper's.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+from seqba.compare.records import read_records, summarise
+from seqba.compare.runs import is_trained, read_done
+
+__all__ = ["PAPER", "METRICS", "collect_rows", "write_csv", "format_table"]
+
+#: Test metrics reported per task (those the evaluation returned).
+METRICS = {"translation": ("bleu",), "language_modeling": ("ppl", "bpw"),
+           "image_classification": ("accuracy", "tta_accuracy")}
+LOWER_IS_BETTER = {"ppl", "bpw", "loss"}
+
+#: Hoffer et al. 2020, Table 2 (fixed #steps / fixed #samples / BA), keyed by the BA recipe's file name:
+#: (metric on the test split, {arm: figure}, how the table names the figure).
+PAPER = {
+    "transformer_wmt16_m4": ("bleu", {"fixed_steps": 26.88, "fixed_samples": 27.13, "ba": 27.49}, "BLEU"),
+    "awd_lstm_ptb_m10": ("ppl", {"fixed_steps": 58.8, "fixed_samples": 58.8, "ba": 58.6}, "test ppl"),
+    "resnet44_cifar10_m40": ("accuracy", {"fixed_steps": 93.7, "fixed_samples": 93.8, "ba": 95.43}, "accuracy %"),
+}
+
+
+def _eval(run_dir: Path, name: str) -> dict:
+    try:
+        return json.loads((run_dir / f"eval.{name}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def collect_rows(study, arms: list[str], pvalues: dict | None = None) -> list[dict]:
+    """One dict per trained (arm, seed) of ``arms``, in the order of ``arms`` then seeds (columns as above)."""
+    unit, pvalues = study.unit, pvalues or {}
+    rows = []
+    for arm in arms:
+        for seed in study.seeds:
+            run_dir = study.run_dir(arm, seed)
+            if not is_trained(run_dir):
+                continue
+            s = summarise(read_records(run_dir), unit)
+            per_epoch = study.updates_per_epoch.get(arm)
+            row = {"arm": arm, "seed": seed, "updates": s.updates,
+                   "epochs_seen": round(s.updates / per_epoch, 3) if per_epoch else "",
+                   f"distinct_{unit}_seen": round(s.distinct_seen), f"{unit}_computed": round(s.computed),
+                   "train_seconds": round(s.train_seconds, 2),
+                   "wall_seconds": read_done(run_dir).get("wall_seconds", ""),
+                   f"{unit}_per_s": round(s.throughput, 1)}
+            for test in study.test_sets:
+                metrics = _eval(run_dir, test.name)
+                for metric in METRICS[study.task]:
+                    if metric in metrics:
+                        row[f"{test.name}_{metric}"] = metrics[metric]
+                if study.task == "translation" and "fixed_steps" in arms:
+                    p = pvalues.get((test.name, arm, seed))
+                    row[f"{test.name}_bleu_p"] = round(p, 4) if p is not None else ""
+            rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    """Write ``rows`` with the union of their keys as columns (first-seen order); missing cells empty."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    with Path(path).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> tuple[float, str]:
+    values = [v * scale for v in values]
+    mean = statistics.fmean(values)
+    std = f"{statistics.stdev(values):.{digits}f}" if len(values) > 1 else "–"
+    return mean, f"{mean:.{digits}f} ± {std}"
+
+
+def format_table(study, rows: list[dict], arms: list[str], recipe_name: str) -> str:
+    """The Markdown of ``table.md`` for ``rows`` (from :func:`collect_rows`)."""
+    unit = study.unit
+    by_arm = {arm: [r for r in rows if r["arm"] == arm] for arm in arms}
+    columns = [c for c in dict.fromkeys(k for r in rows for k in r)
+               if any(c == f"{t.name}_{m}" for t in study.test_sets for m in METRICS[study.task])]
+    paper = PAPER.get(recipe_name)
+    header = ["arm", "n", "updates", "epochs seen", "train s"]
+    for c in columns:
+        percent = c.endswith("accuracy")
+        header.append(c.replace("_", " ") + (" (%)" if percent else ""))
+        if study.task == "translation" and any(r.get(f"{c}_p", "") != "" for r in rows):
+            header.append(f"p vs fixed_steps ({c.rsplit('_', 1)[0]}, per seed)")
+    if paper:
+        header.append(f"paper ({paper[2]})")
+    cells: dict[str, dict[str, str]] = {arm: {} for arm in arms}
+    best: dict[str, float] = {}
+    means: dict[tuple[str, str], float] = {}
+    for c in columns:
+        scale = 100.0 if c.endswith("accuracy") else 1.0
+        digits = 4 if c.endswith("bpw") else 2
+        for arm, runs in by_arm.items():
+            values = [r[c] for r in runs if r.get(c, "") != ""]
+            if values:
+                means[arm, c], cells[arm][c] = _mean_std(values, scale, digits)
+        arm_means = [means[a, c] for a in arms if (a, c) in means]
+        if arm_means:
+            lower = c.rsplit("_", 1)[-1] in LOWER_IS_BETTER
+            best[c] = min(arm_means) if lower else max(arm_means)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm in arms:
+        runs = by_arm[arm]
+        if not runs:
+            continue
+        row = [arm, str(len(runs)), f"{statistics.fmean(r['updates'] for r in runs):.0f}"]
+        epochs = [r["epochs_seen"] for r in runs if r["epochs_seen"] != ""]
+        row.append(f"{statistics.fmean(epochs):.2f}" if epochs else "")
+        row.append(f"{statistics.fmean(r['train_seconds'] for r in runs):.1f}")
+        for c in columns:
+            text = cells[arm].get(c, "")
+            if text and math.isclose(means[arm, c], best[c], rel_tol=0, abs_tol=1e-12):
+                text = f"**{text}**"
+            row.append(text)
+            if f"{c}_p" in header_keys(header, c):
+                ps = [r.get(f"{c}_p", "") for r in runs]
+                row.append("—" if arm == "fixed_steps" else ", ".join(f"{p:.3f}" for p in ps if p != ""))
+        if paper:
+            row.append(f"{paper[1][arm]}" if arm in paper[1] else "")
+        lines.append("| " + " | ".join(row) + " |")
+    notes = [f"Study of `{recipe_name}` ({study.task}); seeds {', '.join(map(str, study.seeds))}; mean ± sample "
+             f"standard deviation over seeds (n runs), best mean in bold. `train s`: seconds of training updates "
+             f"(from the logged {unit}/s; no validation); `epochs seen`: passes over the distinct training data."]
+    if any("p vs" in h for h in header):
+        notes.append("p: sacreBLEU paired bootstrap resampling (1000 resamples) of the arm's BLEU against "
+                     "fixed_steps of the same seed, one value per seed.")
+    if paper:
+        notes.append("paper: Hoffer et al., \"Augment your batch\", CVPR 2020, Table 2 (full-scale training; compare "
+                     "the ordering, not the values, unless this study ran the recipe at full scale).")
+    for arm in arms:
+        if study.notes.get(arm):
+            notes.append(f"`{arm}`: {study.notes[arm]}.")
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def header_keys(header: list[str], column: str) -> set[str]:
+    """``{column}_p`` when the header has a p-value column for ``column``."""
+    tag = f"({column.rsplit('_', 1)[0]}, per seed)"
+    return {f"{column}_p"} if any(h.endswith(tag) for h in header) else set()

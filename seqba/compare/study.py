@@ -1,0 +1,183 @@
+"""A study: the recipe, its arms, the seeds and the test sets, planned as one :class:`~seqba.compare.runs.RunSpec`
+per (arm, seed) under ``OUT/runs/ARM/seed_S``, and recorded in ``OUT/study.json``.
+
+``study.json`` keeps what the report needs without rerunning anything (task, arms and their overrides, updates
+per epoch of each arm, test sets, references); a rerun with other overrides for an arm already in it is refused,
+so a study folder never mixes two configurations of one arm.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from seqba import config as config_lib
+from seqba.compare.arms import Arm, equal_time_overrides
+from seqba.compare.records import UNITS, read_records, summarise
+from seqba.compare.runs import RunSpec
+from seqba.errors import ConfigError
+
+__all__ = ["EvalSet", "Study", "parse_test_set", "plan_runs", "resolve_pending", "save_study", "load_study"]
+
+_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class EvalSet:
+    """A test set: ``test`` is the recipe's own test split; others are raw ``src``/``ref`` files (translation)."""
+
+    name: str
+    src: str | None = None
+    ref: str | None = None
+
+
+def parse_test_set(spec: str) -> EvalSet:
+    """``NAME=SRC,REF`` -> :class:`EvalSet` with absolute paths.
+
+    Raises:
+        ConfigError: not of that form, a bad or reserved name (``test``), or a file that does not exist.
+    """
+    name, sep, files = spec.partition("=")
+    paths = files.split(",")
+    if not sep or len(paths) != 2 or not all(paths):
+        raise ConfigError(f"--test-set {spec!r}: expected NAME=SRC,REF (two raw text files)")
+    if not _SET_NAME.match(name) or name == "test":
+        raise ConfigError(f"--test-set {spec!r}: NAME must be letters, digits, _ . - and not 'test' (the recipe's "
+                          "test split)")
+    for path in paths:
+        if not Path(path).is_file():
+            raise ConfigError(f"--test-set {spec!r}: file not found: {path}")
+    return EvalSet(name, str(Path(paths[0]).resolve()), str(Path(paths[1]).resolve()))
+
+
+@dataclass
+class Study:
+    """Everything that defines a study (saved as ``study.json``).
+
+    Attributes:
+        recipe: absolute path of the BA recipe; ``overrides``: the command line's ``key=value`` (every arm).
+        arms: arm name -> its overrides; ``pending``: arms whose updates are set per seed (``equal_time``).
+        updates_per_epoch: arm name -> updates of its first epoch (for ``epochs_seen``).
+        test_sets: the recipe's ``test`` split first, then ``--test-set`` files.
+        prepared_dir: translation's prepared corpus (the test split's references for significance).
+    """
+
+    out: str
+    recipe: str
+    task: str
+    overrides: list[str]
+    arms: dict[str, list[str]]
+    seeds: list[int]
+    test_sets: list[EvalSet]
+    pending: list[str] = field(default_factory=list)
+    updates_per_epoch: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    launch_args: list[str] = field(default_factory=list)
+    eval_args: list[str] = field(default_factory=list)
+    prepared_dir: str | None = None
+
+    def run_dir(self, arm: str, seed: int) -> Path:
+        return Path(self.out) / "runs" / arm / f"seed_{seed}"
+
+    @property
+    def unit(self) -> str:
+        return UNITS[self.task]
+
+
+def save_study(study: Study) -> None:
+    """Write ``OUT/study.json`` atomically.
+
+    Raises:
+        ConfigError: an existing ``study.json`` gives another recipe, task or study overrides, or other overrides
+            for an arm of the same name.
+    """
+    path = Path(study.out) / "study.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        for key in ("recipe", "task", "overrides"):
+            if old.get(key) != getattr(study, key):
+                raise ConfigError(f"{study.out} is a study of {key} {old.get(key)!r}, not {getattr(study, key)!r}; "
+                                  "use another --out")
+        for arm, overrides in study.arms.items():
+            if arm in old.get("arms", {}) and old["arms"][arm] != overrides:
+                raise ConfigError(f"{study.out}: arm {arm} was run with {old['arms'][arm]}, now {overrides}; use "
+                                  "another arm name or --out")
+        study.arms = {**old.get("arms", {}), **study.arms}
+        study.updates_per_epoch = {**old.get("updates_per_epoch", {}), **study.updates_per_epoch}
+    tmp = path.with_name(".study.json.tmp")
+    tmp.write_text(json.dumps(asdict(study), indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def load_study(out: str | Path) -> Study:
+    """Read ``OUT/study.json`` (raises ``FileNotFoundError`` if absent)."""
+    data = json.loads((Path(out) / "study.json").read_text())
+    data["test_sets"] = [EvalSet(**t) for t in data["test_sets"]]
+    return Study(**data)
+
+
+def make_study(out: str | Path, recipe: str | Path, overrides: list[str], arms: list[Arm], seeds: list[int],
+               test_sets: list[EvalSet], launch_args: list[str] = (), eval_args: list[str] = ()) -> Study:
+    """A :class:`Study` of ``arms`` (the recipe's ``test`` split is added first to ``test_sets``)."""
+    cfg = config_lib.load(recipe, overrides)
+    return Study(out=str(Path(out).resolve()), recipe=str(Path(recipe).resolve()), task=cfg.task,
+                 overrides=list(overrides), arms={a.name: a.overrides for a in arms}, seeds=list(seeds),
+                 test_sets=[EvalSet("test"), *test_sets], pending=[a.name for a in arms if a.pending],
+                 notes={a.name: a.note for a in arms}, launch_args=list(launch_args), eval_args=list(eval_args),
+                 prepared_dir=cfg.data.prepared_dir if cfg.task == "translation" else None)
+
+
+def _checkpoint(study: Study, run_dir: Path) -> Path:
+    """Images report the last checkpoint (their validation split IS the test split); others the best."""
+    name = "checkpoint_last.pt" if study.task == "image_classification" else "checkpoint_best.pt"
+    return run_dir / name
+
+
+def _eval_args(study: Study, run_dir: Path, test: EvalSet) -> list[str]:
+    args = ["--checkpoint", str(_checkpoint(study, run_dir)), *study.eval_args]
+    args += ["--src", test.src, "--ref", test.ref] if test.src else ["--split", "test"]
+    if study.task == "translation":
+        args += ["--output", str(run_dir / f"hyp.{test.name}.txt")]
+    return args
+
+
+def plan_runs(study: Study, arm_names: list[str]) -> list[RunSpec]:
+    """One :class:`RunSpec` per (seed, arm), seeds outer (a partial study has whole seeds), pending arms last."""
+    ordered = [a for a in arm_names if a not in study.pending] + [a for a in arm_names if a in study.pending]
+    runs = []
+    for seed in study.seeds:
+        for arm in ordered:
+            run_dir = study.run_dir(arm, seed)
+            train_args = [study.recipe, *study.overrides, *study.arms[arm], f"seed={seed}", f"output_dir={run_dir}",
+                          "train.resume=auto", "train.progress_bar=false"]
+            evals = [(t.name, _eval_args(study, run_dir, t)) for t in study.test_sets]
+            runs.append(RunSpec(arm, seed, str(run_dir), train_args, list(study.launch_args), evals,
+                                pending=arm in study.pending))
+    return runs
+
+
+def measured_seconds_per_update(study: Study, arm: str, seed: int) -> float:
+    """Seconds per training update of a finished run, from the rates in its ``metrics.jsonl``."""
+    return summarise(read_records(study.run_dir(arm, seed)), study.unit).seconds_per_update
+
+
+def resolve_pending(study: Study, spec: RunSpec) -> RunSpec:
+    """Set the updates of a pending (``equal_time``) run from the same seed's finished ``ba`` and ``fixed_steps``.
+
+    Deterministic (finished runs' records do not change), so a resumed study sets the same number again.
+
+    Raises:
+        ValueError: a measurement is missing (the ba or fixed_steps run did not log a training record).
+    """
+    if not spec.pending:
+        return spec
+    arm = Arm(spec.arm, study.arms[spec.arm], pending=True)
+    cfg = config_lib.load(study.recipe, [*study.overrides, *arm.overrides])
+    overrides = equal_time_overrides(arm, cfg, measured_seconds_per_update(study, "ba", spec.seed),
+                                     measured_seconds_per_update(study, "fixed_steps", spec.seed))
+    run_dir = study.run_dir(spec.arm, spec.seed)
+    train_args = [study.recipe, *study.overrides, *overrides, f"seed={spec.seed}", f"output_dir={run_dir}",
+                  "train.resume=auto", "train.progress_bar=false"]
+    return RunSpec(spec.arm, spec.seed, spec.run_dir, train_args, spec.launch_args, spec.evals, pending=False)

@@ -1,0 +1,228 @@
+"""``python -m seqba.compare``: arm derivation per task, the CLI's errors, the report from fake run folders, resume
+after a SIGKILL mid-study, and the Slurm launcher through submitit's local executor (with significance)."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from runs import ROOT, data_dir, recipe  # noqa: F401 - fixtures
+from seqba import config as config_lib
+from seqba.compare import cli
+from seqba.compare.curves import arm_curves, plot_study
+from seqba.compare.arms import count_updates, derive_arms, equal_time_overrides, parse_arm
+from seqba.compare.report import collect_rows, format_table, write_csv
+from seqba.compare.study import Study, EvalSet
+from seqba.errors import ConfigError
+from test_image_task import write_fake_cifar10
+from test_recipes import TINY
+
+RECIPES = ROOT / "recipes"
+
+
+def no_counting(cfg, num_processes):
+    raise AssertionError("a recipe with train.max_updates and a validation interval needs no counting")
+
+
+def resolved(recipe_path, overrides, arms):
+    """arm name -> the config that arm trains with."""
+    return {a.name: config_lib.load(recipe_path, [*overrides, *a.overrides]) for a in arms}
+
+
+# -- arms -------------------------------------------------------------------------------------------------------
+
+def test_arms_translation(recipe):
+    arms = derive_arms(recipe, [], ["fixed_steps", "fixed_samples", "ba"], counter=no_counting)
+    assert [a.overrides for a in arms] == [["ba.repeats=1"], ["ba.repeats=1", "data.max_tokens=512"], []]
+    cfgs = resolved(recipe, [], arms)
+    assert [(c.ba.repeats, c.data.max_tokens, c.train.max_updates) for c in cfgs.values()] == [
+        (1, 256, 12), (1, 512, 12), (2, 256, 12)]
+
+
+def test_arms_translation_micro_batches_and_consistency():
+    """WMT16 M=4 with 4 micro-batches and the sym-KL term: fixed_steps (B rows) 1 chunk, fixed_samples (M·B) 4."""
+    path = RECIPES / "transformer_wmt16_m4_symkl.yaml"
+    cfgs = resolved(path, [], derive_arms(path, [], ["fixed_steps", "fixed_samples", "ba"], counter=no_counting))
+    fs, fsa, ba = cfgs["fixed_steps"], cfgs["fixed_samples"], cfgs["ba"]
+    assert (fs.ba.repeats, fs.ba.micro_batches, fs.ba.consistency, fs.data.max_tokens) == (1, 1, "none", 4096)
+    assert (fsa.ba.repeats, fsa.ba.micro_batches, fsa.ba.consistency, fsa.data.max_tokens) == (1, 4, "none", 16384)
+    assert (ba.ba.repeats, ba.ba.micro_batches, ba.ba.consistency, ba.data.max_tokens) == (4, 4, "sym_kl", 4096)
+    assert {c.train.max_updates for c in cfgs.values()} == {100000}
+
+
+def test_arms_language_modeling():
+    path = RECIPES / "awd_lstm_ptb_small_m10.yaml"
+    cfgs = resolved(path, [], derive_arms(path, [], ["fixed_steps", "fixed_samples", "ba"], counter=no_counting))
+    assert [(c.ba.repeats, c.data.batch_size, c.train.max_updates) for c in cfgs.values()] == [
+        (1, 10, 800), (1, 100, 800), (10, 10, 800)]
+
+
+def test_arms_language_modeling_epoch_based():
+    """awd_lstm_ptb_m10 trains 500 epochs: derived arms get its update count, and validate where ba does."""
+    path = RECIPES / "awd_lstm_ptb_m10.yaml"
+    arms = derive_arms(path, [], ["fixed_steps", "fixed_samples", "ba"], counter=lambda cfg, n: (663500, 1327))
+    cfgs = resolved(path, [], arms)
+    assert [(c.ba.repeats, c.data.batch_size, c.train.max_updates, c.train.max_epochs,
+             c.train.validate_interval_updates) for c in cfgs.values()] == [
+        (1, 20, 663500, 0, 1327), (1, 200, 663500, 0, 1327), (10, 20, 0, 500, 0)]
+
+
+def test_arms_images_count_updates(tmp_path):
+    """CIFAR-10 M=40 (164 epochs) on a 40-image fake CIFAR: 1 batch of 64 per epoch -> 164 updates, counted."""
+    path = RECIPES / "resnet44_cifar10_m40.yaml"
+    overrides = [f"data.root={write_fake_cifar10(tmp_path / 'cifar')}"]
+    cfg = config_lib.load(path, overrides)
+    assert count_updates(cfg) == (164, 1)
+    arms = derive_arms(path, overrides, ["fixed_steps", "fixed_samples", "ba", "equal_time"])
+    cfgs = resolved(path, overrides, arms)
+    assert [(c.ba.repeats, c.data.batch_size, c.train.max_updates, c.train.max_epochs) for c in cfgs.values()] == [
+        (1, 64, 164, 0), (1, 2560, 164, 0), (40, 64, 0, 164), (1, 64, 164, 0)]
+    assert cfgs["fixed_samples"].optim.lr_steps == cfgs["ba"].optim.lr_steps == [63342, 95404]
+    assert arms[3].pending and not arms[0].pending
+
+
+def test_equal_time_overrides():
+    """BA takes 0.4 s/update, fixed_steps 0.1 s: equal_time trains 4x the updates, lr milestones 4x later."""
+    path = RECIPES / "resnet_mnist_m4.yaml"
+    arm = derive_arms(path, [], ["ba", "fixed_steps", "equal_time"], counter=lambda cfg, n: (500, 125))[2]
+    cfg = config_lib.load(path, arm.overrides)
+    overrides = equal_time_overrides(arm, cfg, 0.4, 0.1)
+    assert overrides == ["ba.repeats=1", "train.max_updates=2000", "train.max_epochs=0", "optim.lr_steps=[1000,1500]"]
+    final = config_lib.load(path, overrides)
+    assert (final.train.max_updates, final.optim.lr_steps, final.ba.repeats) == (2000, [1000, 1500], 1)
+
+
+def test_custom_arm():
+    arm = parse_arm("ba_symkl:ba.consistency=sym_kl,ba.consistency_alpha=10,optim.lr_steps=[1,2]")
+    assert arm.overrides == ["ba.consistency=sym_kl", "ba.consistency_alpha=10", "optim.lr_steps=[1,2]"]
+    for bad in ("nocolon", "ba:ba.repeats=2", "x:", "x:novalue"):
+        with pytest.raises(ConfigError):
+            parse_arm(bad)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arms", "ba,bogus"], "error: unknown arm 'bogus'"),
+    (["--arms", "ba,x", "--arm", "x:ba.nosuchkey=1"], "error: arm x: command-line override ba.nosuchkey"),
+    (["--test-set", "extra=missing.en,missing.de"], "error: --test-set 'extra=missing.en,missing.de': file not found"),
+    (["--test-set", "extra"], "error: --test-set 'extra': expected NAME=SRC,REF"),
+    (["--seeds", "1,x"], "error: --seeds '1,x'"),
+    (["seed=3"], "error: override 'seed=3': compare sets seed"),
+])
+def test_cli_errors_are_one_line(recipe, tmp_path, capsys, argv, message):
+    assert cli.main([str(recipe), "--out", str(tmp_path / "study"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "study").exists()
+
+
+def test_cli_test_set_needs_translation(tmp_path, capsys):
+    src = tmp_path / "a.txt"
+    src.write_text("x\n")
+    argv = [str(RECIPES / "awd_lstm_ptb_small_m10.yaml"), "--out", str(tmp_path / "s"), f"--test-set=x={src},{src}"]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err.startswith("error: --test-set applies to translation")
+
+
+# -- report from fake run folders ----------------------------------------------------------------------------------
+
+def fake_run(run_dir, per_step, per_s, accuracy, wall):
+    """Two windows of 10 updates of ``per_step`` images at ``per_s`` images/s, 64 distinct per update."""
+    run_dir.mkdir(parents=True)
+    records = [{"step": s, "epoch": 0, "loss": 1.0, "images_per_step": per_step, "images_per_s": per_s,
+                "distinct_images_per_step": 64.0} for s in (10, 20)]
+    records += [{"step": 20, "epoch": 0, "valid_accuracy": accuracy - 0.1, "valid_loss": 1.0}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run_dir / "train.done").write_text(json.dumps({"wall_seconds": wall}))
+    (run_dir / "eval.test.json").write_text(json.dumps({"task": "image_classification", "accuracy": accuracy}))
+
+
+def test_table_and_csv_from_fake_runs(tmp_path):
+    study = Study(out=str(tmp_path), recipe=str(RECIPES / "resnet44_cifar10_m40.yaml"), task="image_classification",
+                  overrides=[], arms={"fixed_steps": ["ba.repeats=1"], "ba": []}, seeds=[1, 2],
+                  test_sets=[EvalSet("test")], updates_per_epoch={"fixed_steps": 10, "ba": 10})
+    fake_run(study.run_dir("fixed_steps", 1), 64.0, 640.0, 0.90, 30.5)
+    fake_run(study.run_dir("fixed_steps", 2), 64.0, 640.0, 0.92, 31.5)
+    fake_run(study.run_dir("ba", 1), 256.0, 512.0, 0.95, 60.0)
+    fake_run(study.run_dir("ba", 2), 256.0, 512.0, 0.97, 62.0)
+    arms = ["fixed_steps", "ba"]
+    rows = collect_rows(study, arms)
+    write_csv(rows, tmp_path / "results.csv")
+    assert (tmp_path / "results.csv").read_text() == (
+        "arm,seed,updates,epochs_seen,distinct_images_seen,images_computed,train_seconds,wall_seconds,"
+        "images_per_s,test_accuracy\n"
+        "fixed_steps,1,20,2.0,1280,1280,2.0,30.5,640.0,0.9\n"
+        "fixed_steps,2,20,2.0,1280,1280,2.0,31.5,640.0,0.92\n"
+        "ba,1,20,2.0,1280,5120,10.0,60.0,512.0,0.95\n"
+        "ba,2,20,2.0,1280,5120,10.0,62.0,512.0,0.97\n")
+    table = format_table(study, rows, arms, "resnet44_cifar10_m40").splitlines()
+    assert table[:4] == [
+        "| arm | n | updates | epochs seen | train s | test accuracy (%) | paper (accuracy %) |",
+        "|---|---|---|---|---|---|---|",
+        "| fixed_steps | 2 | 20 | 2.00 | 2.0 | 91.00 ± 1.41 | 93.7 |",
+        "| ba | 2 | 20 | 2.00 | 10.0 | **96.00 ± 1.41** | 95.43 |"]
+    metric, seeds, points = arm_curves(study, "fixed_steps")  # valid_accuracy 0.8 and 0.82 at update 20, at 2 s
+    assert (metric, seeds, points) == ("valid_accuracy", 2, [(20, 2.0, pytest.approx(0.81), 0.8, pytest.approx(0.82))])
+    assert plot_study(study, arms, tmp_path / "curves.png") and (tmp_path / "curves.png").stat().st_size > 1000
+
+
+# -- end to end ----------------------------------------------------------------------------------------------------
+
+def compare_command(*args):
+    return [sys.executable, "-m", "seqba.compare", *map(str, args)]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def test_resume_after_kill_mid_study(tmp_path):
+    """SIGKILL the study while its second run trains (after a checkpoint): the rerun skips the finished run,
+    the killed run resumes from its checkpoint, and the study completes."""
+    out = tmp_path / "study"
+    args = [RECIPES / "resnet44_cifar10_m40.yaml", "--arms", "fixed_steps,ba", "--seeds", "1", "--out", out,
+            *TINY["image_classification"], "train.max_updates=60", "train.save_interval_updates=5",
+            "train.log_interval=5", f"data.root={write_fake_cifar10(tmp_path / 'cifar')}"]
+    proc = subprocess.Popen(compare_command(*args), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    checkpoints = out / "runs" / "ba" / "seed_1" / "checkpoints"
+    deadline = time.time() + 300
+    while not any(checkpoints.glob("step_*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGKILL)
+    first = proc.communicate()[0]
+    assert "[1/2] fixed_steps seed 1: done in" in first and "[2/2] ba seed 1: start" in first
+    assert not (out / "runs" / "ba" / "seed_1" / "train.done").exists()
+    rerun = subprocess.run(compare_command(*args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "[1/2] fixed_steps seed 1: done earlier, skipped" in rerun.stdout
+    assert "resumed from" in (out / "runs" / "ba" / "seed_1" / "train.log").read_text()
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["arm"], r["updates"]) for r in rows] == [("fixed_steps", "60"), ("ba", "60")]
+    assert (out / "table.md").is_file() and (out / "curves.png").is_file()
+
+
+def test_slurm_launcher_local_executor_with_significance(recipe, tmp_path):
+    """--launcher slurm through submitit's local executor: same outputs, and BLEU p-values for translation."""
+    pytest.importorskip("submitit")
+    src, ref = tmp_path / "extra.en", tmp_path / "extra.de"
+    src.write_text("a b c\nd e f\ng h\n")
+    ref.write_text("a b c\nd e f\ng h\n")
+    out = tmp_path / "study"
+    args = [recipe, "--arms", "fixed_steps,ba", "--seeds", "1", "--out", out, "--test-set", f"extra={src},{ref}",
+            "--launcher", "slurm", "--submitit-cluster", "local", "--slurm-params", "timeout_min=20",
+            "--eval-args", "--beam 1", "train.validate_interval_updates=6"]
+    proc = subprocess.run(compare_command(*args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "submitted as job" in proc.stdout
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["arm"] for r in rows] == ["fixed_steps", "ba"]
+    assert rows[0]["test_bleu_p"] == "" and 0.0 <= float(rows[1]["test_bleu_p"]) <= 1.0
+    assert 0.0 <= float(rows[1]["extra_bleu_p"]) <= 1.0
+    table = (out / "table.md").read_text()
+    assert "p vs fixed_steps (test, per seed)" in table and "p vs fixed_steps (extra, per seed)" in table
+    again = subprocess.run(compare_command(*args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 2
