@@ -32,7 +32,7 @@ from seqba.plots import plot_curves
 # The observed object is a seqba.trainer.Trainer; it is not imported here (the trainer imports this module).
 Trainer = Any
 
-__all__ = ["Callback", "MetricsLogger", "ProgressBar"]
+__all__ = ["Callback", "MetricsLogger", "ProgressBar", "TrackerLogger"]
 
 
 class Callback:
@@ -169,3 +169,42 @@ class ProgressBar(Callback):
     def on_train_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class TrackerLogger(Callback):
+    """Sends the records of :class:`MetricsLogger` to the experiment trackers of ``train.log_with`` through
+    ``accelerator.log`` (same keys, ``step`` as the step), after ``init_trackers`` with the flattened config.
+
+    Must come after the :class:`MetricsLogger` in the callback list (it forwards that logger's records).
+    """
+
+    def __init__(self, project: str) -> None:
+        self.project = project
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        trainer.accelerator.init_trackers(self.project, config=_flatten(trainer.config_dict))
+
+    def on_update_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        record = getattr(trainer, "last_train_record", None)
+        if record and record["step"] == trainer.state["num_updates"]:
+            self._log(trainer, record)
+
+    def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self._log(trainer, {"step": trainer.state["num_updates"], **{f"valid_{k}": v for k, v in metrics.items()}})
+
+    @staticmethod
+    def _log(trainer: Trainer, record: dict[str, Any]) -> None:
+        values = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        trainer.accelerator.log(values, step=int(record["step"]))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"ba": {"repeats": 4}}`` -> ``{"ba.repeats": 4}``; lists and None become strings (trackers want scalars)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out

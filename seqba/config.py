@@ -144,6 +144,9 @@ class TrainConfig:
             loss scaler and needs a GPU).
         compile: compile the training model with ``torch.compile`` (inductor, ``dynamic=True`` so that token-budget
             batches of varying shape reuse one graph); validation, checkpoints and decoding use the eager module.
+        log_with: also send the metrics.jsonl records to an experiment tracker through Accelerate
+            (``accelerator.log``): ``tensorboard`` (event files in ``output_dir/trackers``), ``wandb``, ``mlflow``
+            (their clients must be installed and configured), or ``none``.
         num_workers: DataLoader worker processes.
         progress_bar: show a tqdm bar on the main process.
     """
@@ -158,6 +161,7 @@ class TrainConfig:
     resume: str = "auto"
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     compile: bool = False
+    log_with: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
     num_workers: int = 0
     progress_bar: bool = True
 

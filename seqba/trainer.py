@@ -54,7 +54,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 
 from seqba import config as config_lib
-from seqba.callbacks import Callback, MetricsLogger, ProgressBar
+from seqba.callbacks import Callback, MetricsLogger, ProgressBar, TrackerLogger
 from seqba.checkpoint import (latest_checkpoint, load_checkpoint, point_latest, prune_checkpoints, save_checkpoint,
                               save_model_file, set_aside)
 from seqba.distributed import seed_worker_rngs
@@ -93,6 +93,7 @@ class Trainer:
         self.cfg = cfg
         self.extra_callbacks = list(callbacks)
         self.output_dir = Path(cfg.output_dir)
+        self.config_dict = config_lib.to_dict(cfg)
         self.state: dict[str, Any] = {"epoch": 0, "iterations_in_epoch": 0, "num_updates": 0, "best": None,
                                       "known_good": None}
         self.provisional: str | None = None  # newest checkpoint not yet followed by a finite update
@@ -107,14 +108,19 @@ class Trainer:
         self._setup_task_and_model()
         self._resume()
         self._start_output_dir()
-        self.callbacks: list[Callback] = [MetricsLogger(self.output_dir, self.cfg.train.log_interval),
-                                          ProgressBar(self.cfg.train.progress_bar), *self.extra_callbacks]
+        tc = self.cfg.train
+        self.callbacks: list[Callback] = [MetricsLogger(self.output_dir, tc.log_interval), ProgressBar(tc.progress_bar)]
+        if tc.log_with != "none":
+            self.callbacks.append(TrackerLogger(self.output_dir.name))
+        self.callbacks += self.extra_callbacks
 
     def _setup_accelerator(self) -> None:
         tc, ba = self.cfg.train, self.cfg.ba
         # Accelerate only picks gloo for a multi-process launch without CUDA when told cpu=True.
         multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(cpu=multi_cpu, mixed_precision=tc.mixed_precision,
+                                       log_with=None if tc.log_with == "none" else tc.log_with,
+                                       project_dir=str(self.output_dir / "trackers"),
                                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
         if self.accelerator.num_processes % ba.group_size:
             raise ConfigError(f"ba.group_size={ba.group_size} must divide the number of processes "
@@ -174,7 +180,7 @@ class Trainer:
     def _start_output_dir(self) -> None:
         """The run has started cleanly: record its config (a failed resume leaves the old one in place)."""
         if self.accelerator.is_main_process:
-            text = yaml.safe_dump(config_lib.to_dict(self.cfg), sort_keys=False)
+            text = yaml.safe_dump(self.config_dict, sort_keys=False)
             tmp = self.output_dir / ".config.yaml.tmp"
             tmp.write_text(text)
             os.replace(tmp, self.output_dir / "config.yaml")
@@ -350,7 +356,7 @@ class Trainer:
         protect = {self.state["known_good"]} if self.state["known_good"] else set()
         path = save_checkpoint(self.accelerator, self.output_dir, self.state["num_updates"],
                                {"loop": dict(self.state), "task": self.task.state_dict()},
-                               config_lib.to_dict(self.cfg), tc.keep_checkpoints, protect)
+                               self.config_dict, tc.keep_checkpoints, protect)
         self.provisional = path.name
         if self._validated_finite_at == self.state["num_updates"]:  # these weights just validated finitely
             self._confirm_provisional()
@@ -361,7 +367,7 @@ class Trainer:
     def _save_model_file(self, name: str, extra: dict | None = None) -> None:
         if self.accelerator.is_main_process:
             save_model_file(self.output_dir / name, self.task.eval_model(self.model).state_dict(),
-                            config_lib.to_dict(self.cfg), {"step": self.state["num_updates"], **(extra or {})})
+                            self.config_dict, {"step": self.state["num_updates"], **(extra or {})})
 
     def _check_finite_parameters(self) -> None:
         bad = sum(int(not torch.isfinite(p).all()) for p in self.task.eval_model(self.model).parameters())

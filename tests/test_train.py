@@ -155,3 +155,22 @@ def test_update_freq_accumulates_batches(recipe, tmp_path):
     one, two = tokens(tmp_path / "one"), tokens(tmp_path / "two")
     assert len(one) == len(two) == 4
     assert sum(two) == pytest.approx(2 * sum(one), rel=0.35)
+
+
+def test_tensorboard_tracker_gets_the_metrics_records(recipe, tmp_path):
+    """train.log_with=tensorboard: the metrics.jsonl records are in readable event files (issue 12)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert train_cli.main([str(recipe), "train.max_updates=4", "train.validate_interval_updates=2",
+                           "train.log_with=tensorboard"]) == 0
+    events = list((tmp_path / "run" / "trackers").rglob("events.out.tfevents.*"))
+    assert events
+    scalars = {}
+    for path in events:
+        acc = EventAccumulator(str(path.parent))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars[tag] = [(e.step, e.value) for e in acc.Scalars(tag)]
+    assert [s for s, _ in scalars["loss"]] == [1, 2, 3, 4]
+    assert scalars["loss"][0][1] == pytest.approx(losses(tmp_path / "run")[1], rel=1e-6)
+    assert [s for s, _ in scalars["valid_ppl"]] == [2, 4]
