@@ -59,6 +59,7 @@ from seqba.checkpoint import (latest_checkpoint, load_checkpoint, point_latest, 
                               save_model_file, set_aside)
 from seqba.distributed import seed_worker_rngs
 from seqba.errors import ConfigError, NonFiniteError, RunLockedError
+from seqba.gradstats import GradStats
 from seqba.optim import build_optimizer, lr_multiplier
 from seqba.runlock import RunLock
 from seqba.tasks import TASKS
@@ -109,6 +110,8 @@ class Trainer:
         self._start_output_dir()
         self.callbacks: list[Callback] = [MetricsLogger(self.output_dir, self.cfg.train.log_interval),
                                           ProgressBar(self.cfg.train.progress_bar), *self.extra_callbacks]
+        if self.cfg.train.grad_stats_interval:  # gradient statistics across the M copies (seqba.gradstats)
+            self.callbacks.append(GradStats(self.cfg.train.grad_stats_interval))
 
     def _setup_accelerator(self) -> None:
         tc, ba = self.cfg.train, self.cfg.ba
@@ -242,6 +245,7 @@ class Trainer:
         sample_size, loss_finite = 0.0, True
         for i, batch in enumerate(batches):
             expanded = task.expand(batch)
+            self.last_expanded = expanded  # read by seqba.gradstats.GradStats after the update
             size = float(task.sample_size(expanded))
             sample_size += size
             for k, v in task.step_logs(batch, expanded).items():
