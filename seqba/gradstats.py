@@ -22,9 +22,13 @@ Definitions (P = number of parameter entries, M = copies, B = distinct samples, 
 Training-time statistics (:class:`GradStats`, a :class:`~seqba.callbacks.Callback`): every
 ``train.grad_stats_interval`` updates, after the optimizer step, one extra forward of the update's (last) expanded
 batch in training mode and M extra backward passes (``torch.autograd.grad`` of each copy's summed loss, graph
-retained), so the cost is about ``(1 + M) / (3 · interval)`` of an update's compute per update
-(``benchmarks/bench_gradstats.py`` measures it). The extra passes leave the training trajectory exactly as it
-was: they write no ``.grad``, do not touch the optimizer, restore the torch (and CUDA) RNG state that dropout draws
+retained). Every one of those backward passes traverses the whole M·B-row graph (rows of other copies get zero
+gradients but are still computed, and BatchNorm couples them), so a measured update costs about ``(1 + 2M) / 3``
+updates more: 3 updates at M = 4, i.e. ``3 / interval`` per update on average (measured on 2 CPU cores, ResNet-8
+on MNIST, M = 4: 6.5 s of statistics for a 1.5 s update; ``benchmarks/bench_gradstats.py``,
+``benchmarks/results/gradstats.json``). Use an interval of 50-100 for long runs.
+
+The extra passes leave the training trajectory exactly as it was (tested bit for bit on CPU): they write no ``.grad``, do not touch the optimizer, restore the torch (and CUDA) RNG state that dropout draws
 from, the model's buffers (BatchNorm running statistics) and the language model's carried hidden state. They see
 the parameters after the step and fresh dropout masks, so ``grad_norm_full`` estimates ``gnorm`` (logged before
 the step, with the regularisers of the loss) rather than repeating it. The loss is the task's data term:
