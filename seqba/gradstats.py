@@ -24,9 +24,9 @@ Training-time statistics (:class:`GradStats`, a :class:`~seqba.callbacks.Callbac
 batch in training mode and M extra backward passes (``torch.autograd.grad`` of each copy's summed loss, graph
 retained). Every one of those backward passes traverses the whole M·B-row graph (rows of other copies get zero
 gradients but are still computed, and BatchNorm couples them), so a measured update costs about ``(1 + 2M) / 3``
-updates more: 3 updates at M = 4, i.e. ``3 / interval`` per update on average (measured on 2 CPU cores, ResNet-8
-on MNIST, M = 4: 6.5 s of statistics for a 1.5 s update; ``benchmarks/bench_gradstats.py``,
-``benchmarks/results/gradstats.json``). Use an interval of 50-100 for long runs.
+updates more (3 at M = 4), i.e. that divided by the interval per update on average. Measured on 2 shared CPU
+cores at M = 4 (``benchmarks/bench_gradstats.py``, ``benchmarks/results/gradstats.json``): 4.2 updates' time for
+the MNIST ResNet-8 (6.5 s for a 1.5 s update), 2.0 for the synthetic-corpus Transformer (6.2 s for 3.0 s). Use an interval of 50-100 for long runs.
 
 The extra passes leave the training trajectory exactly as it was (tested bit for bit on CPU): they write no ``.grad``, do not touch the optimizer, restore the torch (and CUDA) RNG state that dropout draws
 from, the model's buffers (BatchNorm running statistics) and the language model's carried hidden state. They see
