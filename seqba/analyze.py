@@ -133,6 +133,8 @@ class _Images(_Adapter):
 
     def samples(self, split: str, n: int, rng: np.random.Generator) -> Iterator[tuple[int, dict]]:
         from seqba.tasks.image_classification import load_split
+        if split not in ("train", "valid", "test"):
+            raise ValueError(f"--split must be train, valid or test (the held-out digits/images), got {split!r}")
         images, labels = load_split(self.cfg.data, "train" if split == "train" else "test")
         for i in rng.choice(len(labels), size=min(n, len(labels)), replace=False):
             yield int(labels[i]), {"image": images[int(i)].to(self.device), "label": labels[int(i)].to(self.device)}
@@ -154,6 +156,8 @@ class _LanguageModel(_Adapter):
         return build_lm(self.cfg.model, len(self.corpus.dictionary))
 
     def samples(self, split: str, n: int, rng: np.random.Generator) -> Iterator[tuple[None, dict]]:
+        if split not in ("train", "valid", "test"):
+            raise ValueError(f"--split must be train, valid or test for language modelling, got {split!r}")
         stream, bptt = getattr(self.corpus, split), self.cfg.data.bptt
         if len(stream) < 2 * bptt + 2:
             raise ValueError(f"the {split} split has {len(stream)} words, fewer than 2 * bptt + 2")

@@ -105,9 +105,9 @@ def per_sample_grads(loss_fn: Callable[..., Tensor], params: Mapping[str, Tensor
     raise ValueError(f"per_sample_grads: method must be 'vmap' or 'loop', got {method!r}")
 
 
-def flatten_grads(grads: Mapping[str, Tensor], n: int | None = None) -> Tensor:
+def flatten_grads(grads: Mapping[str, Tensor]) -> Tensor:
     """Concatenate per-sample gradients (name -> (n, *shape)) into one float32 (n, P) matrix, in ``grads`` order."""
-    parts = [g.reshape(g.shape[0] if n is None else n, -1).float() for g in grads.values()]
+    parts = [g.reshape(g.shape[0], -1).float() for g in grads.values()]
     return torch.cat(parts, dim=1)
 
 
@@ -215,6 +215,8 @@ def row_losses(task: Any, model: nn.Module, batch: Any, hidden: Any = None) -> t
     Raises:
         TypeError: a task this module does not know.
     """
+    # Imported here, not at the top: seqba.tasks is a lazy registry and the trainer imports this module for every
+    # task, so a run loads only its own task's modules (no import cycle is involved).
     from seqba.tasks.image_classification import NUM_CLASSES, ImageClassificationTask
     from seqba.tasks.language_modeling import LanguageModelingTask
     from seqba.tasks.translation import PAD_ID, TranslationTask

@@ -129,7 +129,9 @@ def test_translation_with_dropout_by_layer_and_init(tiny_run, tmp_path, capsys):
     trained = json.loads((run / "grad_correlation_valid.json").read_text())  # default: beside the checkpoint
     assert trained["step"] == 2 and not trained["init"]
     assert trained["relations"]["copies"]["median"] < 0.9999
-    assert "encoder.layers.0.self_attn.q_proj.weight" in trained["by_layer"] or len(trained["by_layer"]) > 5
+    by_layer = trained["by_layer"]  # one entry per named parameter
+    assert "encoder_layers.0.self_attn.qkv_proj.weight" in by_layer and "decoder_embed.weight" in by_layer
+    assert all(v["copies"]["count"] == 3 for v in by_layer.values())  # M=2 (the recipe's): one pair per sentence
     correlation(capsys, "--checkpoint", run, "--samples", 3, "--init")
     init = json.loads((run / "grad_correlation_valid_init.json").read_text())
     assert init["init"] and init["step"] == 0 and init["relations"] != trained["relations"]
