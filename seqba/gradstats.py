@@ -282,7 +282,7 @@ class GradStats(Callback):
     def measure(self, trainer: Trainer) -> dict[str, float]:
         """The statistics of ``trainer.last_expanded`` on the current parameters; restores all state it touches."""
         task, batch = trainer.task, trainer.last_expanded
-        model = trainer.accelerator.unwrap_model(trainer.model)
+        model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)  # eager, no DDP hooks
         params = [p for p in model.parameters() if p.requires_grad]
         hidden = None
         if hasattr(task, "hidden"):  # language modelling: the window's starting state
