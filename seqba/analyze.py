@@ -6,8 +6,11 @@ with ``--by-layer``) between
 
 * ``copies``: two copies of one sample (all M(M-1)/2 pairs per sample): augmentations for images (the ResNet has
   no dropout), dropout masks for text;
+* ``clean_vs_copy`` (images): the unaugmented image x and each of its M augmented copies T(x), the paper's
+  ρ(x, T(x));
 * ``different``: copy 0 of a sample and copy 0 of the previous one (text), or for images ``same_class`` /
-  ``different_class``: copy 0 of an image and copy 0 of the last earlier image of the same / of another class.
+  ``different_class``: the unaugmented image and the unaugmented last earlier image of the same / of another
+  class (the paper's ρ(z, w) is two different images).
 
 Prints the median and interquartile range per relation, Table-1 style, and writes JSON (``--out``; default beside
 the checkpoint). ``--init`` measures a freshly initialised model (the recipe's seed), as Table 1's first column.
@@ -67,7 +70,10 @@ __all__ = ["main", "grad_correlation", "summarise", "read_series"]
 
 class _Adapter:
     """One task's model, samples and per-copy gradients. ``samples`` yields ``(label, sample)`` (label: class id
-    for images, else None); ``copy_grads(sample, M)`` returns name -> (M, *shape)."""
+    for images, else None); ``copy_grads(sample, M)`` returns name -> (M, *shape), or (1 + M, *shape) with the
+    unaugmented sample first when ``clean_first``."""
+
+    clean_first = False
 
     def __init__(self, cfg: Any, state: dict | None, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
@@ -139,14 +145,19 @@ class _Images(_Adapter):
         for i in rng.choice(len(labels), size=min(n, len(labels)), replace=False):
             yield int(labels[i]), {"image": images[int(i)].to(self.device), "label": labels[int(i)].to(self.device)}
 
+    #: row 0 of copy_grads is the unaugmented image, rows 1..M its augmented copies
+    clean_first = True
+
     def copy_grads(self, s: dict, copies: int) -> dict[str, Tensor]:
         def loss_fn(params, image, label):  # one view (C, H, W), label ()
             return F.cross_entropy(functional_call(self.model, params, (image[None],)).float(), label[None],
                                    label_smoothing=self.cfg.criterion.label_smoothing)
 
         self.model.eval()  # BN on running statistics: the views do not interact
-        views = self.augment(s["image"].expand(copies, *s["image"].shape))  # (M, C, H, W), each its own crop/cutout
-        return per_sample_grads(loss_fn, self.params, views, s["label"].expand(copies), method="vmap")
+        image = s["image"][None]  # (1, C, H, W) uint8
+        views = torch.cat([self.augment(image, train=False),  # x, then M views T(x) with their own crop/cutout
+                           self.augment(image.expand(copies, *image.shape[1:]))])  # (1 + M, C, H, W)
+        return per_sample_grads(loss_fn, self.params, views, s["label"].expand(copies + 1), method="vmap")
 
 
 class _LanguageModel(_Adapter):
@@ -182,7 +193,7 @@ ADAPTERS = {"translation": _Translation, "image_classification": _Images, "langu
 
 
 #: the relations of grad-correlation, in table order
-RELATIONS = ("copies", "different", "same_class", "different_class")
+RELATIONS = ("clean_vs_copy", "copies", "different", "same_class", "different_class")
 
 
 # -- grad-correlation -------------------------------------------------------------------------------------------
@@ -219,15 +230,18 @@ def grad_correlation(adapter: _Adapter, split: str, samples: int, copies: int, b
     def add(group: str, relation: str, a: Tensor, b: Tensor) -> None:
         rho.setdefault(group, {}).setdefault(relation, []).append(float((a * b).sum().clamp(-1, 1)))
 
+    first = int(adapter.clean_first)  # row of the first copy
     for label, sample in adapter.samples(split, samples, rng):
         grads = adapter.copy_grads(sample, copies)
         groups = {"all": flatten_grads(grads)}
         if by_layer:
-            groups.update({k: g.reshape(copies, -1) for k, g in grads.items()})
-        units = {k: centred_unit(m) for k, m in groups.items()}  # (M, P_group) float64
+            groups.update({k: g.reshape(g.shape[0], -1) for k, g in grads.items()})
+        units = {k: centred_unit(m) for k, m in groups.items()}  # (first + M, P_group) float64
         for k, u in units.items():
-            for a in range(copies):
-                for b in range(a + 1, copies):
+            for a in range(first, first + copies):
+                if first:
+                    add(k, "clean_vs_copy", u[0], u[a])
+                for b in range(a + 1, first + copies):
                     add(k, "copies", u[a], u[b])
             if label is None and k in previous:
                 add(k, "different", u[0], previous[k])
@@ -237,7 +251,7 @@ def grad_correlation(adapter: _Adapter, split: str, samples: int, copies: int, b
                 other = [c for c in by_class if c != label]  # by_class is in order of last appearance
                 if other:
                     add(k, "different_class", u[0], by_class[other[-1]][k])
-        previous = {k: u[0] for k, u in units.items()}
+        previous = {k: u[0] for k, u in units.items()}  # copy 0, or the unaugmented image
         if label is not None:
             by_class.pop(label, None)
             by_class[label] = previous  # insertion order: most recent class last
