@@ -24,8 +24,9 @@ How each model's per-sample gradients are computed (:func:`seqba.gradstats.per_s
   mode (running statistics) so that samples do not interact through batch statistics. With ``--init`` the running
   statistics are first estimated on ``--bn-batches`` augmented training batches (cumulative average), since a
   fresh model's (0, 1) would leave the activations unnormalised.
-* AWD-LSTM (language modelling): a loop of backward passes (the fused ``torch._VF.lstm`` of weight drop has no
-  vmap rule); a sample is a ``bptt``-word window of the split, started from the hidden state of the ``bptt``
+* AWD-LSTM (language modelling): a loop of backward passes. (``vmap(grad)`` gives the same gradients, tested, but
+  torch 2.13 has no batching rule for the fused LSTM kernel behind ``torch._VF.lstm``, ``aten::mkldnn_rnn_layer``
+  on CPU, so vmap itself falls back to a per-sample loop with a warning.) A sample is a ``bptt``-word window of the split, started from the hidden state of the ``bptt``
   words before it (eval mode); each copy is its own forward, so copies differ by every mask (locked dropout,
   weight drop and embedding dropout: the recipe's ``per_copy_masks: true`` behaviour).
 

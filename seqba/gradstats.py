@@ -75,8 +75,9 @@ def per_sample_grads(loss_fn: Callable[..., Tensor], params: Mapping[str, Tensor
         method: ``vmap``: ``torch.func.vmap(torch.func.grad(loss_fn), randomness="different")`` (each sample
             draws its own dropout mask; needs a model whose ops all have batching rules and whose samples do not
             interact, e.g. the Transformer, or the ResNet with BatchNorm in eval mode). ``loop``: one
-            ``torch.autograd.grad`` per sample (the AWD-LSTM's fused ``torch._VF.lstm`` and training-mode Ghost
-            BN; any model). Both give the same gradients when the model draws no randomness (tested).
+            ``torch.autograd.grad`` per sample: any model, e.g. the AWD-LSTM, whose fused LSTM kernel has no vmap
+            batching rule (vmap works but loops internally), or training-mode (Ghost) BN, which vmap cannot
+            split into samples. Both give the same gradients when the model draws no randomness (tested).
         chunk_size: samples per vectorised chunk (``vmap`` only; ``None``: all at once).
 
     Returns:

@@ -79,7 +79,7 @@ def test_per_sample_grads_of_the_resnet_in_eval_mode_equal_single_sample_backwar
     check_methods(model, loss_fn, images, labels)
 
 
-def test_per_sample_grads_of_the_awd_lstm_by_loop_equal_single_sample_backward():
+def test_per_sample_grads_of_the_awd_lstm_equal_single_sample_backward():
     torch.manual_seed(0)
     model = AWDLSTM(20, emb_size=6, hidden_size=8, num_layers=2, dropout=0, dropouth=0, dropouti=0, dropoute=0,
                     wdrop=0).train()
@@ -90,7 +90,7 @@ def test_per_sample_grads_of_the_awd_lstm_by_loop_equal_single_sample_backward()
         logits = functional_call(model, params, (a[:, None], hidden))[0]
         return F.cross_entropy(logits[:, 0], b, reduction="sum")
 
-    check_methods(model, loss_fn, x, y, methods=("loop",))
+    check_methods(model, loss_fn, x, y)  # vmap too: correct, though it loops internally (no LSTM batching rule)
     with pytest.raises(ValueError, match="method"):
         per_sample_grads(loss_fn, dict(model.named_parameters()), x, y, method="jacrev")
 
