@@ -149,6 +149,8 @@ class TrainConfig:
             (their clients must be installed and configured), or ``none``.
         num_workers: DataLoader worker processes.
         progress_bar: show a tqdm bar on the main process.
+        grad_stats_interval: every this many updates, log the gradient statistics of the update's batch across
+            its M copies (:class:`seqba.gradstats.GradStats`: 1 forward + M backward passes more); 0: off.
     """
 
     max_updates: int = 0
@@ -164,10 +166,11 @@ class TrainConfig:
     log_with: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
     num_workers: int = 0
     progress_bar: bool = True
+    grad_stats_interval: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_updates", "max_epochs", "validate_interval_updates", "save_interval_updates",
-                     "keep_checkpoints", "num_workers"):
+                     "keep_checkpoints", "num_workers", "grad_stats_interval"):
             _require(name, getattr(self, name) >= 0, f"must be >= 0, got {getattr(self, name)}")
         for name in ("update_freq", "log_interval"):
             _require(name, getattr(self, name) >= 1, f"must be >= 1, got {getattr(self, name)}")

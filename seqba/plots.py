@@ -6,9 +6,13 @@ from pathlib import Path
 
 __all__ = ["plot_curves", "save_figure"]
 
+#: training keys drawn besides every ``valid_*`` metric (``grad_*``: seqba.gradstats, train.grad_stats_interval)
+CURVES = ("loss", "nll", "ppl", "consistency", "grad_norm_full", "grad_norm_copy_mean", "grad_cos_copies",
+          "grad_var_copies")
+
 
 def plot_curves(jsonl: str | Path, png: str | Path) -> None:
-    """Plot training ``loss`` and every ``valid_*`` metric against ``step``; one panel per metric.
+    """Plot the training keys in ``CURVES`` and every ``valid_*`` metric against ``step``; one panel per metric.
 
     Lines without a ``step`` or a number for a metric are skipped. The PNG is written atomically.
     """
@@ -24,7 +28,7 @@ def plot_curves(jsonl: str | Path, png: str | Path) -> None:
         for key, value in record.items():
             if key == "step" or not isinstance(value, (int, float)):
                 continue
-            if key in ("loss", "nll", "ppl", "consistency") or key.startswith("valid_"):
+            if key in CURVES or key.startswith("valid_"):
                 xs, ys = series.setdefault(key, ([], []))
                 xs.append(step)
                 ys.append(value)

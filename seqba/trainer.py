@@ -59,6 +59,7 @@ from seqba.checkpoint import (latest_checkpoint, load_checkpoint, point_latest, 
                               save_model_file, set_aside)
 from seqba.distributed import seed_worker_rngs
 from seqba.errors import ConfigError, NonFiniteError, RunLockedError
+from seqba.gradstats import GradStats
 from seqba.optim import build_optimizer, lr_multiplier
 from seqba.runlock import RunLock
 from seqba.tasks import TASKS
@@ -112,6 +113,8 @@ class Trainer:
         self.callbacks: list[Callback] = [MetricsLogger(self.output_dir, tc.log_interval), ProgressBar(tc.progress_bar)]
         if tc.log_with != "none":
             self.callbacks.append(TrackerLogger(self.output_dir.name))
+        if tc.grad_stats_interval:  # gradient statistics across the M copies (seqba.gradstats)
+            self.callbacks.append(GradStats(tc.grad_stats_interval))
         self.callbacks += self.extra_callbacks
 
     def _setup_accelerator(self) -> None:
@@ -250,6 +253,7 @@ class Trainer:
         sample_size, loss_finite = 0.0, True
         for i, batch in enumerate(batches):
             expanded = task.expand(batch)
+            self.last_expanded = expanded  # read by seqba.gradstats.GradStats after the update
             size = float(task.sample_size(expanded))
             sample_size += size
             for k, v in task.step_logs(batch, expanded).items():

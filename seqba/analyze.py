@@ -1,0 +1,442 @@
+"""BA analysis tools: ``python -m seqba.analyze {grad-correlation, grad-norm} ...`` (Hoffer et al. 2020, Table 1, Fig. 1).
+
+``grad-correlation`` (Table 1): per-sample gradients of ``--samples`` samples of ``--split``, each in ``--copies`` M
+copies, and the Pearson ρ (:func:`seqba.gradstats.pearson`, over all parameter entries, or per named parameter
+with ``--by-layer``) between
+
+* ``copies``: two copies of one sample (all M(M-1)/2 pairs per sample): augmentations for images (the ResNet has
+  no dropout), dropout masks for text;
+* ``clean_vs_copy`` (images): the unaugmented image x and each of its M augmented copies T(x), the paper's
+  ρ(x, T(x));
+* ``different``: copy 0 of a sample and copy 0 of the previous one (text), or for images ``same_class`` /
+  ``different_class``: the unaugmented image and the unaugmented last earlier image of the same / of another
+  class (the paper's ρ(z, w) is two different images).
+
+Prints the median and interquartile range per relation, Table-1 style, and writes JSON (``--out``; default beside
+the checkpoint). ``--init`` measures a freshly initialised model (the recipe's seed), as Table 1's first column.
+
+How each model's per-sample gradients are computed (:func:`seqba.gradstats.per_sample_grads`):
+
+* Transformer (translation): ``torch.func.vmap(grad)`` over the M copies of a sentence, ``randomness="different"``
+  (every copy its own dropout masks), training mode; loss = label-smoothed CE summed over the target tokens.
+  (torch 2.13 has no batching rule for CPU ``scaled_dot_product_attention``; vmap falls back to a loop there.)
+* ResNet (images): ``vmap(grad)`` over the M augmented views (the recipe's crop/flip/cutout); BatchNorm in eval
+  mode (running statistics) so that samples do not interact through batch statistics. With ``--init`` the running
+  statistics are first estimated on ``--bn-batches`` augmented training batches (cumulative average), since a
+  fresh model's (0, 1) would leave the activations unnormalised.
+* AWD-LSTM (language modelling): a loop of backward passes. (``vmap(grad)`` gives the same gradients, tested, but
+  torch 2.13 has no batching rule for the fused LSTM kernel behind ``torch._VF.lstm``, ``aten::mkldnn_rnn_layer``
+  on CPU, so vmap itself falls back to a per-sample loop with a warning.) A sample is a ``bptt``-word window of the split, started from the hidden state of the ``bptt``
+  words before it (eval mode); each copy is its own forward, so copies differ by every mask (locked dropout,
+  weight drop and embedding dropout: the recipe's ``per_copy_masks: true`` behaviour).
+
+``grad-norm`` (Figure 1): the gradient L2 norm (``gnorm`` of metrics.jsonl, or any ``--key``) against updates for
+several runs, smoothed over ``--smooth`` logged points, one line per run labelled by its M (``config.yaml``).
+
+Examples::
+
+    python -m seqba.analyze grad-correlation --checkpoint runs/resnet_mnist_m4/checkpoint_last.pt --samples 100
+    python -m seqba.analyze grad-correlation --checkpoint runs/resnet_mnist_m4/checkpoint_last.pt --init
+    python -m seqba.analyze grad-norm runs/m1 runs/m2 runs/m4 runs/m8 --out docs/fig1.png
+
+Errors (bad arguments, unreadable checkpoints or data) are one ``error:`` line and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, NoReturn
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from seqba import config as config_lib
+from seqba.checkpoint import load_model_file
+from seqba.errors import SeqbaError
+from seqba.gradstats import centred_unit, flatten_grads, per_sample_grads
+
+__all__ = ["main", "grad_correlation", "summarise", "read_series"]
+
+
+# -- per-task samples and copy gradients ------------------------------------------------------------------------
+
+
+class _Adapter:
+    """One task's model, samples and per-copy gradients. ``samples`` yields ``(label, sample)`` (label: class id
+    for images, else None); ``copy_grads(sample, M)`` returns name -> (M, *shape), or (1 + M, *shape) with the
+    unaugmented sample first when ``clean_first``."""
+
+    clean_first = False
+
+    def __init__(self, cfg: Any, state: dict | None, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        torch.manual_seed(cfg.seed)  # --init: the weights training would start from
+        self.model = self.build().to(device)
+        if state is not None:
+            self.model.load_state_dict(state)
+        self.params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
+
+    def build(self) -> nn.Module:
+        raise NotImplementedError
+
+
+class _Translation(_Adapter):
+    def build(self) -> nn.Module:
+        from seqba.data.translation import read_manifest
+        from seqba.tasks.translation import build_transformer
+        return build_transformer(self.cfg.model, int(read_manifest(self.cfg.data.prepared_dir)["vocab_size"]))
+
+    def samples(self, split: str, n: int, rng: np.random.Generator) -> Iterator[tuple[None, dict]]:
+        from seqba.data.translation import TranslationDataset, collate
+        data = TranslationDataset(self.cfg.data.prepared_dir, split)
+        for i in rng.choice(len(data), size=min(n, len(data)), replace=False):
+            batch = collate([data[int(i)]])
+            yield None, {k: v[0].to(self.device) for k, v in batch.items() if torch.is_tensor(v)}
+
+    def copy_grads(self, s: dict, copies: int) -> dict[str, Tensor]:
+        from seqba.losses import label_smoothed_nll_loss
+        from seqba.tasks.translation import PAD_ID
+        eps = self.cfg.criterion.label_smoothing
+
+        def loss_fn(params, src, src_len, prev, target):  # one sentence: (S,), (), (T,), (T,)
+            logits = functional_call(self.model, params, (src[None], src_len[None], prev[None]))  # (1, T, V)
+            return label_smoothed_nll_loss(F.log_softmax(logits[0], -1, dtype=torch.float32), target, eps, PAD_ID)[0]
+
+        self.model.train()  # dropout on: the copies differ by their masks
+        rep = [s[k].expand(copies, *s[k].shape) for k in ("src_tokens", "src_lengths", "prev_output_tokens", "target")]
+        return per_sample_grads(loss_fn, self.params, *rep, method="vmap")
+
+
+class _Images(_Adapter):
+    def build(self) -> nn.Module:
+        from seqba.tasks.image_classification import build_augment, build_model
+        self.augment = build_augment(self.cfg.data)
+        return build_model(self.cfg)
+
+    def calibrate_bn(self, batches: int, rng: np.random.Generator) -> None:
+        """Running BN statistics of a fresh model: cumulative average over ``batches`` augmented training batches."""
+        from seqba.tasks.image_classification import load_split
+        images, _ = load_split(self.cfg.data, "train")
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        self.model.train()
+        with torch.no_grad():
+            for _ in range(batches):
+                idx = torch.from_numpy(rng.choice(len(images), size=self.cfg.data.batch_size, replace=False))
+                self.model(self.augment(images[idx].to(self.device)))
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+
+    def samples(self, split: str, n: int, rng: np.random.Generator) -> Iterator[tuple[int, dict]]:
+        from seqba.tasks.image_classification import load_split
+        if split not in ("train", "valid", "test"):
+            raise ValueError(f"--split must be train, valid or test (the held-out digits/images), got {split!r}")
+        images, labels = load_split(self.cfg.data, "train" if split == "train" else "test")
+        for i in rng.choice(len(labels), size=min(n, len(labels)), replace=False):
+            yield int(labels[i]), {"image": images[int(i)].to(self.device), "label": labels[int(i)].to(self.device)}
+
+    #: row 0 of copy_grads is the unaugmented image, rows 1..M its augmented copies
+    clean_first = True
+
+    def copy_grads(self, s: dict, copies: int) -> dict[str, Tensor]:
+        def loss_fn(params, image, label):  # one view (C, H, W), label ()
+            return F.cross_entropy(functional_call(self.model, params, (image[None],)).float(), label[None],
+                                   label_smoothing=self.cfg.criterion.label_smoothing)
+
+        self.model.eval()  # BN on running statistics: the views do not interact
+        image = s["image"][None]  # (1, C, H, W) uint8
+        views = torch.cat([self.augment(image, train=False),  # x, then M views T(x) with their own crop/cutout
+                           self.augment(image.expand(copies, *image.shape[1:]))])  # (1 + M, C, H, W)
+        return per_sample_grads(loss_fn, self.params, views, s["label"].expand(copies + 1), method="vmap")
+
+
+class _LanguageModel(_Adapter):
+    def build(self) -> nn.Module:
+        from seqba.tasks.language_modeling import build_lm, load_lm_corpus
+        self.corpus = load_lm_corpus(self.cfg.data)
+        return build_lm(self.cfg.model, len(self.corpus.dictionary))
+
+    def samples(self, split: str, n: int, rng: np.random.Generator) -> Iterator[tuple[None, dict]]:
+        if split not in ("train", "valid", "test"):
+            raise ValueError(f"--split must be train, valid or test for language modelling, got {split!r}")
+        stream, bptt = getattr(self.corpus, split), self.cfg.data.bptt
+        if len(stream) < 2 * bptt + 2:
+            raise ValueError(f"the {split} split has {len(stream)} words, fewer than 2 * bptt + 2")
+        for p in rng.choice(np.arange(bptt, len(stream) - bptt - 1), size=n, replace=False):
+            window = stream[p - bptt:p + bptt + 1].to(self.device)
+            self.model.eval()
+            with torch.no_grad():  # the state after the bptt words before the window
+                _, hidden, _, _ = self.model(window[:bptt, None], self.model.init_hidden(1))
+            yield None, {"x": window[bptt:-1], "y": window[bptt + 1:], "hidden": hidden}
+
+    def copy_grads(self, s: dict, copies: int) -> dict[str, Tensor]:
+        def loss_fn(params, x, y):  # one window (T,), (T,)
+            logits = functional_call(self.model, params, (x[:, None], s["hidden"]))[0]  # (T, 1, V)
+            return F.cross_entropy(logits[:, 0].float(), y, reduction="sum")
+
+        self.model.train()
+        return per_sample_grads(loss_fn, self.params, s["x"].expand(copies, -1), s["y"].expand(copies, -1),
+                                method="loop")
+
+
+ADAPTERS = {"translation": _Translation, "image_classification": _Images, "language_modeling": _LanguageModel}
+
+
+#: the relations of grad-correlation, in table order
+RELATIONS = ("clean_vs_copy", "copies", "different", "same_class", "different_class")
+
+
+# -- grad-correlation -------------------------------------------------------------------------------------------
+
+
+def summarise(values: list[float]) -> dict[str, float | int | None]:
+    """``count``, ``median``, ``q25``, ``q75``, ``mean`` of the finite values (None when there are none)."""
+    v = np.array([x for x in values if math.isfinite(x)], dtype=np.float64)
+    if not len(v):
+        return {"count": 0, "median": None, "q25": None, "q75": None, "mean": None}
+    q25, median, q75 = np.percentile(v, [25, 50, 75])
+    return {"count": int(len(v)), "median": float(median), "q25": float(q25), "q75": float(q75),
+            "mean": float(v.mean())}
+
+
+def grad_correlation(adapter: _Adapter, split: str, samples: int, copies: int, by_layer: bool = False,
+                     seed: int = 0) -> dict[str, Any]:
+    """Pearson ρ per relation (module docstring) over ``samples`` samples in ``copies`` copies each.
+
+    Returns ``{"relations": {relation: summarise(ρ)}, "by_layer": {param: {relation: summarise(ρ)}}}`` (the
+    latter only with ``by_layer``). Keeps O(M + classes) gradient vectors in memory, never all of them.
+
+    Raises:
+        ValueError: ``copies`` < 2 or ``samples`` < 2.
+    """
+    if copies < 2 or samples < 2:
+        raise ValueError(f"need --copies >= 2 and --samples >= 2, got {copies} and {samples}")
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)  # dropout masks and augmentations
+    rho: dict[str, dict[str, list[float]]] = {}
+    previous: dict[str, Tensor] = {}  # group -> centred unit gradient of the previous sample's copy 0
+    by_class: dict[int, dict[str, Tensor]] = {}  # images: class -> that of the last image of the class
+
+    def add(group: str, relation: str, a: Tensor, b: Tensor) -> None:
+        rho.setdefault(group, {}).setdefault(relation, []).append(float((a * b).sum().clamp(-1, 1)))
+
+    first = int(adapter.clean_first)  # row of the first copy
+    for label, sample in adapter.samples(split, samples, rng):
+        grads = adapter.copy_grads(sample, copies)
+        groups = {"all": flatten_grads(grads)}
+        if by_layer:
+            groups.update({k: g.reshape(g.shape[0], -1) for k, g in grads.items()})
+        units = {k: centred_unit(m) for k, m in groups.items()}  # (first + M, P_group) float64
+        for k, u in units.items():
+            for a in range(first, first + copies):
+                if first:
+                    add(k, "clean_vs_copy", u[0], u[a])
+                for b in range(a + 1, first + copies):
+                    add(k, "copies", u[a], u[b])
+            if label is None and k in previous:
+                add(k, "different", u[0], previous[k])
+            if label is not None:
+                if label in by_class:
+                    add(k, "same_class", u[0], by_class[label][k])
+                other = [c for c in by_class if c != label]  # by_class is in order of last appearance
+                if other:
+                    add(k, "different_class", u[0], by_class[other[-1]][k])
+        previous = {k: u[0] for k, u in units.items()}  # copy 0, or the unaugmented image
+        if label is not None:
+            by_class.pop(label, None)
+            by_class[label] = previous  # insertion order: most recent class last
+    def table(rels: dict[str, list[float]]) -> dict[str, dict]:
+        return {r: summarise(rels[r]) for r in RELATIONS if r in rels}
+
+    out: dict[str, Any] = {"relations": table(rho.get("all", {}))}
+    if by_layer:
+        out["by_layer"] = {k: table(rels) for k, rels in rho.items() if k != "all"}
+    return out
+
+
+def format_table(result: dict[str, Any], title: str) -> str:
+    """The relations of :func:`grad_correlation` as a Markdown table: median [q25, q75] and pair count."""
+    lines = [title, "", "| relation | pairs | median ρ | [q25, q75] |", "|---|---:|---:|---|"]
+    for relation, s in result["relations"].items():
+        if s["count"]:
+            lines.append(f"| {relation} | {s['count']} | {s['median']:.3f} | [{s['q25']:.3f}, {s['q75']:.3f}] |")
+    return "\n".join(lines)
+
+
+# -- grad-norm --------------------------------------------------------------------------------------------------
+
+
+def read_series(run: Path, key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of ``key`` in ``run/metrics.jsonl`` (or the given file); records without it are skipped."""
+    path = run / "metrics.jsonl" if run.is_dir() else run
+    steps, values = [], []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        value = record.get(key)
+        if isinstance(value, (int, float)) and "step" in record:
+            steps.append(int(record["step"]))
+            values.append(float(value))
+    return steps, values
+
+
+def run_label(run: Path) -> str:
+    """``M=<ba.repeats>`` from the run's config.yaml, else the folder name."""
+    folder = run if run.is_dir() else run.parent
+    try:
+        import yaml
+        return f"M={int(yaml.safe_load((folder / 'config.yaml').read_text())['ba']['repeats'])}"
+    except (OSError, KeyError, TypeError, ValueError):
+        return folder.name
+
+
+def plot_grad_norm(runs: list[Path], keys: list[str], out: Path, smooth: int) -> dict[str, dict]:
+    """One panel per key, one line per run (moving average over ``smooth`` points, raw points faint); log y.
+
+    Returns {label: {key: {"first", "last", "mean"} of the raw values}}. Raises ``ValueError`` when no run has a key.
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.8), squeeze=False)
+    summary: dict[str, dict] = {}
+    for ax, key in zip(axes[0], keys):
+        found = False
+        for run in runs:
+            steps, values = read_series(run, key)
+            if not values:
+                continue
+            found = True
+            label = run_label(run)
+            kernel = np.ones(min(smooth, len(values))) / min(smooth, len(values))
+            smoothed = np.convolve(values, kernel, mode="valid")
+            line, = ax.plot(steps[len(steps) - len(smoothed):], smoothed, label=label)
+            ax.plot(steps, values, color=line.get_color(), alpha=0.2, linewidth=0.8)
+            summary.setdefault(label, {})[key] = {"first": values[0], "last": values[-1],
+                                                  "mean": float(np.mean(values))}
+        if not found:
+            raise ValueError(f"no run has {key!r} in its metrics.jsonl")
+        ax.set_yscale("log")
+        ax.set_xlabel("update")
+        ax.set_title(f"{key} (moving average over {smooth} logged points)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return summary
+
+
+# -- CLI --------------------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m seqba.analyze", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    c = sub.add_parser("grad-correlation", help="Table 1: Pearson ρ of per-sample gradients")
+    c.add_argument("--checkpoint", help="model file (checkpoint_best/last.pt) or run folder")
+    c.add_argument("--recipe", help="YAML recipe instead of --checkpoint (implies --init)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override (repeatable)")
+    c.add_argument("--init", action="store_true", help="freshly initialised weights (the recipe's seed)")
+    c.add_argument("--samples", type=_positive, default=100)
+    c.add_argument("--copies", type=_positive, default=None, help="M (default: the recipe's ba.repeats, at least 2)")
+    c.add_argument("--split", default="valid", help="valid/test (images: the held-out split) or train")
+    c.add_argument("--by-layer", action="store_true", help="also ρ per named parameter")
+    c.add_argument("--bn-batches", type=_positive, default=20, help="images with --init: BN calibration batches")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    c.add_argument("--out", help="JSON output (default: grad_correlation_<split>[_init].json beside the checkpoint)")
+    n = sub.add_parser("grad-norm", help="Figure 1: gradient norm against updates for several runs")
+    n.add_argument("runs", nargs="+", help="run folders (or metrics.jsonl files)")
+    n.add_argument("--out", required=True, help="PNG to write")
+    n.add_argument("--key", action="append", default=None, help="metrics key(s) to plot (default: gnorm)")
+    n.add_argument("--smooth", type=_positive, default=5, help="moving-average window in logged points")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+    try:
+        return _correlation(args) if args.command == "grad-correlation" else _grad_norm(args)
+    except (SeqbaError, FileNotFoundError, ValueError, RuntimeError) as err:
+        if os.environ.get("SEQBA_TRACEBACK") == "1":
+            raise
+        print(f"error: {str(err).strip()}".replace("\n", " "), file=sys.stderr)
+        return 2
+
+
+def _correlation(args: argparse.Namespace) -> int:
+    if bool(args.checkpoint) == bool(args.recipe):
+        raise ValueError("give exactly one of --checkpoint and --recipe")
+    if args.checkpoint:
+        path = Path(args.checkpoint)
+        path = path / "checkpoint_best.pt" if path.is_dir() else path
+        cfg, state, extra = load_model_file(path)
+        if args.set:
+            tree = config_lib.to_dict(cfg)
+            for override in args.set:
+                config_lib._apply_override(tree, override)
+            cfg = config_lib.build(tree, str(path))
+    else:
+        path, extra = None, {}
+        cfg, state = config_lib.load(args.recipe, args.set), None
+    init = args.init or state is None
+    adapter = ADAPTERS[cfg.task](cfg, None if init else state, torch.device(args.device))
+    if init and isinstance(adapter, _Images):
+        adapter.calibrate_bn(args.bn_batches, np.random.default_rng(args.seed + 1))
+    copies = args.copies or max(cfg.ba.repeats, 2)
+    result = grad_correlation(adapter, args.split, args.samples, copies, args.by_layer, args.seed)
+    step = 0 if init else extra.get("step")
+    result = {"task": cfg.task, "checkpoint": str(path) if path else None, "recipe": args.recipe, "init": init,
+              "step": step, "split": args.split, "samples": args.samples, "copies": copies, "seed": args.seed,
+              **result}
+    print(format_table(result, f"{cfg.task}, {'init' if init else f'update {step}'}, {args.split}, "
+                               f"{args.samples} samples x M={copies}"))
+    out = Path(args.out) if args.out else (path.parent / f"grad_correlation_{args.split}{'_init' if init else ''}.json"
+                                          if path else None)
+    if out is not None:
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+def _grad_norm(args: argparse.Namespace) -> int:
+    runs = [Path(r) for r in args.runs]
+    for run in runs:
+        if not (run / "metrics.jsonl" if run.is_dir() else run).is_file():
+            raise FileNotFoundError(f"no metrics.jsonl in {run}")
+    summary = plot_grad_norm(runs, args.key or ["gnorm"], Path(args.out), args.smooth)
+    print(json.dumps({"out": args.out, "runs": summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
