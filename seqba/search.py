@@ -24,7 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Hypothesis", "beam_search"]
+__all__ = ["Hypothesis", "beam_search", "translate", "RecomputePrefix", "DEFAULT_MAX_LEN_A", "DEFAULT_MAX_LEN_B"]
+
+DEFAULT_MAX_LEN_A = 0.0  # output length cap = int(a * source tokens + b); see translate()
+DEFAULT_MAX_LEN_B = 200
 
 
 class Hypothesis(NamedTuple):
@@ -150,3 +153,115 @@ def beam_search(
             encoder_out = model.reorder_encoder_out(encoder_out, order)
 
     return [Hypothesis(hyp_tokens.tolist(), score) for score, hyp_tokens in best]
+
+
+class RecomputePrefix:
+    """The slow, obvious reference: decoding without a KV cache, for tests and ``benchmarks/bench_decode.py``.
+
+    Wraps a model with :func:`beam_search`'s interface; its "cache" only stores the emitted prefix (N, t) and each
+    ``decode`` runs the model's full teacher-forced decoder over ``[bos, t1..tn]`` (causal self-attention, cross-
+    attention recomputed from the encoder output) and returns the last position. Step t therefore costs O(t) decoder
+    positions instead of one; the hypotheses must match the cached decoding's (up to float rounding).
+    """
+
+    training = False
+
+    def __init__(self, model):
+        self.model = model
+        self.max_positions = getattr(model, "max_positions", None)
+
+    def eval(self) -> "RecomputePrefix":
+        self.model.eval()
+        return self
+
+    def encode(self, src_tokens: Tensor, src_lengths: Tensor):
+        return self.model.encode(src_tokens, src_lengths)
+
+    def reorder_encoder_out(self, encoder_out, new_order: Tensor):
+        return self.model.reorder_encoder_out(encoder_out, new_order)
+
+    def init_cache(self) -> dict:
+        return {"prefix": None}
+
+    def decode(self, tokens: Tensor, encoder_out, cache: dict) -> Tensor:
+        """tokens (N, n) newest tokens -> logits (N, n, V) from a full decoder pass over the whole prefix."""
+        prefix = tokens if cache["prefix"] is None else torch.cat([cache["prefix"], tokens], dim=1)  # (N, t)
+        cache["prefix"] = prefix
+        return self.model.decode(prefix, encoder_out)[:, -tokens.size(1) :]
+
+    def reorder_cache(self, cache: dict, new_order: Tensor, *, cross_attention: bool = True) -> None:
+        cache["prefix"] = cache["prefix"].index_select(0, new_order)
+
+
+def translate(
+    model,
+    sources: list[Tensor],
+    *,
+    beam: int = 4,
+    lenpen: float = 1.0,
+    max_len_a: float = DEFAULT_MAX_LEN_A,
+    max_len_b: int = DEFAULT_MAX_LEN_B,
+    max_tokens: int | None = None,
+    batch_size: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    bos: int = 2,
+    eos: int = 3,
+    pad: int = 0,
+) -> list[list[int]]:
+    """Decode a corpus with :func:`beam_search`: best hypothesis per source, piece ids in input order.
+
+    Sources are sorted by length and cut into batches of at most ``max_tokens`` padded source tokens and/or
+    ``batch_size`` sentences (:class:`seqba.samplers.TokenBudgetBatchSampler`, no shuffling; default 4096 tokens),
+    so that padding is small; each batch is decoded together and results are put back in input order.
+
+    Args:
+        model: a ``Transformer`` (or any model with beam_search's interface); put in eval mode here.
+        sources: 1-D int64 piece ids, each ending with ``eos``; a source of ``model.max_positions`` tokens or
+            more is cut to ``max_positions - 1`` tokens with eos last. The inputs are not modified.
+        beam: beam size K (1: greedy).
+        lenpen: length-penalty exponent (fairseq semantics).
+        max_len_a, max_len_b: at most ``int(max_len_a * source_tokens + max_len_b)`` output tokens before eos
+            (source tokens counting its eos).
+        max_tokens: padded source tokens per batch (raised to the longest source when smaller).
+        batch_size: sentences per batch.
+        device: where to decode; the model must already be there.
+        progress: show a tqdm bar over batches.
+        bos, eos, pad: special ids (seqba's SentencePiece ids by default).
+
+    Returns:
+        One list of piece ids per source (without bos/eos), in input order.
+
+    Raises:
+        ValueError: from :func:`beam_search` (bad beam size); an empty source.
+    """
+    from tqdm.auto import tqdm
+
+    from seqba.samplers import TokenBudgetBatchSampler
+
+    if max_tokens is None and batch_size is None:
+        max_tokens = 4096
+    limit = getattr(model, "max_positions", None)
+    clipped = []
+    for i, src in enumerate(sources):
+        if src.numel() == 0:
+            raise ValueError(f"translate: source {i} is empty (expected at least eos)")
+        if limit is not None and src.numel() >= limit:
+            src = torch.cat([src[: limit - 2], src.new_tensor([eos])])
+        elif src[-1] != eos:
+            src = torch.cat([src[:-1], src.new_tensor([eos])])
+        clipped.append(src)
+    lengths = [src.numel() for src in clipped]
+    if max_tokens is not None:
+        max_tokens = max(max_tokens, max(lengths, default=1))
+    sampler = TokenBudgetBatchSampler(lengths, max_tokens, max_sentences=batch_size, shuffle=False)
+    out: list[list[int]] = [[] for _ in clipped]
+    model.eval()
+    for ids in tqdm(sampler, disable=not progress, desc="beam search"):
+        src = torch.nn.utils.rnn.pad_sequence([clipped[i] for i in ids], batch_first=True, padding_value=pad)
+        src_lengths = torch.tensor([lengths[i] for i in ids])
+        hyps = beam_search(model, src.to(device), src_lengths.to(device), beam_size=beam, max_len_a=max_len_a,
+                           max_len_b=max_len_b, lenpen=lenpen, bos=bos, eos=eos, pad=pad)
+        for i, hyp in zip(ids, hyps):
+            out[i] = hyp.tokens
+    return out
