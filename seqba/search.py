@@ -54,9 +54,11 @@ def beam_search(
     """Best hypothesis per source sentence, in input order (fairseq ``SequenceGenerator`` semantics).
 
     Args:
-        model: in eval mode, with ``encode``, ``decode(tokens, encoder_out, cache)``, ``init_cache``,
-            ``reorder_cache(cache, order, cross_attention=)`` and ``reorder_encoder_out`` (see
-            ``seqba.models.transformer.Transformer``); an optional ``max_positions`` caps the length.
+        model: in eval mode, with ``encode``, ``init_cache(beam_size=K)``, ``decode(tokens, encoder_out, cache)``,
+            ``reorder_cache(cache, order, cross_attention=)`` and ``reorder_encoder_out(encoder_out, sentences)``
+            (see ``seqba.models.transformer.Transformer``); an optional ``max_positions`` caps the length. The
+            encoder output keeps one row per active sentence (n rows) while ``decode`` takes N = n x K rows:
+            the model shares each sentence's encoder side among its K beams.
         src_tokens: (B, S) int64, right-padded with ``pad``, each ending with eos.
         src_lengths: (B,) int64, source lengths in tokens (eos included).
         beam_size: K, hypotheses kept per sentence; 1 is greedy decoding.
@@ -86,9 +88,8 @@ def beam_search(
     if bsz == 0:
         return []
 
-    encoder_out = model.encode(src_tokens, src_lengths)
-    encoder_out = model.reorder_encoder_out(encoder_out, torch.arange(bsz, device=device).repeat_interleave(k))
-    cache = model.init_cache()
+    encoder_out = model.encode(src_tokens, src_lengths)  # one row per sentence, shared by its K beams
+    cache = model.init_cache(beam_size=k)
 
     sent_ids = list(range(bsz))  # original index of each active sentence
     tokens = torch.empty(bsz * k, 0, dtype=torch.long, device=device)  # (N, step) emitted tokens
@@ -147,10 +148,10 @@ def beam_search(
         order = order.view(-1)
         tokens = torch.cat([tokens.index_select(0, order), new_tokens.view(-1, 1)], dim=1)
         last = new_tokens.view(-1, 1)
-        # beams of one sentence share their source, so cross-attention rows move only when the batch shrinks
+        # beams of one sentence share their source, so encoder-side rows move only when the batch shrinks
         model.reorder_cache(cache, order, cross_attention=shrink)
         if shrink:
-            encoder_out = model.reorder_encoder_out(encoder_out, order)
+            encoder_out = model.reorder_encoder_out(encoder_out, keep_t)
 
     return [Hypothesis(hyp_tokens.tolist(), score) for score, hyp_tokens in best]
 
@@ -180,17 +181,25 @@ class RecomputePrefix:
     def reorder_encoder_out(self, encoder_out, new_order: Tensor):
         return self.model.reorder_encoder_out(encoder_out, new_order)
 
-    def init_cache(self) -> dict:
-        return {"prefix": None}
+    def init_cache(self, beam_size: int = 1) -> dict:
+        return {"prefix": None, "beam": beam_size, "rows": None}
 
     def decode(self, tokens: Tensor, encoder_out, cache: dict) -> Tensor:
-        """tokens (N, n) newest tokens -> logits (N, n, V) from a full decoder pass over the whole prefix."""
+        """tokens (N, n) newest tokens -> logits (N, n, V) from a full decoder pass over the whole prefix.
+
+        ``encoder_out`` has N / beam rows (one per sentence); it is expanded to N rows once per batch shape.
+        """
         prefix = tokens if cache["prefix"] is None else torch.cat([cache["prefix"], tokens], dim=1)  # (N, t)
         cache["prefix"] = prefix
-        return self.model.decode(prefix, encoder_out)[:, -tokens.size(1) :]
+        if cache["rows"] is None:  # first step, or the batch shrank: one encoder row per decoder row
+            rows = torch.arange(encoder_out.out.size(0), device=tokens.device).repeat_interleave(cache["beam"])
+            cache["rows"] = self.model.reorder_encoder_out(encoder_out, rows)
+        return self.model.decode(prefix, cache["rows"])[:, -tokens.size(1) :]
 
     def reorder_cache(self, cache: dict, new_order: Tensor, *, cross_attention: bool = True) -> None:
         cache["prefix"] = cache["prefix"].index_select(0, new_order)
+        if cross_attention:
+            cache["rows"] = None
 
 
 def translate(
