@@ -5,7 +5,7 @@ Rows are sentence-major: row ``s * K + j`` is beam j of sentence s. Each step:
 1. decode the newest token of every row with the KV cache; log-probs in float32; pad and bos get -inf;
    rows at their sentence's max length may only emit eos;
 2. per sentence, take the top 2K of (beam score + token log-prob) over all K x V extensions (computed exactly
-   from each row's own top 2K, without a full (N, V) log-softmax);
+   from each row's own top 2K);
 3. eos candidates among the top K finish a hypothesis, scored ``sum log p / len ** lenpen`` with ``len``
    counting the eos; the first K non-eos candidates become the next beams (cache rows reordered to match);
 4. a sentence is done once it has K finished hypotheses or reaches its max length
@@ -103,22 +103,22 @@ def beam_search(
 
     for step in range(max(max_lens) + 1):
         n = len(sent_ids)
-        logits = model.decode(last, encoder_out, cache)[:, -1].float()  # (N, V), modified in place below
-        per_row = min(2 * k, logits.size(1))
-        log_z = torch.logsumexp(logits, dim=-1, keepdim=True)  # (N, 1): log-prob = logit - log_z
-        logits.index_fill_(1, special, -math.inf)
+        logits = model.decode(last, encoder_out, cache)[:, -1]  # (N, V)
+        lprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # fused; modified in place below
+        per_row = min(2 * k, lprobs.size(1))
+        lprobs.index_fill_(1, special, -math.inf)
         at_max = [i for i, s in enumerate(sent_ids) if step >= max_lens[s]]
         if at_max:  # only eos allowed
             rows = (torch.tensor(at_max, device=device)[:, None] * k + torch.arange(k, device=device)).view(-1)
-            eos_logit = logits[rows, eos]
-            logits[rows] = -math.inf
-            logits[rows, eos] = eos_logit
+            eos_lp = lprobs[rows, eos]
+            lprobs[rows] = -math.inf
+            lprobs[rows, eos] = eos_lp
 
         # Top 2K extensions per sentence (at most K of them are eos, so K non-eos beams always remain). A row's
         # beam score is shared by its V extensions, so a sentence's top 2K lie in its rows' own top 2K: take
-        # those first (no (N, V) log-softmax or (n, K*V) top-k), then the best 2K of the n x K x 2K.
-        row_logits, row_tokens = logits.topk(per_row, dim=1)  # (N, P), P = min(2K, V)
-        row_scores = (scores.view(-1, 1) + (row_logits - log_z)).view(n, k * per_row)
+        # those first (no (N, V) sum and no (n, K*V) top-k), then the best 2K of the n x K x 2K.
+        row_lprobs, row_tokens = lprobs.topk(per_row, dim=1)  # (N, P), P = min(2K, V)
+        row_scores = (scores.view(-1, 1) + row_lprobs).view(n, k * per_row)
         cand_scores, cand_idx = row_scores.topk(2 * k, dim=1)  # (n, 2K)
         cand_beams = cand_idx // per_row
         cand_tokens = row_tokens.view(n, k * per_row).gather(1, cand_idx)
