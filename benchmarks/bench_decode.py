@@ -53,8 +53,11 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
-def load(checkpoint: str, prepared_dir: str | None, split: str, sentences: int):
-    """(model in eval mode, sources (list of 1-D int64), references (list of str), SentencePiece processor)."""
+def load(checkpoint: str, prepared_dir: str | None, split: str, sentences: int, random_init: bool = False):
+    """(model in eval mode, sources (list of 1-D int64), references (list of str), SentencePiece processor).
+
+    ``random_init``: the checkpoint's architecture with freshly initialised weights (seed 0), an untrained model.
+    """
     from seqba.data.translation import TranslationDataset, load_tokenizer, read_manifest, read_raw_lines
     from seqba.eval import load_model_file
     from seqba.tasks.translation import build_transformer
@@ -62,7 +65,11 @@ def load(checkpoint: str, prepared_dir: str | None, split: str, sentences: int):
     cfg, state, _ = load_model_file(checkpoint)
     prepared = Path(prepared_dir or cfg.data.prepared_dir)
     model = build_transformer(cfg.model, int(read_manifest(prepared)["vocab_size"]))
-    model.load_state_dict(state)
+    if random_init:
+        torch.manual_seed(0)
+        model = build_transformer(cfg.model, int(read_manifest(prepared)["vocab_size"]))
+    else:
+        model.load_state_dict(state)
     data = TranslationDataset(prepared, split)
     n = min(sentences, len(data))
     sources = [data[i]["source"] for i in range(n)]
@@ -117,12 +124,17 @@ def main() -> None:
     p.add_argument("--max-len", action="append", default=[], metavar="A,B", help="also time this length cap")
     p.add_argument("--only", help="comma-separated subset of the settings")
     p.add_argument("--profile", action="store_true", help="torch.profiler table of one cached pass")
+    p.add_argument("--random-init", action="store_true", help="untrained weights of the checkpoint's architecture")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "decode.json"))
     args = p.parse_args()
     malloc = configure_malloc()  # as python -m seqba.eval does
+    if args.threads:
+        torch.set_num_threads(args.threads)
     import sacrebleu
 
-    model, sources, refs, sp = load(args.checkpoint, args.prepared_dir, args.split, args.sentences)
+    model, sources, refs, sp = load(args.checkpoint, args.prepared_dir, args.split, args.sentences,
+                                     args.random_init)
     configs = settings(args)
     if args.only:
         configs = {k: v for k, v in configs.items() if k in args.only.split(",")}
@@ -167,7 +179,7 @@ def main() -> None:
     print("ratios (of medians):", json.dumps({k: round(v, 3) for k, v in ratios.items()}))
     print(f"medians over {args.rounds} interleaved rounds; CPU cores shared with other jobs during the run")
     result = {"settings": table, "ratios": ratios, "setup": {
-        "checkpoint": str(args.checkpoint), "split": args.split, "sentences": len(sources),
+        "checkpoint": str(args.checkpoint), "random_init": args.random_init, "split": args.split, "sentences": len(sources),
         "rounds": args.rounds, "max_tokens": args.max_tokens, "threads": torch.get_num_threads(),
         "default_max_len": [DEFAULT_MAX_LEN_A, DEFAULT_MAX_LEN_B], "malloc": malloc,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus ({cpu_name()}), python {platform.python_version()}",
