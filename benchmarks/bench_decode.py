@@ -8,7 +8,7 @@ setting once per round, ``--rounds`` rounds) so that other jobs on shared cores 
 * ``uncached``: beam 4, the same search, but the decoder recomputes the whole prefix every step
   (``seqba.search.RecomputePrefix``: the obvious reference);
 * ``greedy``: beam 1 with the KV cache;
-* ``bf16``: beam 4 with the KV cache under ``torch.autocast(dtype=torch.bfloat16)`` (``--bf16``);
+* ``bf16``: beam 4 with the KV cache, ``translate(autocast_dtype=torch.bfloat16)`` (``--bf16``);
 * ``cached_a{A}_b{B}``: beam 4 with output length cap ``int(A * src_len + B)`` (``--max-len A,B``, repeatable).
 
 Reports per setting the median over rounds of sentences/s and target tokens/s (output pieces plus one eos per
@@ -93,10 +93,8 @@ def run_once(model, sources, options: dict) -> tuple[float, list[list[int]]]:
     options = dict(options)
     uncached, bf16 = options.pop("uncached", False), options.pop("bf16", False)
     decoder = RecomputePrefix(model) if uncached else model
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     start = time.perf_counter()
-    with autocast:
-        hyps = translate(decoder, sources, **options)
+    hyps = translate(decoder, sources, autocast_dtype=torch.bfloat16 if bf16 else None, **options)
     return time.perf_counter() - start, hyps
 
 

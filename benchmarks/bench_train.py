@@ -176,6 +176,8 @@ def spawn(args, kind: str, repeats: int = 1, micro: int = 1, setting: str | None
                str(micro), "--steps", str(args.steps), "--warmup", str(args.warmup), "--max-tokens",
                str(args.max_tokens), "--device", args.device, "--data", str(args.data)] + (["--small"] if args.small else [])
         env = malloc_env(setting or ("default" if args.default_malloc else "mallopt"))
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
         if proc.returncode:
             raise RuntimeError(f"{kind} failed:\n{proc.stderr[-3000:]}")
@@ -215,7 +217,7 @@ def malloc_compare(args) -> None:
     result = {"kind": args.kind, "settings": table, "setup": {
         "model": "small (d256, 3+3)" if args.small else "Transformer-base", "vocab_size": args.vocab_size,
         "max_tokens": args.max_tokens, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-        "device": args.device, "machine": machine(), "note": "2 CPU cores shared with other jobs; interleaved"}}
+        "threads": args.threads or "torch default", "device": args.device, "machine": machine(), "note": "2 CPU cores shared with other jobs; interleaved"}}
     out = Path(args.out).with_name("malloc.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -235,6 +237,7 @@ def main() -> None:
     p.add_argument("--malloc-compare", action="store_true", help="time --kind under five allocator settings")
     p.add_argument("--kind", default="seqba_m1", choices=["seqba_m1", "bare_m1"], help="for --malloc-compare")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds for --malloc-compare")
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the children (default: torch's choice)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train.json"))
     p.add_argument("--child", choices=["seqba", "bare"], help=argparse.SUPPRESS)
     p.add_argument("--out-dir", help=argparse.SUPPRESS)

@@ -18,6 +18,7 @@ Shape notation: B = sentences, K = beam size, N = active rows (sentences still d
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -226,6 +227,7 @@ def translate(
     batch_size: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    autocast_dtype: torch.dtype | None = None,
     bos: int = 2,
     eos: int = 3,
     pad: int = 0,
@@ -248,6 +250,9 @@ def translate(
         batch_size: sentences per batch.
         device: where to decode; the model must already be there.
         progress: show a tqdm bar over batches.
+        autocast_dtype: e.g. ``torch.bfloat16``: decode under ``torch.autocast`` with that dtype (log-probs and
+            scores stay float32). Measured on the Multi30k M=1 checkpoint, CPU, beam 4: 1.36x the fp32 speed,
+            BLEU 20.79 vs 20.70, 89% identical hypotheses (``benchmarks/results/decode.json``). Off by default.
         bos, eos, pad: special ids (seqba's SentencePiece ids by default).
 
     Returns:
@@ -278,11 +283,14 @@ def translate(
     sampler = TokenBudgetBatchSampler(lengths, max_tokens, max_sentences=batch_size, shuffle=False)
     out: list[list[int]] = [[] for _ in clipped]
     model.eval()
+    device_type = torch.device(device).type
+    autocast = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     for ids in tqdm(sampler, disable=not progress, desc="beam search"):
         src = torch.nn.utils.rnn.pad_sequence([clipped[i] for i in ids], batch_first=True, padding_value=pad)
         src_lengths = torch.tensor([lengths[i] for i in ids])
-        hyps = beam_search(model, src.to(device), src_lengths.to(device), beam_size=beam, max_len_a=max_len_a,
-                           max_len_b=max_len_b, lenpen=lenpen, bos=bos, eos=eos, pad=pad)
+        with autocast:
+            hyps = beam_search(model, src.to(device), src_lengths.to(device), beam_size=beam, max_len_a=max_len_a,
+                               max_len_b=max_len_b, lenpen=lenpen, bos=bos, eos=eos, pad=pad)
         for i, hyp in zip(ids, hyps):
             out[i] = hyp.tokens
     return out

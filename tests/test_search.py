@@ -272,3 +272,11 @@ def test_translate_cuts_long_sources_and_rejects_empty():
     assert out == want.tokens and len(long) == 41
     with pytest.raises(ValueError, match="source 1 is empty"):
         translate(model, [long, torch.tensor([], dtype=torch.long)])
+
+
+def test_translate_under_bf16_autocast_runs():
+    model = tiny_transformer(12, seed=2)
+    srcs = random_sources(6, vocab=12, seed=8)
+    out = translate(model, srcs, beam=2, max_len_a=1.0, max_len_b=2, autocast_dtype=torch.bfloat16)
+    assert len(out) == 6
+    assert all(len(t) <= len(s) + 2 and not {PAD, BOS, EOS} & set(t) for t, s in zip(out, srcs))
