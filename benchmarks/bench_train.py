@@ -205,13 +205,16 @@ def malloc_compare(args) -> None:
     table = {}
     for name in settings:
         rates = [r["tgt_tokens_per_s"] for r in runs[name]]
+        per_round = [r / d["tgt_tokens_per_s"] for r, d in zip(rates, runs["default"])]
         table[name] = {"tgt_tokens_per_s_median": statistics.median(rates), "runs": rates,
-                       "ratio_to_default": statistics.median(rates) / base,
+                       "ratio_to_default": statistics.median(rates) / base, "ratio_per_round": per_round,
+                       "ratio_per_round_median": statistics.median(per_round),
                        "peak_memory_mb_median": statistics.median(r["peak_memory_mb"] for r in runs[name]),
                        "malloc": runs[name][0]["malloc"]}
-    print(f"{'setting':>9} {'tgt tok/s':>10} {'x default':>9} {'peak MB':>8}")
+    print(f"{'setting':>9} {'tgt tok/s':>10} {'x default':>9} {'per round':>18} {'peak MB':>8}")
     for name, row in table.items():
-        print(f"{name:>9} {row['tgt_tokens_per_s_median']:>10.0f} {row['ratio_to_default']:>9.2f} "
+        rounds = "/".join(f"{r:.2f}" for r in row["ratio_per_round"])
+        print(f"{name:>9} {row['tgt_tokens_per_s_median']:>10.0f} {row['ratio_to_default']:>9.2f} {rounds:>18} "
               f"{row['peak_memory_mb_median']:>8.0f}")
     print("medians of per-run medians; runs interleaved round by round; CPU cores shared with other jobs")
     result = {"kind": args.kind, "settings": table, "setup": {
