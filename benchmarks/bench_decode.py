@@ -21,6 +21,10 @@ A checkpoint (about 6 minutes on 2 CPU cores)::
     python -m seqba.train recipes/transformer_multi30k_m1.yaml output_dir=runs/m30k_m1
     python benchmarks/bench_decode.py runs/m30k_m1/checkpoint_best.pt --rounds 3 --bf16
 
+On cores shared with other jobs use ``--threads 1``: with torch's 2 intra-op threads on 2 oversubscribed cores the
+same cached pass took 6x longer (67 s vs 11 s, medians of 3 interleaved rounds, 1,000 sentences), as threads wait
+for each other at every small op.
+
 Run it from the directory the checkpoint was trained in (its recipe names the prepared corpus relative to it), or
 pass ``--prepared-dir``.
 """
