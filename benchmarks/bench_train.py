@@ -16,9 +16,22 @@ M=4 per-token throughput >= 0.95x of M=1, seqba's loop >= 0.9x of the bare loop.
     python benchmarks/bench_train.py                       # Transformer-base, fp32, 4096 tokens (slow on CPU)
     python benchmarks/bench_train.py --small --steps 8     # a small model for a quick look
 
-On CPU, glibc malloc settings change the figures a lot (the brief measured 279 vs 438 tok/s for a bare
-Transformer-base loop); this script sets ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000`` for every
-configuration unless ``--default-malloc`` is given.
+Allocator: every child calls ``seqba.allocator.configure_malloc()`` right after its imports, as
+``python -m seqba.train`` does (glibc ``mallopt``: no ``mmap``, no heap trimming), so the figures are what the
+CLI gives; ``--default-malloc`` sets ``SEQBA_MALLOC=default`` for the children (glibc's defaults).
+
+``--malloc-compare`` instead times one configuration (``--kind``, default seqba M=1) under five allocator
+settings, interleaved round by round (default, default, ... then the next round) so that other jobs on shared
+cores disturb them alike, and writes ``results/malloc.json`` with medians and ratios to glibc's defaults:
+
+* ``default``: glibc's defaults (``SEQBA_MALLOC=default``);
+* ``env``: ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000`` in the environment (what this script did
+  before the CLI applied ``configure_malloc``);
+* ``mallopt``: ``configure_malloc()`` in the process (what the CLI does);
+* ``jemalloc`` / ``tcmalloc``: ``LD_PRELOAD`` of Debian's ``libjemalloc2`` / ``libtcmalloc-minimal4`` (skipped when
+  not installed), with ``SEQBA_MALLOC=default``.
+
+    python benchmarks/bench_train.py --small --steps 10 --malloc-compare --rounds 3
 """
 from __future__ import annotations
 
@@ -85,7 +98,9 @@ def peak_memory_mb(device: str) -> float:
 def child_seqba(args) -> dict:
     """Run seqba.train in this process and read its per-step target tokens/s from metrics.jsonl."""
     from seqba import train
+    from seqba.allocator import configure_malloc
 
+    malloc = configure_malloc()  # as the entry point does (a second call inside train.main is a no-op)
     out = Path(args.out_dir)
     code = train.main(recipe_args(args, out, args.repeats, args.micro))
     if code:
@@ -94,7 +109,7 @@ def child_seqba(args) -> dict:
     rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][args.warmup:]
     return {"tgt_tokens_per_s": statistics.median(rates), "tgt_tokens_per_step":
             statistics.mean(r["tokens_per_step"] for r in records if "tokens_per_step" in r),
-            "peak_memory_mb": peak_memory_mb(args.device)}
+            "peak_memory_mb": peak_memory_mb(args.device), "malloc": malloc}
 
 
 def child_bare(args) -> dict:
@@ -106,7 +121,9 @@ def child_bare(args) -> dict:
     from seqba.data.translation import TranslationDataset, collate, read_manifest
     from seqba.samplers import TokenBudgetBatchSampler
     from seqba.tasks.translation import build_transformer
+    from seqba.allocator import configure_malloc
 
+    malloc = configure_malloc()  # the same allocator settings as the CLI
     cfg = config_lib.load(*(lambda a: (a[0], a[1:]))(recipe_args(args, Path(args.out_dir), 1, 1)))
     torch.manual_seed(cfg.seed)
     device = torch.device(args.device)
@@ -132,21 +149,82 @@ def child_bare(args) -> dict:
         rates.append(batch["ntokens"] / (time.perf_counter() - start))
     return {"tgt_tokens_per_s": statistics.median(rates[args.warmup:]),
             "tgt_tokens_per_step": statistics.mean(b["ntokens"] for b in batches),
-            "peak_memory_mb": peak_memory_mb(args.device)}
+            "peak_memory_mb": peak_memory_mb(args.device), "malloc": malloc}
 
 
-def spawn(args, kind: str, repeats: int = 1, micro: int = 1) -> dict:
+PRELOADS = {"jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+            "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"}
+MALLOC_VARS = ("SEQBA_MALLOC", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")
+
+
+def malloc_env(setting: str) -> dict[str, str]:
+    """Environment of a child for an allocator ``setting`` (see the module docstring)."""
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_VARS}
+    if setting == "mallopt":
+        return env
+    env["SEQBA_MALLOC"] = "default"
+    if setting == "env":
+        env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="100000000000")
+    elif setting in PRELOADS:
+        env["LD_PRELOAD"] = PRELOADS[setting]
+    return env
+
+
+def spawn(args, kind: str, repeats: int = 1, micro: int = 1, setting: str | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--child", kind, "--out-dir", tmp, "--repeats", str(repeats), "--micro",
                str(micro), "--steps", str(args.steps), "--warmup", str(args.warmup), "--max-tokens",
                str(args.max_tokens), "--device", args.device, "--data", str(args.data)] + (["--small"] if args.small else [])
-        env = dict(os.environ)
-        if not args.default_malloc:
-            env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="100000000000")
+        env = malloc_env(setting or ("default" if args.default_malloc else "mallopt"))
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
         if proc.returncode:
             raise RuntimeError(f"{kind} failed:\n{proc.stderr[-3000:]}")
         return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    import torch
+
+    return (f"{platform.machine()} {os.cpu_count()} cpus ({platform.processor() or 'cpu'}), python "
+            f"{platform.python_version()}, torch {torch.__version__}, {'/'.join(platform.libc_ver())}")
+
+
+def malloc_compare(args) -> None:
+    """Time ``args.kind`` under each allocator setting, interleaved over ``args.rounds`` rounds."""
+    settings = ["default", "env", "mallopt"] + [name for name, path in PRELOADS.items() if Path(path).exists()]
+    kind, repeats = args.kind.split("_")[0], 1
+    runs: dict[str, list[dict]] = {name: [] for name in settings}
+    for round_ in range(args.rounds):
+        for name in settings:
+            runs[name].append(spawn(args, kind, repeats, 1, setting=name))
+            print(f"round {round_ + 1}/{args.rounds} {name:>9}: {runs[name][-1]['tgt_tokens_per_s']:.0f} tgt tok/s",
+                  flush=True)
+    base = statistics.median(r["tgt_tokens_per_s"] for r in runs["default"])
+    table = {}
+    for name in settings:
+        rates = [r["tgt_tokens_per_s"] for r in runs[name]]
+        per_round = [r / d["tgt_tokens_per_s"] for r, d in zip(rates, runs["default"])]
+        table[name] = {"tgt_tokens_per_s_median": statistics.median(rates), "runs": rates,
+                       "ratio_to_default": statistics.median(rates) / base, "ratio_per_round": per_round,
+                       "ratio_per_round_median": statistics.median(per_round),
+                       "peak_memory_mb_median": statistics.median(r["peak_memory_mb"] for r in runs[name]),
+                       "malloc": runs[name][0]["malloc"]}
+    print(f"{'setting':>9} {'tgt tok/s':>10} {'x default':>9} {'per round':>18} {'peak MB':>8}")
+    for name, row in table.items():
+        rounds = "/".join(f"{r:.2f}" for r in row["ratio_per_round"])
+        print(f"{name:>9} {row['tgt_tokens_per_s_median']:>10.0f} {row['ratio_to_default']:>9.2f} {rounds:>18} "
+              f"{row['peak_memory_mb_median']:>8.0f}")
+    print("medians of per-run medians; runs interleaved round by round; CPU cores shared with other jobs")
+    result = {"kind": args.kind, "settings": table, "setup": {
+        "model": "small (d256, 3+3)" if args.small else "Transformer-base", "vocab_size": args.vocab_size,
+        "max_tokens": args.max_tokens, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+        "threads": args.threads or "torch default", "device": args.device, "machine": machine(), "note": "2 CPU cores shared with other jobs; interleaved"}}
+    out = Path(args.out).with_name("malloc.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -158,7 +236,11 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--data", default=None, help="a prepared corpus (default: random ids, 32k vocabulary)")
     p.add_argument("--vocab-size", type=int, default=32000, help="vocabulary of the default random corpus")
-    p.add_argument("--default-malloc", action="store_true")
+    p.add_argument("--default-malloc", action="store_true", help="SEQBA_MALLOC=default: glibc's defaults")
+    p.add_argument("--malloc-compare", action="store_true", help="time --kind under five allocator settings")
+    p.add_argument("--kind", default="seqba_m1", choices=["seqba_m1", "bare_m1"], help="for --malloc-compare")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds for --malloc-compare")
+    p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the children (default: torch's choice)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train.json"))
     p.add_argument("--child", choices=["seqba", "bare"], help=argparse.SUPPRESS)
     p.add_argument("--out-dir", help=argparse.SUPPRESS)
@@ -173,6 +255,9 @@ def main() -> None:
     if args.data is None:
         args.data = Path(tempfile.mkdtemp(prefix="seqba-bench-")) / "corpus"
         write_random_corpus(args.data, args.vocab_size, sentences=max(2000, 200 * args.steps))
+    if args.malloc_compare:
+        malloc_compare(args)
+        return
     results = {"bare_m1": spawn(args, "bare"), "seqba_m1": spawn(args, "seqba", 1, 1),
                "seqba_m4": spawn(args, "seqba", 4, 4)}
     results["ratio_m4_over_m1"] = results["seqba_m4"]["tgt_tokens_per_s"] / results["seqba_m1"]["tgt_tokens_per_s"]
@@ -180,8 +265,8 @@ def main() -> None:
     results["setup"] = {"model": "small (d256, 3+3)" if args.small else "Transformer-base", "corpus": str(args.data),
                         "vocab_size": args.vocab_size, "max_tokens":
                         args.max_tokens, "steps": args.steps, "warmup": args.warmup, "device": args.device,
-                        "malloc": "default" if args.default_malloc else "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1e11",
-                        "machine": f"{platform.machine()} {os.cpu_count()} cpus, python {platform.python_version()}"}
+                        "malloc": "default" if args.default_malloc else "seqba.allocator.configure_malloc()",
+                        "machine": machine()}
     for key, value in results.items():
         print(f"{key:>22}: {value}")
     out = Path(args.out)

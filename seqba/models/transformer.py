@@ -12,7 +12,9 @@ Matches fairseq's ``transformer_wmt_en_de`` (Transformer-base) with ``--share-al
   N(0, D^-0.5) with the pad row zero.
 
 Attention runs through ``F.scaled_dot_product_attention``. Incremental decoding keeps a ``DecoderCache``:
-cross-attention K/V are computed once from the encoder output, self-attention K/V are appended per step.
+cross-attention K/V are computed once from the encoder output, self-attention K/V are appended per step. A beam
+cache (``init_cache(beam_size=K)``) keeps the encoder side once per sentence: the K beams of a sentence are its
+K queries against one copy of the source keys (no K-fold copy of the encoder output or of its K/V).
 
 Shape notation: B = batch (rows: sentences, or sentences x beams), S = source length, T = target length,
 D = d_model, H = heads, Dh = D / H, F = ffn_dim, V = vocab. Tokens are int64, pad = ``pad_idx``.
@@ -59,14 +61,16 @@ class DecoderCache:
     """Incremental-decoding state of a ``Transformer`` decoder, from ``Transformer.init_cache()``.
 
     ``self_attn[i]`` grows by one position per decoded token; ``cross_attn[i]`` and ``cross_mask`` (the
-    SDPA mask over source keys, (B, 1, 1, S) bool, True = attend) are filled on the first ``decode`` call.
-    ``length`` counts tokens decoded so far (it fixes the positions of the next tokens).
+    SDPA mask over source keys, (B / beam, 1, 1, S) bool, True = attend) are filled on the first ``decode`` call.
+    ``length`` counts tokens decoded so far (it fixes the positions of the next tokens). ``beam``: decoder rows
+    per sentence; rows ``s * beam .. s * beam + beam - 1`` share sentence s's encoder output and cross K/V.
     """
 
     self_attn: list[KVCache]
     cross_attn: list[KVCache]
     cross_mask: Tensor | None = None
     length: int = 0
+    beam: int = 1
 
 
 def sinusoidal_table(num_embeddings: int, dim: int, pad_idx: int) -> Tensor:
@@ -137,14 +141,19 @@ class Attention(nn.Module):
         mask: Tensor | None = None,
         is_causal: bool = False,
         cache: KVCache | None = None,
+        beam: int = 1,
     ) -> Tensor:
         """x: (B, L, D) queries -> (B, L, D).
 
         Self-attention: keys are x, appended to ``cache`` when given. Cross-attention: keys are ``memory``
-        (B, S, D), projected once and kept in ``cache`` when given. ``mask``: SDPA bool mask, True = attend.
+        (B / beam, S, D), projected once and kept in ``cache`` when given; with ``beam`` K > 1 the K rows of a
+        sentence attend to its one copy as K * L queries. ``mask``: SDPA bool mask, True = attend.
         """
         if self.cross:
-            q = self._heads(self.q_proj(x))
+            q = self._heads(self.q_proj(x))  # (B, H, L, Dh)
+            b, h, length, dh = q.shape
+            if beam > 1:  # (n*K, H, L, Dh) -> (n, H, K*L, Dh): a sentence's beams are queries of one row
+                q = q.view(b // beam, beam, h, length, dh).transpose(1, 2).reshape(b // beam, h, beam * length, dh)
             if cache is not None and cache.k is not None:
                 k, v = cache.k, cache.v
             else:
@@ -159,6 +168,9 @@ class Attention(nn.Module):
                 cache.k, cache.v = k, v
         dropout_p = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+        if self.cross and beam > 1:  # (n, H, K*L, Dh) -> (n*K, L, D)
+            out = out.view(b // beam, h, beam, length, dh).permute(0, 2, 3, 1, 4).reshape(b, length, h * dh)
+            return self.out_proj(out)
         b, _, length, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, length, -1))  # (B, L, D)
 
@@ -213,10 +225,11 @@ class DecoderLayer(_Block):
         self.ffn = FeedForward(d_model, ffn_dim, activation_dropout)
         self.ffn_norm = nn.LayerNorm(d_model)
 
-    def forward(self, x, memory, memory_mask, self_mask, is_causal, self_cache=None, cross_cache=None):
-        """x: (B, T, D); memory: (B, S, D); memory_mask: (B, 1, 1, S) bool True = attend."""
+    def forward(self, x, memory, memory_mask, self_mask, is_causal, self_cache=None, cross_cache=None, beam=1):
+        """x: (B, T, D); memory: (B / beam, S, D); memory_mask: (B / beam, 1, 1, S) bool True = attend."""
         x = self.residual(x, self.self_attn_norm, self.self_attn, mask=self_mask, is_causal=is_causal, cache=self_cache)
-        x = self.residual(x, self.cross_attn_norm, self.cross_attn, memory=memory, mask=memory_mask, cache=cross_cache)
+        x = self.residual(x, self.cross_attn_norm, self.cross_attn, memory=memory, mask=memory_mask, cache=cross_cache,
+                          beam=beam)
         return self.residual(x, self.ffn_norm, self.ffn)
 
 
@@ -337,17 +350,24 @@ class Transformer(nn.Module):
             x = layer(x, mask)
         return EncoderOut(self.encoder_norm(x), padding_mask)
 
-    def init_cache(self) -> DecoderCache:
-        """An empty ``DecoderCache`` for ``decode``; one per batch of sequences decoded together."""
+    def init_cache(self, beam_size: int = 1) -> DecoderCache:
+        """An empty ``DecoderCache`` for ``decode``; one per batch of sequences decoded together.
+
+        With ``beam_size`` K > 1, ``decode`` takes K decoder rows per sentence (sentence-major) but the encoder
+        output of each sentence once: ``encoder_out`` with B / K rows.
+        """
+        if beam_size < 1:
+            raise ValueError(f"init_cache: beam_size must be >= 1, got {beam_size}")
         n = len(self.decoder_layers)
-        return DecoderCache([KVCache() for _ in range(n)], [KVCache() for _ in range(n)])
+        return DecoderCache([KVCache() for _ in range(n)], [KVCache() for _ in range(n)], beam=beam_size)
 
     def decode(self, prev_output_tokens: Tensor, encoder_out: EncoderOut, cache: DecoderCache | None = None) -> Tensor:
         """Decoder logits (B, T, V), pre-softmax, in the model dtype.
 
         Without ``cache``: ``prev_output_tokens`` (B, T) = [bos, t1..] right-padded, causal self-attention.
         With ``cache``: only the newest tokens (B, n), usually n = 1, without padding; they continue the
-        ``cache.length`` tokens already decoded, and the cache is updated in place.
+        ``cache.length`` tokens already decoded, and the cache is updated in place. ``encoder_out`` has B rows,
+        or B / K rows for a beam cache (``init_cache(beam_size=K)``).
         """
         offset = None if cache is None else cache.length
         x = self._embed(prev_output_tokens, self.decoder_embed, offset)
@@ -367,7 +387,8 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.decoder_layers):
             self_cache = None if cache is None else cache.self_attn[i]
             cross_cache = None if cache is None else cache.cross_attn[i]
-            x = layer(x, encoder_out.out, memory_mask, self_mask, is_causal, self_cache, cross_cache)
+            x = layer(x, encoder_out.out, memory_mask, self_mask, is_causal, self_cache, cross_cache,
+                      1 if cache is None else cache.beam)
         x = self.decoder_norm(x)
         return F.linear(x, self.decoder_embed.weight)  # (B, T, V), tied output projection
 
@@ -386,11 +407,18 @@ class Transformer(nn.Module):
         """Keep rows ``new_order`` (N,) int64 of every cached tensor, in place (for beam search).
 
         ``cross_attention=False`` leaves the encoder-side K/V alone: a cheap shortcut that is valid when
-        ``new_order`` only permutes rows holding the same source sentence (beams of one sentence).
+        ``new_order`` only permutes rows holding the same source sentence (beams of one sentence). A beam cache
+        keeps one encoder-side row per sentence: it keeps sentences ``new_order[::K] // K``, so ``new_order``
+        must keep each sentence's K rows together, as beam search's orders do.
         """
-        layers = cache.self_attn + (cache.cross_attn if cross_attention else [])
-        for kv in layers:
+        for kv in cache.self_attn:
             if kv.k is not None:
                 kv.k, kv.v = kv.k.index_select(0, new_order), kv.v.index_select(0, new_order)
-        if cross_attention and cache.cross_mask is not None:
-            cache.cross_mask = cache.cross_mask.index_select(0, new_order)
+        if not cross_attention:
+            return
+        sentences = new_order if cache.beam == 1 else new_order.view(-1, cache.beam)[:, 0] // cache.beam
+        for kv in cache.cross_attn:
+            if kv.k is not None:
+                kv.k, kv.v = kv.k.index_select(0, sentences), kv.v.index_select(0, sentences)
+        if cache.cross_mask is not None:
+            cache.cross_mask = cache.cross_mask.index_select(0, sentences)
