@@ -25,8 +25,10 @@ from typing import Callable, NoReturn
 
 import torch
 
+from seqba.allocator import configure_malloc
 from seqba.checkpoint import load_model_file
 from seqba.errors import SeqbaError
+from seqba.search import DEFAULT_MAX_LEN_A, DEFAULT_MAX_LEN_B
 from seqba.tasks import TASKS
 from seqba.tasks.base import EvalOptions
 
@@ -65,19 +67,23 @@ def build_parser() -> argparse.ArgumentParser:
     t = p.add_argument_group("translation")
     t.add_argument("--beam", type=_number(int, 1), default=4, help="beam size (1: greedy)")
     t.add_argument("--lenpen", type=_number(float), default=1.0, help="length penalty exponent (fairseq semantics)")
-    t.add_argument("--max-len-a", type=_number(float, 0), default=0.0, help="max output length = a * src_len + b")
-    t.add_argument("--max-len-b", type=_number(int, 1), default=200)
+    t.add_argument("--max-len-a", type=_number(float, 0), default=DEFAULT_MAX_LEN_A,
+                   help=f"max output length = a * src_len + b (default {DEFAULT_MAX_LEN_A})")
+    t.add_argument("--max-len-b", type=_number(int, 1), default=DEFAULT_MAX_LEN_B,
+                   help=f"(default {DEFAULT_MAX_LEN_B}; fairseq's 0 / 200 lets an undertrained model decode 200 tokens)")
     t.add_argument("--max-tokens", type=_number(int, 1), default=None, help="source tokens per decoding batch")
     t.add_argument("--batch-size", type=_number(int, 1), default=None, help="sentences per decoding batch")
     t.add_argument("--src", help="raw source text file (one segment per line) instead of --split")
     t.add_argument("--ref", help="raw reference text file for --src")
     t.add_argument("--output", help="hypotheses file (default: next to the checkpoint, hyp.<split>.txt)")
+    t.add_argument("--bf16", action="store_true", help="decode under bf16 autocast (faster on CPUs with bf16)")
     i = p.add_argument_group("images")
     i.add_argument("--tta", type=_number(int, 0), default=0, help="average over N augmented copies per image (0: off)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_malloc()  # glibc: no mmap/trim churn (seqba.allocator); SEQBA_MALLOC=default turns it off
     args = build_parser().parse_args(argv)
     if args.ref and not args.src:
         return _error("--ref needs --src (the references of --split are read from the prepared corpus)")

@@ -15,11 +15,9 @@ The result is the best finished hypothesis per sentence. ``beam_size=1`` is gree
 
 Cost: the decoder runs one position per row and step (KV cache); the encoder output and the cross-attention K/V
 are kept once per sentence, not once per beam (``init_cache(beam_size=K)``), and rows of finished sentences are
-dropped. :func:`translate` decodes a corpus in length-sorted batches. Measured with ``benchmarks/bench_decode.py``
-(Multi30k M=1 checkpoint, test_2016_flickr, 1,000 sentences, beam 4, 1 thread, 2 shared CPU cores, interleaved):
-8.8x the speed of the same search without the KV cache (:class:`RecomputePrefix`, identical hypotheses), greedy
-1.9x faster than beam 4; a torch.profiler pass spends 68% in the linear layers and output projection, 9% in
-attention, 8% in cache concatenation and reordering, 9% in top-k and log-softmax.
+dropped. :func:`translate` decodes a corpus in length-sorted batches. Its speed against the same search without the
+KV cache (:class:`RecomputePrefix`, the reference kept for tests and ``benchmarks/bench_decode.py``) and its
+profile are in README.md and ``benchmarks/results/decode.json``.
 
 Tiny CPU run::
 
@@ -44,10 +42,7 @@ __all__ = ["Hypothesis", "beam_search", "translate", "RecomputePrefix", "DEFAULT
 # fairseq's generate defaults are a=0, b=200: a model that rarely emits eos (untrained, or diverging) then decodes
 # 200 steps for every sentence. a=1.2, b=10 (as Ott et al. 2018, "Scaling Neural Machine Translation", for WMT)
 # caps a 14-token Multi30k source at 26 tokens and a 28-token WMT one at 43, above any plausible en<->de
-# translation. Measured (beam 4, Multi30k test_2016_flickr, interleaved runs on 2 shared CPU cores): the trained
-# M=1 checkpoint scores BLEU 20.73 with it vs 20.70 with a=0, b=200 (2 of 1,000 hypotheses differ) and decodes
-# 1.19x faster (benchmarks/results/decode_maxlen.json); an untrained model, which never emits eos, decodes
-# 200 sentences in 6.2 s instead of 75.8 s (12x; decode_maxlen_untrained.json).
+# translation. Its effect on BLEU and time: benchmarks/results/decode_maxlen*.json and README.md.
 DEFAULT_MAX_LEN_A = 1.2
 DEFAULT_MAX_LEN_B = 10
 

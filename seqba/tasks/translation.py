@@ -39,7 +39,7 @@ from seqba.errors import FieldError
 from seqba.metrics import perplexity
 from seqba.models.transformer import Transformer, TransformerConfig
 from seqba.samplers import TokenBudgetBatchSampler
-from seqba.search import beam_search
+from seqba.search import translate
 from seqba.tasks.base import EvalOptions, Task, TaskSpec, sample_chunks
 
 logger = logging.getLogger(__name__)
@@ -223,39 +223,6 @@ class TranslationTask(Task):
         return {"num_skipped": self.sampler.num_skipped}
 
 
-def translate(model: Transformer, sources: list[torch.Tensor], *, beam: int = 4, lenpen: float = 1.0,
-              max_len_a: float = 0.0, max_len_b: int = 200, max_tokens: int | None = None,
-              batch_size: int | None = None, device: torch.device | str = "cpu",
-              progress: bool = False) -> list[list[int]]:
-    """Beam-search every source (1-D int64 ids ending with eos); return piece ids in input order.
-
-    Sources are batched by length with :class:`TokenBudgetBatchSampler` (``max_tokens`` source tokens and/or
-    ``batch_size`` sentences per batch; default 4096 tokens) so that padding is small, then restored to input order.
-    """
-    from tqdm.auto import tqdm
-
-    if max_tokens is None and batch_size is None:
-        max_tokens = 4096
-    limit = model.max_positions
-    sources = [s[: limit - 1].clone() if len(s) >= limit else s for s in sources]
-    for s in sources:
-        s[-1] = EOS_ID
-    lengths = [len(s) for s in sources]
-    if max_tokens is not None:
-        max_tokens = max(max_tokens, max(lengths, default=1))
-    sampler = TokenBudgetBatchSampler(lengths, max_tokens, max_sentences=batch_size, shuffle=False)
-    out: list[list[int]] = [[] for _ in sources]
-    model.eval()
-    for ids in tqdm(sampler, disable=not progress, desc="beam search"):
-        src = torch.nn.utils.rnn.pad_sequence([sources[i] for i in ids], batch_first=True, padding_value=PAD_ID)
-        src_lengths = torch.tensor([lengths[i] for i in ids])
-        hyps = beam_search(model, src.to(device), src_lengths.to(device), beam_size=beam, max_len_a=max_len_a,
-                           max_len_b=max_len_b, lenpen=lenpen, bos=BOS_ID, eos=EOS_ID, pad=PAD_ID)
-        for i, hyp in zip(ids, hyps):
-            out[i] = hyp.tokens
-    return out
-
-
 def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, Any]:
     """``python -m seqba.eval`` for translation: beam search + SentencePiece decoding + sacreBLEU.
 
@@ -292,13 +259,14 @@ def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, Any]:
     start = time.perf_counter()
     tokens = translate(model, sources, beam=args.beam, lenpen=args.lenpen, max_len_a=args.max_len_a,
                        max_len_b=args.max_len_b, max_tokens=args.max_tokens, batch_size=args.batch_size,
-                       device=device, progress=True)
+                       device=device, progress=True, autocast_dtype=torch.bfloat16 if args.bf16 else None,
+                       bos=BOS_ID, eos=EOS_ID, pad=PAD_ID)
     seconds = time.perf_counter() - start
     hyps = [sp.decode(t) for t in tokens]
     output = Path(args.output) if args.output else Path(args.checkpoint).parent / f"hyp.{name}.txt"
     output.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     result: dict[str, Any] = {"sentences": len(hyps), "seconds": round(seconds, 2), "beam": args.beam,
-                              "hypotheses": str(output)}
+                              "max_len_a": args.max_len_a, "max_len_b": args.max_len_b, "hypotheses": str(output)}
     if refs is not None:
         bleu = sacrebleu.metrics.BLEU()
         score = bleu.corpus_score(hyps, [refs])
