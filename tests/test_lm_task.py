@@ -82,6 +82,10 @@ def test_recipe_trains_and_evaluates(recipe, ptb, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert math.isfinite(result["ppl"]) and 1 < result["ppl"] < 10000
     assert result["bpw"] == pytest.approx(math.log2(result["ppl"]))
+    src = tmp_path / "src.txt"
+    src.write_text("the cat\n")  # --src/--ref are translation options: refused, not silently ignored (issue 8)
+    assert eval_cli.main(["--checkpoint", str(run / "checkpoint_best.pt"), "--src", str(src)]) == 2
+    assert capsys.readouterr().err.startswith("error: --src/--ref apply to translation")
 
 
 def test_resume_after_kill_is_bit_exact(ptb, tmp_path):
