@@ -403,7 +403,7 @@ def _correlation(args: argparse.Namespace) -> int:
         if args.set:
             tree = config_lib.to_dict(cfg)
             for override in args.set:
-                config_lib._apply_override(tree, override)
+                config_lib.apply_override(tree, override)
             cfg = config_lib.build(tree, str(path))
     else:
         path, extra = None, {}

@@ -39,7 +39,7 @@ from seqba.errors import ConfigError, FieldError
 from seqba.tasks import TASKS
 
 __all__ = ["ConfigError", "FieldError", "BAConfig", "OptimConfig", "TrainConfig", "Config", "Where", "load",
-           "build", "from_dict", "to_dict", "upgrade"]
+           "build", "from_dict", "to_dict", "upgrade", "apply_override"]
 
 #: How the M copies of a sample are laid out in the expanded batch (see ``seqba.samplers.repeat_batch``).
 Layout = Literal["adjacent", "tiled"]
@@ -319,7 +319,12 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def _apply_override(tree: dict, override: str) -> tuple[str, ...]:
+def apply_override(tree: dict, override: str) -> tuple[str, ...]:
+    """Set ``key.path=value`` (value parsed as a YAML scalar) in the plain-dict config ``tree``; return the key path.
+
+    Raises:
+        ConfigError: not ``key=value``, an empty key, invalid YAML, or a path through a non-section.
+    """
     if "=" not in override:
         raise ConfigError(f"override {override!r} is not of the form key=value (e.g. ba.repeats=4)")
     key, raw = override.split("=", 1)
@@ -442,7 +447,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections (task:, data:, ...), "
                           f"got a {type(tree).__name__}")
-    overridden = {_apply_override(tree, override) for override in overrides}
+    overridden = {apply_override(tree, override) for override in overrides}
     where = Where(str(path), lines, overridden)
     cfg = build(tree, where)
     resume = cfg.train.resume
