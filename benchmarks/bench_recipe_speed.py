@@ -1,0 +1,89 @@
+"""Benchmark: a recipe's training speed through ``python -m seqba.train``, exactly as a user runs it, under settings.
+
+Settings (each a separate process; rounds interleaved so that other jobs on shared cores disturb them alike):
+
+* ``fp32_default_malloc``: fp32, eager, glibc's allocator defaults (``SEQBA_MALLOC=default``): the reference;
+* ``fp32``: fp32, eager, the CLI's default ``configure_malloc()``;
+* ``bf16``: ``train.mixed_precision=bf16`` (autocast), eager, ``configure_malloc()``;
+* ``bf16_compiled`` (``--compile``): plus ``train.compile=true`` (inductor; its compile time is excluded).
+
+Reads ``tokens_per_s`` (target tokens of the M·B rows per second; ``words_per_s`` / ``images_per_s`` for the other
+tasks) of the last logged window, which starts after ``--warmup`` updates, and reports medians and the ratio to the
+reference. Writes ``benchmarks/results/recipe_speed.json``.
+
+    python benchmarks/bench_recipe_speed.py recipes/transformer_multi30k_m4.yaml --updates 20 --warmup 10 --rounds 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {
+    "fp32_default_malloc": ({"SEQBA_MALLOC": "default"}, []),
+    "fp32": ({}, []),
+    "bf16": ({}, ["train.mixed_precision=bf16"]),
+    "bf16_compiled": ({}, ["train.mixed_precision=bf16", "train.compile=true"]),
+}
+
+
+def run(recipe: str, setting: str, args, extra: list[str]) -> float:
+    env_extra, overrides = SETTINGS[setting]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_extra}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    with tempfile.TemporaryDirectory(prefix="seqba-speed-") as out:
+        cmd = [sys.executable, "-m", "seqba.train", recipe, *extra, *overrides, f"output_dir={out}",
+               f"train.max_updates={args.updates}", f"train.log_interval={args.updates - args.warmup}",
+               "train.validate_interval_updates=0", "train.save_interval_updates=0", "train.progress_bar=false"]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{setting} failed:\n{proc.stderr[-2000:]}")
+        records = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if r.get("step") == args.updates and "loss" in r][0]
+    rate = next(k for k in ("tokens_per_s", "words_per_s", "images_per_s") if k in last)
+    return last[rate]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--updates", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs (default: torch's)")
+    p.add_argument("--compile", action="store_true", help="also time bf16 + train.compile")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "recipe_speed.json"))
+    args = p.parse_args()
+    if not 0 < args.warmup < args.updates or args.updates % (args.updates - args.warmup):
+        p.error("--updates must be a multiple of (--updates - --warmup), e.g. --updates 20 --warmup 10")
+    settings = [s for s in SETTINGS if args.compile or s != "bf16_compiled"]
+    rates: dict[str, list[float]] = {s: [] for s in settings}
+    for r in range(args.rounds):
+        for setting in settings:
+            rates[setting].append(run(args.recipe, setting, args, args.overrides))
+            print(f"round {r + 1} {setting:22s} {rates[setting][-1]:9.0f} /s", flush=True)
+    reference = statistics.median(rates["fp32_default_malloc"])
+    result = {"recipe": args.recipe, "overrides": args.overrides, "updates": args.updates, "warmup": args.warmup,
+              "threads": args.threads, "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+              "python": platform.python_version(), "torch": __import__("torch").__version__,
+              "note": "interleaved rounds on shared CPU cores; compare ratios, not absolute rates",
+              "settings": {s: {"per_round": [round(v, 1) for v in rates[s]], "median": round(statistics.median(rates[s]), 1),
+                               "ratio_to_fp32_default_malloc": round(statistics.median(rates[s]) / reference, 3)}
+                           for s in settings}}
+    for s in settings:
+        print(f"{s:22s} median {result['settings'][s]['median']:9.0f} /s   "
+              f"{result['settings'][s]['ratio_to_fp32_default_malloc']:.2f}x of fp32 with glibc's defaults")
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
