@@ -330,8 +330,8 @@ class Trainer:
         self._tick = time.perf_counter()
 
     # -- validation and checkpoints -------------------------------------------------------------------------------
-    def validate(self) -> dict[str, float]:
-        """Validate the task's eval model (eval mode, no gradients); write the best model file; notify observers."""
+    def _validation_metrics(self) -> dict[str, float]:
+        """The task's metrics of its eval model (eval mode, no gradients), identical on every rank."""
         model = self.task.eval_model(self.model)
         model.eval()
         with torch.no_grad():
@@ -340,8 +340,17 @@ class Trainer:
         self.model.train()
         if self.accelerator.num_processes > 1:  # decisions on metrics (best checkpoint, ASGD switch) agree
             metrics = broadcast_object_list([metrics])[0]
+        return metrics
+
+    @staticmethod
+    def _finite(metrics: dict[str, float]) -> bool:
+        return all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
+
+    def validate(self) -> dict[str, float]:
+        """Validate the task's eval model (eval mode, no gradients); write the best model file; notify observers."""
+        metrics = self._validation_metrics()
         self.task.after_validate(metrics)
-        if all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
+        if self._finite(metrics):
             self._validated_finite_at = self.state["num_updates"]
         name, lower = self.task.best_metric
         value, best = metrics.get(name), self.state["best"]
@@ -414,13 +423,8 @@ class Trainer:
         """A rerun of a finished run: make ``checkpoint_last.pt`` match the last checkpoint, prune, validate."""
         logger.info("the run in %s already finished at update %d; nothing to train", self.output_dir,
                     self.state["num_updates"])
-        model = self.task.eval_model(self.model)
-        model.eval()
-        with torch.no_grad():
-            metrics = self.task.validate(model)
-        if self.accelerator.num_processes > 1:
-            metrics = broadcast_object_list([metrics])[0]
-        if all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
+        metrics = self._validation_metrics()
+        if self._finite(metrics):
             self._confirm_provisional()  # prunes what a kill after the final checkpoint left behind
         last = self.output_dir / "checkpoint_last.pt"
         if self.accelerator.is_main_process:

@@ -41,7 +41,8 @@ def on_and_off(args, tmp_path, interval=1):
     assert train_cli.main([*args, f"output_dir={tmp_path / 'off'}"]) == 0
     assert train_cli.main([*args, f"train.grad_stats_interval={interval}", f"output_dir={tmp_path / 'on'}"]) == 0
     assert trajectory(tmp_path / "on") == trajectory(tmp_path / "off")  # bit-exact: == on floats
-    off, on = torch.load(tmp_path / "off" / "checkpoint_last.pt"), torch.load(tmp_path / "on" / "checkpoint_last.pt")
+    off = torch.load(tmp_path / "off" / "checkpoint_last.pt", weights_only=True)
+    on = torch.load(tmp_path / "on" / "checkpoint_last.pt", weights_only=True)
     for k, v in off["model"].items():
         assert torch.equal(v, on["model"][k]), k  # weights and buffers (BN running statistics) too
     stats = [r for r in records(tmp_path / "on") if "grad_norm_full" in r]

@@ -115,7 +115,7 @@ def test_two_processes_update_equals_hand(tmp_path, route):
     expected, _ = hand_update(tiny_gpt2(), batches, repeats=4)
     for rank in range(2):
         model = tiny_gpt2()
-        model.load_state_dict(torch.load(tmp_path / f"rank{rank}.pt"))
+        model.load_state_dict(torch.load(tmp_path / f"rank{rank}.pt", weights_only=True))
         assert_same_params(model, expected, atol=1e-5)
 
 
