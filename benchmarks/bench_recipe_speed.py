@@ -5,7 +5,8 @@ Settings (each a separate process; rounds interleaved so that other jobs on shar
 * ``fp32_default_malloc``: fp32, eager, glibc's allocator defaults (``SEQBA_MALLOC=default``): the reference;
 * ``fp32``: fp32, eager, the CLI's default ``configure_malloc()``;
 * ``bf16``: ``train.mixed_precision=bf16`` (autocast), eager, ``configure_malloc()``;
-* ``bf16_compiled`` (``--compile``): plus ``train.compile=true`` (inductor; its compile time is excluded).
+* ``fp32_compiled`` / ``bf16_compiled`` (``--compile``): plus ``train.compile=true`` (inductor; its compile time falls
+  in the warm-up updates and is excluded).
 
 Reads ``tokens_per_s`` (target tokens of the M·B rows per second; ``words_per_s`` / ``images_per_s`` for the other
 tasks) of the last logged window, which starts after ``--warmup`` updates, and reports medians and the ratio to the
@@ -30,6 +31,7 @@ SETTINGS = {
     "fp32_default_malloc": ({"SEQBA_MALLOC": "default"}, []),
     "fp32": ({}, []),
     "bf16": ({}, ["train.mixed_precision=bf16"]),
+    "fp32_compiled": ({}, ["train.compile=true"]),
     "bf16_compiled": ({}, ["train.mixed_precision=bf16", "train.compile=true"]),
 }
 
@@ -60,12 +62,12 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs (default: torch's)")
-    p.add_argument("--compile", action="store_true", help="also time bf16 + train.compile")
+    p.add_argument("--compile", action="store_true", help="also time train.compile (fp32 and bf16)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "recipe_speed.json"))
     args = p.parse_args()
     if not 0 < args.warmup < args.updates or args.updates % (args.updates - args.warmup):
         p.error("--updates must be a multiple of (--updates - --warmup), e.g. --updates 20 --warmup 10")
-    settings = [s for s in SETTINGS if args.compile or s != "bf16_compiled"]
+    settings = [s for s in SETTINGS if args.compile or not s.endswith("_compiled")]
     rates: dict[str, list[float]] = {s: [] for s in settings}
     for r in range(args.rounds):
         for setting in settings:

@@ -83,6 +83,7 @@ def recipe_args(args, out: Path, repeats: int, micro: int) -> list[str]:
         f"ba.repeats={repeats}", f"ba.micro_batches={micro}", f"train.max_updates={args.steps}",
         "train.log_interval=1", "train.validate_interval_updates=0", "train.save_interval_updates=1000000", "train.progress_bar=false",
         "model.dropout=0.1", "optim.warmup_updates=4000", "data.required_batch_size_multiple=8",
+        f"train.mixed_precision={args.precision}", f"train.compile={str(args.compile).lower()}",
     ]
     return [str(ROOT / "recipes" / "transformer_synthetic_m4.yaml"), *overrides, *(SMALL if args.small else BASE)]
 
@@ -132,14 +133,17 @@ def child_bare(args) -> dict:
     batches = [collate([data[i] for i in ids]) for ids, _ in zip(sampler, range(args.steps))]
     model = build_transformer(cfg.model, int(read_manifest(cfg.data.prepared_dir)["vocab_size"])).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
+    forward = torch.compile(model, dynamic=True) if args.compile else model  # as seqba's Trainer compiles
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
     rates = []
     for batch in batches:
         start = time.perf_counter()
         src, lengths = batch["src_tokens"].to(device), batch["src_lengths"].to(device)
         prev, target = batch["prev_output_tokens"].to(device), batch["target"].to(device)
-        logits = model(src, lengths, prev)
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), target.view(-1), ignore_index=0,
-                               label_smoothing=0.1, reduction="sum") / batch["ntokens"]
+        with autocast:
+            logits = forward(src, lengths, prev)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), target.view(-1), ignore_index=0,
+                                   label_smoothing=0.1, reduction="sum") / batch["ntokens"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
         optimizer.step()
@@ -174,7 +178,8 @@ def spawn(args, kind: str, repeats: int = 1, micro: int = 1, setting: str | None
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, __file__, "--child", kind, "--out-dir", tmp, "--repeats", str(repeats), "--micro",
                str(micro), "--steps", str(args.steps), "--warmup", str(args.warmup), "--max-tokens",
-               str(args.max_tokens), "--device", args.device, "--data", str(args.data)] + (["--small"] if args.small else [])
+               str(args.max_tokens), "--device", args.device, "--data", str(args.data),
+               "--precision", args.precision] + (["--small"] if args.small else []) + (["--compile"] if args.compile else [])
         env = malloc_env(setting or ("default" if args.default_malloc else "mallopt"))
         if args.threads:
             env["OMP_NUM_THREADS"] = str(args.threads)
@@ -227,6 +232,51 @@ def malloc_compare(args) -> None:
     print(f"wrote {out}")
 
 
+SETTINGS = {"fp32_eager": ("no", False), "bf16_eager": ("bf16", False), "fp32_compiled": ("no", True),
+            "bf16_compiled": ("bf16", True)}
+
+
+def settings_compare(args) -> None:
+    """seqba M=1 and the bare loop under each of ``SETTINGS``, interleaved over ``args.rounds`` rounds.
+
+    Every figure is a ratio to a reference timed in the same run: seqba / bare under the same setting, and each
+    setting / fp32 eager of the same loop. Compilation happens in the warm-up steps, which are not timed.
+    """
+
+    runs: dict[str, dict[str, list[dict]]] = {name: {"seqba": [], "bare": []} for name in SETTINGS}
+    for round_ in range(args.rounds):
+        for name, (precision, compiled) in SETTINGS.items():
+            for kind in ("bare", "seqba"):
+                child_args = argparse.Namespace(**{**vars(args), "precision": precision, "compile": compiled})
+                runs[name][kind].append(spawn(child_args, kind))
+                print(f"round {round_ + 1}/{args.rounds} {name:>13} {kind:>5}: "
+                      f"{runs[name][kind][-1]['tgt_tokens_per_s']:.0f} tgt tok/s", flush=True)
+    median = lambda rows: statistics.median(r["tgt_tokens_per_s"] for r in rows)  # noqa: E731
+    ref = {kind: median(runs["fp32_eager"][kind]) for kind in ("seqba", "bare")}
+    table = {}
+    for name in SETTINGS:
+        seqba, bare = median(runs[name]["seqba"]), median(runs[name]["bare"])
+        table[name] = {"seqba_tgt_tokens_per_s": seqba, "bare_tgt_tokens_per_s": bare,
+                       "seqba_over_bare": seqba / bare, "seqba_over_fp32_eager": seqba / ref["seqba"],
+                       "bare_over_fp32_eager": bare / ref["bare"],
+                       "seqba_peak_memory_mb": statistics.median(r["peak_memory_mb"] for r in runs[name]["seqba"]),
+                       "bare_peak_memory_mb": statistics.median(r["peak_memory_mb"] for r in runs[name]["bare"]),
+                       "runs": {kind: [r["tgt_tokens_per_s"] for r in rows] for kind, rows in runs[name].items()}}
+    print(f"{'setting':>13} {'seqba tok/s':>11} {'bare tok/s':>10} {'seqba/bare':>10} {'x fp32 eager':>12}")
+    for name, row in table.items():
+        print(f"{name:>13} {row['seqba_tgt_tokens_per_s']:>11.0f} {row['bare_tgt_tokens_per_s']:>10.0f} "
+              f"{row['seqba_over_bare']:>10.2f} {row['seqba_over_fp32_eager']:>12.2f}")
+    result = {"settings": table, "setup": {
+        "model": "small (d256, 3+3)" if args.small else "Transformer-base", "vocab_size": args.vocab_size,
+        "max_tokens": args.max_tokens, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+        "threads": args.threads or "torch default", "device": args.device, "machine": machine(),
+        "malloc": "default" if args.default_malloc else "seqba.allocator.configure_malloc()"}}
+    out = Path(args.out).with_name("train_settings.json" if not args.small else "train_settings_small.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=6)
@@ -241,6 +291,10 @@ def main() -> None:
     p.add_argument("--kind", default="seqba_m1", choices=["seqba_m1", "bare_m1"], help="for --malloc-compare")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds for --malloc-compare")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the children (default: torch's choice)")
+    p.add_argument("--precision", default="no", choices=["no", "bf16"], help="train.mixed_precision of the runs")
+    p.add_argument("--compile", action="store_true", help="train.compile=true (bare loop: torch.compile, dynamic)")
+    p.add_argument("--settings", action="store_true",
+                   help="seqba M=1 and the bare loop under fp32/bf16 x eager/compiled, interleaved (settings.json)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train.json"))
     p.add_argument("--child", choices=["seqba", "bare"], help=argparse.SUPPRESS)
     p.add_argument("--out-dir", help=argparse.SUPPRESS)
@@ -257,6 +311,9 @@ def main() -> None:
         write_random_corpus(args.data, args.vocab_size, sentences=max(2000, 200 * args.steps))
     if args.malloc_compare:
         malloc_compare(args)
+        return
+    if args.settings:
+        settings_compare(args)
         return
     results = {"bare_m1": spawn(args, "bare"), "seqba_m1": spawn(args, "seqba", 1, 1),
                "seqba_m4": spawn(args, "seqba", 4, 4)}

@@ -143,7 +143,11 @@ class TrainConfig:
         mixed_precision: ``no``, ``fp16`` or ``bf16`` (passed to Accelerate: autocast on CPU and GPU; fp16 adds a
             loss scaler and needs a GPU).
         compile: compile the training model with ``torch.compile`` (inductor, ``dynamic=True`` so that token-budget
-            batches of varying shape reuse one graph); validation, checkpoints and decoding use the eager module.
+            batches of varying shape reuse one graph); validation, checkpoints and decoding (beam search) use the
+            eager module. What compiles: the whole Transformer and ResNet forward/backward; in the AWD-LSTM the
+            embedding, dropouts and decoder, while each layer's fused LSTM kernel (``torch._VF.lstm``) runs
+            eagerly between the compiled graphs (a graph break per layer). The loss, repetition and optimizer
+            step stay eager.
         log_with: also send the metrics.jsonl records to an experiment tracker through Accelerate
             (``accelerator.log``): ``tensorboard`` (event files in ``output_dir/trackers``), ``wandb``, ``mlflow``
             (their clients must be installed and configured), or ``none``.

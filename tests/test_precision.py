@@ -2,6 +2,7 @@
 and a compiled model computes the eager model's losses."""
 import json
 import os
+import shutil
 
 import pytest
 
@@ -53,14 +54,41 @@ def test_bf16_images(shared_data, tmp_path):
                        tmp_path)
 
 
-@pytest.mark.skipif(os.environ.get("SEQBA_SLOW_TESTS") != "1",
-                    reason="inductor compiles a C++ kernel per graph: ~1-2 min on 2 CPU cores; SEQBA_SLOW_TESTS=1")
-def test_compiled_translation_matches_eager(recipe, tmp_path):
-    args = [str(recipe), "train.max_updates=4", "train.validate_interval_updates=0", "model.dropout=0"]
-    assert train_cli.main([*args, f"output_dir={tmp_path / 'eager'}"]) == 0
-    assert train_cli.main([*args, "train.compile=true", f"output_dir={tmp_path / 'compiled'}"]) == 0
+def compare_compiled(args, tmp_path, rel=1e-4):
+    """The logged training losses of ``train.compile=true`` equal eager's (no dropout: inductor draws its own
+    random numbers), update by update."""
+    from accelerate.state import AcceleratorState
 
     def losses(run):
         return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
 
-    assert losses(tmp_path / "compiled") == pytest.approx(losses(tmp_path / "eager"), rel=1e-4)
+    for name, extra in (("eager", []), ("compiled", ["train.compile=true"])):
+        AcceleratorState._reset_state(reset_partial_state=True)
+        assert train_cli.main([*args, *extra, "train.log_interval=1", f"output_dir={tmp_path / name}"]) == 0
+    eager, compiled = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert len(eager) == 4
+    assert compiled == pytest.approx(eager, rel=rel)
+
+
+NEEDS_CXX = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None,
+                               reason="inductor compiles C++ kernels on CPU and no C++ compiler is on PATH")
+
+
+@NEEDS_CXX
+def test_compiled_translation_matches_eager(recipe, tmp_path):
+    compare_compiled([str(recipe), "train.max_updates=4", "train.validate_interval_updates=0", "model.dropout=0"],
+                     tmp_path)
+
+
+@NEEDS_CXX
+def test_compiled_language_modeling_matches_eager(ptb, tmp_path):
+    from test_lm_task import NO_DROPOUT
+
+    compare_compiled([str(LM_RECIPE), ptb, *LM_TINY, *NO_DROPOUT, "train.max_updates=4"], tmp_path)
+
+
+@NEEDS_CXX
+def test_compiled_images_match_eager(shared_data, tmp_path):
+    recipe = os.path.join(ROOT, "recipes", "resnet_mnist_m4.yaml")
+    tiny = [o for o in IMAGE_TINY["image_classification"] if not o.startswith("train.max_updates")]
+    compare_compiled([recipe, *tiny, "train.max_updates=4", "train.max_epochs=0"], tmp_path)
