@@ -374,7 +374,9 @@ class Transformer(nn.Module):
         n = prev_output_tokens.size(1)
         if cache is None:
             memory_mask = _key_mask(encoder_out.padding_mask)
-            self_mask, is_causal = None, n > 1
+            # causal for any T (a single query sees its one key either way); a plain bool, not `n > 1`, which
+            # torch.compile(dynamic=True) turns into a SymBool that SDPA rejects (a graph break per decoder)
+            self_mask, is_causal = None, True
         else:
             if cache.cross_mask is None:
                 cache.cross_mask = _key_mask(encoder_out.padding_mask)
