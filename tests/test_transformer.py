@@ -122,3 +122,17 @@ def test_base_parameter_count():
     # 32000*512 shared embeddings + 6 * 3,152,384 (encoder layer) + 6 * 4,204,032 (decoder layer)
     assert sum(p.numel() for p in post.parameters()) == 60_522_496
     assert sum(p.numel() for p in pre.parameters()) == 60_522_496 + 2 * 2 * 512  # two final LayerNorms
+
+
+def test_training_forward_is_one_graph_under_dynamic_shapes():
+    """torch.compile(dynamic=True), as train.compile does, traces the teacher-forced forward into one graph for
+    any batch shape: fullgraph=True raises on a graph break (a size-derived SymBool reaching SDPA's ``is_causal``
+    once made dynamo skip the whole decoder). backend="eager" traces without generating kernels."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    model = tiny().train()
+    compiled = torch.compile(model, dynamic=True, fullgraph=True, backend="eager")
+    for b, s, t in ((3, 7, 6), (4, 9, 9), (2, 5, 11), (5, 6, 1)):
+        src, lengths, prev = batch(b, s, t)
+        assert compiled(src, lengths, prev).shape == (b, t, V)
