@@ -144,10 +144,12 @@ class TrainConfig:
             loss scaler and needs a GPU).
         compile: compile the training model with ``torch.compile`` (inductor, ``dynamic=True`` so that token-budget
             batches of varying shape reuse one graph); validation, checkpoints and decoding (beam search) use the
-            eager module. What compiles: the whole Transformer and ResNet forward/backward; in the AWD-LSTM the
-            embedding, dropouts and decoder, while each layer's fused LSTM kernel (``torch._VF.lstm``) runs
-            eagerly between the compiled graphs (a graph break per layer). The loss, repetition and optimizer
-            step stay eager.
+            eager module. What compiles: the Transformer's forward/backward as one graph (symbolic shapes); the
+            ResNet's as one graph per batch shape (``dynamic=False``: batches have one shape, and inductor fails on
+            ghost batch norm's symbolic shape arithmetic). The AWD-LSTM barely compiles: dynamo does not trace RNN
+            modules (``torch._dynamo.config.allow_rnn`` is off), so the graph break in its layer loop makes the
+            forward run eagerly; allowing RNNs instead specialises on every BPTT length (a full recompile per
+            length). The loss, repetition and optimizer step stay eager.
         log_with: also send the metrics.jsonl records to an experiment tracker through Accelerate
             (``accelerator.log``): ``tensorboard`` (event files in ``output_dir/trackers``), ``wandb``, ``mlflow``
             (their clients must be installed and configured), or ``none``.

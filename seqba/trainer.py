@@ -152,8 +152,8 @@ class Trainer:
         self.task = TASKS[cfg.task].task_class(cfg, acc)
         model = self.task.build_model()
         optimizer = build_optimizer(cfg.optim, self.task.param_groups(model))
-        if cfg.train.compile:  # one graph for all batch shapes; the eager module stays reachable for eval/saving
-            model = torch.compile(model, dynamic=True)
+        if cfg.train.compile:  # the eager module stays reachable for evaluation and saving
+            model = self.task.compile_model(model)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         seed_worker_rngs(cfg.seed, acc.process_index)  # distinct dropout / augmentation per rank

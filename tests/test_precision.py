@@ -91,4 +91,4 @@ def test_compiled_language_modeling_matches_eager(ptb, tmp_path):
 def test_compiled_images_match_eager(shared_data, tmp_path):
     recipe = os.path.join(ROOT, "recipes", "resnet_mnist_m4.yaml")
     tiny = [o for o in IMAGE_TINY["image_classification"] if not o.startswith("train.max_updates")]
-    compare_compiled([recipe, *tiny, "train.max_updates=4", "train.max_epochs=0"], tmp_path)
+    compare_compiled([recipe, *tiny, "model.ghost_batch_size=8", "train.max_updates=4", "train.max_epochs=0"], tmp_path)

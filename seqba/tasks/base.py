@@ -129,6 +129,9 @@ class Task:
 
     #: name of the metric whose lowest value marks the best checkpoint, and whether lower is better
     best_metric: tuple[str, bool] = ("loss", True)
+    #: ``torch.compile(dynamic=...)`` under ``train.compile``: True traces one graph with symbolic batch shapes
+    #: (token budgets and BPTT windows change shape every step); False specialises on each shape
+    compile_dynamic: bool = True
 
     def __init__(self, cfg: Any, accelerator: Any) -> None:
         self.cfg = cfg
@@ -138,6 +141,10 @@ class Task:
     # -- building -----------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         raise NotImplementedError
+
+    def compile_model(self, model: nn.Module) -> nn.Module:
+        """``train.compile``: the training model through ``torch.compile`` (inductor) with ``compile_dynamic``."""
+        return torch.compile(model, dynamic=self.compile_dynamic)
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         """Optimizer parameter groups; the default applies ``optim.weight_decay`` to every parameter."""
