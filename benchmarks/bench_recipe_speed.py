@@ -9,10 +9,11 @@ Settings (each a separate process; rounds interleaved so that other jobs on shar
   in the warm-up updates and is excluded).
 
 Reads ``tokens_per_s`` (target tokens of the M·B rows per second; ``words_per_s`` / ``images_per_s`` for the other
-tasks) of the last logged window, which starts after ``--warmup`` updates, and reports medians and the ratio to the
-reference. Writes ``benchmarks/results/recipe_speed.json``.
+tasks) of every logged window of ``--log-interval`` updates after the first ``--warmup`` updates, takes their median
+(a window hit by a recompile or by another job on a shared core does not move it), and reports the medians over
+rounds and the ratio to the reference. Writes ``benchmarks/results/recipe_speed.json``.
 
-    python benchmarks/bench_recipe_speed.py recipes/transformer_multi30k_m4.yaml --updates 20 --warmup 10 --rounds 2
+    python benchmarks/bench_recipe_speed.py recipes/transformer_multi30k_m4.yaml --updates 50 --warmup 25 --rounds 2 --compile
 """
 from __future__ import annotations
 
@@ -43,15 +44,15 @@ def run(recipe: str, setting: str, args, extra: list[str]) -> float:
         env["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory(prefix="seqba-speed-") as out:
         cmd = [sys.executable, "-m", "seqba.train", recipe, *extra, *overrides, f"output_dir={out}",
-               f"train.max_updates={args.updates}", f"train.log_interval={args.updates - args.warmup}",
+               f"train.max_updates={args.updates}", f"train.log_interval={args.log_interval}",
                "train.validate_interval_updates=0", "train.save_interval_updates=0", "train.progress_bar=false"]
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{setting} failed:\n{proc.stderr[-2000:]}")
         records = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in records if r.get("step") == args.updates and "loss" in r][0]
-    rate = next(k for k in ("tokens_per_s", "words_per_s", "images_per_s") if k in last)
-    return last[rate]
+    windows = [r for r in records if r.get("step", 0) > args.warmup and "loss" in r]
+    rate = next(k for k in ("tokens_per_s", "words_per_s", "images_per_s") if k in windows[0])
+    return statistics.median(r[rate] for r in windows)
 
 
 def main() -> None:
@@ -61,12 +62,13 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=20)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--log-interval", type=int, default=5, help="updates per timed window")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs (default: torch's)")
     p.add_argument("--compile", action="store_true", help="also time train.compile (fp32 and bf16)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "recipe_speed.json"))
     args = p.parse_args()
-    if not 0 < args.warmup < args.updates or args.updates % (args.updates - args.warmup):
-        p.error("--updates must be a multiple of (--updates - --warmup), e.g. --updates 20 --warmup 10")
+    if not 0 < args.warmup < args.updates or args.warmup % args.log_interval or args.updates % args.log_interval:
+        p.error("--warmup < --updates, both multiples of --log-interval, e.g. --updates 40 --warmup 20")
     settings = [s for s in SETTINGS if args.compile or not s.endswith("_compiled")]
     rates: dict[str, list[float]] = {s: [] for s in settings}
     for r in range(args.rounds):
@@ -75,6 +77,7 @@ def main() -> None:
             print(f"round {r + 1} {setting:22s} {rates[setting][-1]:9.0f} /s", flush=True)
     reference = statistics.median(rates["fp32_default_malloc"])
     result = {"recipe": args.recipe, "overrides": args.overrides, "updates": args.updates, "warmup": args.warmup,
+              "log_interval": args.log_interval,
               "threads": args.threads, "machine": f"{platform.machine()} {os.cpu_count()} cpus",
               "python": platform.python_version(), "torch": __import__("torch").__version__,
               "note": "interleaved rounds on shared CPU cores; compare ratios, not absolute rates",
