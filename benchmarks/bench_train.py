@@ -32,6 +32,12 @@ cores disturb them alike, and writes ``results/malloc.json`` with medians and ra
   not installed), with ``SEQBA_MALLOC=default``.
 
     python benchmarks/bench_train.py --small --steps 10 --malloc-compare --rounds 3
+
+``--settings`` times seqba M=1 and the bare loop under fp32/bf16 x eager/compiled (``train.mixed_precision`` /
+``train.compile``; the bare loop uses ``torch.autocast`` and ``torch.compile(dynamic=True)`` as the Trainer does),
+interleaved, and writes ``results/train_settings.json`` with seqba/bare per setting and each setting / fp32 eager:
+
+    python benchmarks/bench_train.py --settings --rounds 1 --steps 5 --warmup 2 --threads 1   # Transformer-base
 """
 from __future__ import annotations
 
