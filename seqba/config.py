@@ -142,11 +142,11 @@ class TrainConfig:
         resume: ``auto`` (latest checkpoint in output_dir if any), ``none``, or a checkpoint directory.
         mixed_precision: ``no``, ``fp16`` or ``bf16`` (passed to Accelerate: autocast on CPU and GPU; fp16 adds a
             loss scaler and needs a GPU).
-        compile: compile the training model with ``torch.compile`` (inductor, ``dynamic=True`` so that token-budget
-            batches of varying shape reuse one graph); validation, checkpoints and decoding (beam search) use the
-            eager module. What compiles: the Transformer's forward/backward as one graph (symbolic shapes); the
-            ResNet's as one graph per batch shape (``dynamic=False``: batches have one shape, and inductor fails on
-            ghost batch norm's symbolic shape arithmetic). The AWD-LSTM barely compiles: dynamo does not trace RNN
+        compile: compile the training model with ``torch.compile`` (inductor, ``dynamic=`` the task's
+            ``compile_dynamic``); validation, checkpoints and decoding (beam search) use the eager module. What
+            compiles: the Transformer's forward/backward as one graph (symbolic shapes); the ResNet's as one graph
+            per batch shape (``dynamic=False``: batches have one shape, and inductor fails on ghost batch norm's
+            symbolic shape arithmetic). The AWD-LSTM barely compiles: dynamo does not trace RNN
             modules (``torch._dynamo.config.allow_rnn`` is off), so the graph break in its layer loop makes the
             forward run eagerly; allowing RNNs instead specialises on every BPTT length (a full recompile per
             length). The loss, repetition and optimizer step stay eager.

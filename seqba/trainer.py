@@ -153,7 +153,7 @@ class Trainer:
         model = self.task.build_model()
         optimizer = build_optimizer(cfg.optim, self.task.param_groups(model))
         if cfg.train.compile:  # the eager module stays reachable for evaluation and saving
-            model = self.task.compile_model(model)
+            model = torch.compile(model, dynamic=self.task.compile_dynamic)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         seed_worker_rngs(cfg.seed, acc.process_index)  # distinct dropout / augmentation per rank

@@ -142,10 +142,6 @@ class Task:
     def build_model(self) -> nn.Module:
         raise NotImplementedError
 
-    def compile_model(self, model: nn.Module) -> nn.Module:
-        """``train.compile``: the training model through ``torch.compile`` (inductor) with ``compile_dynamic``."""
-        return torch.compile(model, dynamic=self.compile_dynamic)
-
     def param_groups(self, model: nn.Module) -> list[dict]:
         """Optimizer parameter groups; the default applies ``optim.weight_decay`` to every parameter."""
         return [{"params": [p for p in model.parameters() if p.requires_grad]}]
