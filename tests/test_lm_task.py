@@ -217,3 +217,20 @@ def test_resume_at_an_epoch_end_with_update_freq_is_bit_exact(ptb, tmp_path):
     assert resumed.keys() == expected.keys() == set(range(1, per_epoch + 3))
     assert {s: resumed[s] for s in (per_epoch + 1, per_epoch + 2)} == {s: expected[s]
                                                                        for s in (per_epoch + 1, per_epoch + 2)}
+
+
+def test_max_train_tokens_trains_on_a_prefix_with_the_whole_vocabulary(ptb):
+    """``data.max_train_tokens``: the streams are cut from the first N train tokens; the dictionary (and so valid
+    and test) is that of the whole split, and too few tokens for the streams is a config error."""
+    whole = make_task(SMALL, [ptb, *TINY])
+    part = make_task(SMALL, [ptb, *TINY, "data.max_train_tokens=2000"])
+    assert part.vocab_size == whole.vocab_size
+    assert part.train_data.shape == (2000 // 4, 4 * 10)  # (L // B, B * M), copies as tiled columns
+    expected = whole.corpus.train[:2000].view(4, 500).t()  # batchify of the prefix
+    torch.testing.assert_close(part.train_data[:, :4], expected)
+    torch.testing.assert_close(part.train_data[:, 4:8], expected)  # copy 1 = the same streams
+    assert part.num_batches(0) < whole.num_batches(0)
+    with pytest.raises(config_lib.ConfigError, match="cannot fill 4 streams"):
+        make_task(SMALL, [ptb, *TINY, "data.max_train_tokens=3"])
+    with pytest.raises(config_lib.ConfigError, match="max_train_tokens"):
+        config_lib.load(SMALL, [ptb, "data.max_train_tokens=0"])
