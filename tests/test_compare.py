@@ -129,12 +129,15 @@ def test_cli_test_set_needs_translation(tmp_path, capsys):
 
 # -- report from fake run folders ----------------------------------------------------------------------------------
 
-def fake_run(run_dir, per_step, per_s, accuracy, wall):
-    """Two windows of 10 updates of ``per_step`` images at ``per_s`` images/s, 64 distinct per update."""
+def fake_run(run_dir, per_step, per_s, accuracy, wall, valid_losses=(1.0, 1.0)):
+    """Two windows of 10 updates of ``per_step`` images at ``per_s`` images/s, 64 distinct per update; validations
+    at updates 10 and 20 with ``valid_losses``."""
     run_dir.mkdir(parents=True)
-    records = [{"step": s, "epoch": 0, "loss": 1.0, "images_per_step": per_step, "images_per_s": per_s,
-                "distinct_images_per_step": 64.0} for s in (10, 20)]
-    records += [{"step": 20, "epoch": 0, "valid_accuracy": accuracy - 0.1, "valid_loss": 1.0}]
+    records = []
+    for step, valid_loss in zip((10, 20), valid_losses):
+        records.append({"step": step, "epoch": 0, "loss": 1.0, "images_per_step": per_step, "images_per_s": per_s,
+                        "distinct_images_per_step": 64.0})
+        records.append({"step": step, "epoch": 0, "valid_accuracy": accuracy - 0.1, "valid_loss": valid_loss})
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run_dir / "train.done").write_text(json.dumps({"wall_seconds": wall}))
     (run_dir / "eval.test.json").write_text(json.dumps({"task": "image_classification", "accuracy": accuracy}))
@@ -144,28 +147,29 @@ def test_table_and_csv_from_fake_runs(tmp_path):
     study = Study(out=str(tmp_path), recipe=str(RECIPES / "resnet44_cifar10_m40.yaml"), task="image_classification",
                   overrides=[], arms={"fixed_steps": ["ba.repeats=1"], "ba": []}, seeds=[1, 2],
                   test_sets=[EvalSet("test")], updates_per_epoch={"fixed_steps": 10, "ba": 10})
-    fake_run(study.run_dir("fixed_steps", 1), 64.0, 640.0, 0.90, 30.5)
-    fake_run(study.run_dir("fixed_steps", 2), 64.0, 640.0, 0.92, 31.5)
-    fake_run(study.run_dir("ba", 1), 256.0, 512.0, 0.95, 60.0)
-    fake_run(study.run_dir("ba", 2), 256.0, 512.0, 0.97, 62.0)
+    fake_run(study.run_dir("fixed_steps", 1), 64.0, 640.0, 0.90, 30.5, (0.5, 0.7))
+    fake_run(study.run_dir("fixed_steps", 2), 64.0, 640.0, 0.92, 31.5, (0.9, 0.7))
+    fake_run(study.run_dir("ba", 1), 256.0, 512.0, 0.95, 60.0, (0.6, 0.4))
+    fake_run(study.run_dir("ba", 2), 256.0, 512.0, 0.97, 62.0, (0.4, 0.4))
     arms = ["fixed_steps", "ba"]
     rows = collect_rows(study, arms)
     write_csv(rows, tmp_path / "results.csv")
     assert (tmp_path / "results.csv").read_text() == (
         "arm,seed,updates,epochs_seen,distinct_images_seen,images_computed,train_seconds,wall_seconds,"
-        "images_per_s,test_accuracy\n"
-        "fixed_steps,1,20,2.0,1280,1280,2.0,30.5,640.0,0.9\n"
-        "fixed_steps,2,20,2.0,1280,1280,2.0,31.5,640.0,0.92\n"
-        "ba,1,20,2.0,1280,5120,10.0,60.0,512.0,0.95\n"
-        "ba,2,20,2.0,1280,5120,10.0,62.0,512.0,0.97\n")
+        "images_per_s,best_valid_loss,best_valid_update,final_valid_loss,test_accuracy\n"
+        "fixed_steps,1,20,2.0,1280,1280,2.0,30.5,640.0,0.5,10,0.7,0.9\n"
+        "fixed_steps,2,20,2.0,1280,1280,2.0,31.5,640.0,0.7,20,0.7,0.92\n"
+        "ba,1,20,2.0,1280,5120,10.0,60.0,512.0,0.4,20,0.4,0.95\n"
+        "ba,2,20,2.0,1280,5120,10.0,62.0,512.0,0.4,10,0.4,0.97\n")  # a tie: the first update
     table = format_table(study, rows, arms, "resnet44_cifar10_m40").splitlines()
     assert table[:4] == [
-        "| arm | n | updates | epochs seen | train s | test accuracy (%) | paper (accuracy %) |",
-        "|---|---|---|---|---|---|---|",
-        "| fixed_steps | 2 | 20 | 2.00 | 2.0 | 91.00 ± 1.41 | 93.7 |",
-        "| ba | 2 | 20 | 2.00 | 10.0 | **96.00 ± 1.41** | 95.43 |"]
-    metric, seeds, points = arm_curves(study, "fixed_steps")  # valid_accuracy 0.8 and 0.82 at update 20, at 2 s
-    assert (metric, seeds, points) == ("valid_accuracy", 2, [(20, 2.0, pytest.approx(0.81), 0.8, pytest.approx(0.82))])
+        "| arm | n | updates | epochs seen | train s | best valid loss | test accuracy (%) | paper (accuracy %) |",
+        "|---|---|---|---|---|---|---|---|",
+        "| fixed_steps | 2 | 20 | 2.00 | 2.0 | 0.6000 ± 0.1414 | 91.00 ± 1.41 | 93.7 |",
+        "| ba | 2 | 20 | 2.00 | 10.0 | **0.4000 ± 0.0000** | **96.00 ± 1.41** | 95.43 |"]
+    metric, seeds, points = arm_curves(study, "fixed_steps")  # valid_accuracy 0.8 and 0.82 at updates 10 and 20
+    assert (metric, seeds) == ("valid_accuracy", 2)
+    assert points == [(s, t, pytest.approx(0.81), 0.8, pytest.approx(0.82)) for s, t in ((10, 1.0), (20, 2.0))]
     assert plot_study(study, arms, tmp_path / "curves.png") and (tmp_path / "curves.png").stat().st_size > 1000
 
 

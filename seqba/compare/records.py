@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["UNITS", "RunSummary", "read_records", "summarise", "validation_curve"]
+__all__ = ["UNITS", "RunSummary", "read_records", "summarise", "validation_curve", "validation_losses"]
 
 #: Counter name of the rows computed per task (``distinct_<unit>`` is the distinct samples).
 UNITS = {"translation": "tokens", "language_modeling": "words", "image_classification": "images"}
@@ -108,6 +108,20 @@ def validation_curve(records: list[dict], unit: str) -> tuple[str, list[tuple[in
         if metric in r:
             points[r["step"]] = (r["step"], _seconds_at(line, r["step"]), r[metric])
     return metric, [points[s] for s in sorted(points)]
+
+
+def validation_losses(records: list[dict]) -> dict[str, float | int]:
+    """The run's validation loss: ``best_valid_loss``, the ``best_valid_update`` that reached it (the first, on a
+    tie) and ``final_valid_loss`` (the last validation); ``{}`` when it never validated.
+
+    The loss is the task's ``valid_loss`` (translation: label-smoothed cross-entropy per target token; language
+    modelling: NLL per word; images: cross-entropy per image), the curve a regulariser study reads first.
+    """
+    points = [(r["step"], r["valid_loss"]) for r in records if "valid_loss" in r]
+    if not points:
+        return {}
+    best_update, best = min(points, key=lambda p: (p[1], p[0]))
+    return {"best_valid_loss": best, "best_valid_update": best_update, "final_valid_loss": points[-1][1]}
 
 
 def _seconds_at(line: list[tuple[int, float, float, float]], step: int) -> float:

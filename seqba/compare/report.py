@@ -10,10 +10,13 @@
     train_seconds                 seconds of training updates, from the logged rates (no validation, no saving)
     wall_seconds                  wall time of the process that finished the run (startup and validation included)
     UNIT_per_s                    UNIT_computed / train_seconds
+    best_valid_loss               lowest validation loss of the run, and best_valid_update where it was reached
+    final_valid_loss              the last validation loss (see :func:`seqba.compare.records.validation_losses`)
     SET_METRIC                    every test metric on every test set (``test`` = the recipe's test split)
     SET_bleu_p                    translation: paired-bootstrap p-value against fixed_steps of the same seed
 
-``table.md``: per arm, ``n`` (finished runs), mean updates / epochs seen / training seconds, and for every test
+``table.md``: per arm, ``n`` (finished runs), mean updates / epochs seen / training seconds, the best validation
+loss (mean ± std), and for every test
 metric the mean ± sample standard deviation over seeds (``–`` with one seed), the best mean in bold; the
 p-values of each seed; and the paper's figure beside its three arms when the recipe is one of the paper's.
 """
@@ -25,7 +28,7 @@ import math
 import statistics
 from pathlib import Path
 
-from seqba.compare.records import read_records, summarise
+from seqba.compare.records import read_records, summarise, validation_losses
 from seqba.compare.runs import is_trained, read_done
 
 __all__ = ["PAPER", "METRICS", "collect_rows", "write_csv", "format_table"]
@@ -60,7 +63,8 @@ def collect_rows(study, arms: list[str], pvalues: dict | None = None) -> list[di
             run_dir = study.run_dir(arm, seed)
             if not is_trained(run_dir):
                 continue
-            s = summarise(read_records(run_dir), unit)
+            records = read_records(run_dir)
+            s = summarise(records, unit)
             per_epoch = study.updates_per_epoch.get(arm)
             row = {"arm": arm, "seed": seed, "updates": s.updates,
                    "epochs_seen": round(s.updates / per_epoch, 3) if per_epoch else "",
@@ -68,6 +72,7 @@ def collect_rows(study, arms: list[str], pvalues: dict | None = None) -> list[di
                    "train_seconds": round(s.train_seconds, 2),
                    "wall_seconds": read_done(run_dir).get("wall_seconds", ""),
                    f"{unit}_per_s": round(s.throughput, 1)}
+            row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in validation_losses(records).items()})
             for test in study.test_sets:
                 metrics = _eval(run_dir, test.name)
                 for metric in METRICS[study.task]:
@@ -103,7 +108,8 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str) -> 
     unit = study.unit
     by_arm = {arm: [r for r in rows if r["arm"] == arm] for arm in arms}
     columns = [c for c in dict.fromkeys(k for r in rows for k in r)
-               if any(c == f"{t.name}_{m}" for t in study.test_sets for m in METRICS[study.task])]
+               if c == "best_valid_loss" or any(c == f"{t.name}_{m}" for t in study.test_sets
+                                                for m in METRICS[study.task])]
     paper = PAPER.get(recipe_name)
     header = ["arm", "n", "updates", "epochs seen", "train s"]
     for c in columns:
@@ -118,7 +124,7 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str) -> 
     means: dict[tuple[str, str], float] = {}
     for c in columns:
         scale = 100.0 if c.endswith("accuracy") else 1.0
-        digits = 4 if c.endswith("bpw") else 2
+        digits = 4 if c.endswith(("bpw", "loss")) else 2
         for arm, runs in by_arm.items():
             values = [r[c] for r in runs if r.get(c, "") != ""]
             if values:
