@@ -55,8 +55,8 @@ class Callback:
 
 
 class MetricsLogger(Callback):
-    """Writes ``metrics.jsonl`` (one JSON object per ``train.log_interval`` updates and per validation) and redraws
-    ``curves.png``, on the main process.
+    """Writes ``metrics.jsonl`` (one JSON object per ``train.log_interval`` updates, one for the updates left at the
+    end of training, and one per validation) and redraws ``curves.png``, on the main process.
 
     A training record holds ``step``, ``epoch``, ``loss``/``nll`` (nats per target token or word), ``ppl``,
     ``lr``, ``gnorm`` (means over the window), and for every ``<name>_count`` counter ``<name>_per_step`` and
@@ -99,12 +99,20 @@ class MetricsLogger(Callback):
         for k, v in logs.items():
             self.window[k] = self.window.get(k, 0.0) + v
         self.window["updates"] = self.window.get("updates", 0.0) + 1.0
-        step = trainer.state["num_updates"]
-        if step % self.log_interval == 0:
-            record = {"step": step, "epoch": trainer.state["epoch"], **summarise(trainer.accelerator, self.window)}
-            self.write(record)
-            trainer.last_train_record = record
-            self.window = {}
+        if trainer.state["num_updates"] % self.log_interval == 0:
+            self._flush(trainer)
+
+    def _flush(self, trainer: Trainer) -> None:
+        record = {"step": trainer.state["num_updates"], "epoch": trainer.state["epoch"],
+                  **summarise(trainer.accelerator, self.window)}
+        self.write(record)
+        trainer.last_train_record = record
+        self.window = {}
+
+    def on_train_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """The updates since the last record (``train.log_interval`` not dividing the run) get a record too."""
+        if self.window.get("updates"):
+            self._flush(trainer)
 
     def on_validation_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         self.write({"step": trainer.state["num_updates"], "epoch": trainer.state["epoch"],

@@ -201,14 +201,21 @@ class Config:
 # -- building dataclasses from plain dicts, with errors that say where --------------------------------------------
 
 
-def _line_index(text: str) -> dict[tuple[str, ...], int]:
-    """Map each mapping key path in a YAML document to its 1-based line."""
+def _line_index(text: str, source: str = "<recipe>") -> dict[tuple[str, ...], int]:
+    """Map each mapping key path in a YAML document to its 1-based line.
+
+    Raises:
+        ConfigError: a key given twice in one mapping (``yaml.safe_load`` would keep the last silently).
+    """
     lines: dict[tuple[str, ...], int] = {}
 
     def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 sub = path + (str(key.value),)
+                if sub in lines:
+                    raise ConfigError(f"{source}:{key.start_mark.line + 1}: {'.'.join(sub)} given twice "
+                                      f"(first on line {lines[sub]})")
                 lines[sub] = key.start_mark.line + 1
                 walk(value, sub)
 
@@ -403,6 +410,9 @@ def build(tree: Any, where: Where | str = "<config>") -> Config:
             continue
         kwargs[f.name] = _coerce(tree[f.name], typing.get_type_hints(Config)[f.name], (f.name,), where)
     cfg = Config(**kwargs)
+    if not cfg.output_dir.strip():
+        raise ConfigError(f"{where(('output_dir',))}: must name a folder (empty: the run would write into the "
+                          "current directory)")
     _check(cfg, where)
     return cfg
 
@@ -446,7 +456,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
         raise ConfigError(f"{path}:{line}: not UTF-8 ({err.reason} at byte {err.start})") from None
     try:
         tree = yaml.safe_load(text)
-        lines = _line_index(text)
+        lines = _line_index(text, str(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {err}") from None
     tree = {} if tree is None else tree

@@ -65,6 +65,19 @@ def test_invalid_yaml(tmp_path):
         config_lib.load(write(tmp_path, "task: [translation\n"))
 
 
+def test_duplicate_key_names_both_lines(tmp_path):
+    path = write(tmp_path, BASE.replace("  repeats: 4", "  repeats: 4\n  repeats: 2"))
+    with pytest.raises(ConfigError, match=r"recipe.yaml:8: ba.repeats given twice \(first on line 7\)"):
+        config_lib.load(path)
+    with pytest.raises(ConfigError, match="recipe.yaml:10: train given twice \\(first on line 8\\)"):
+        config_lib.load(write(tmp_path, BASE + "train: {max_updates: 3}\n"))
+
+
+def test_empty_output_dir_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="command-line override output_dir: must name a folder"):
+        config_lib.load(write(tmp_path, BASE), ["output_dir="])
+
+
 def test_upgrade_renames_keys_of_older_checkpoints():
     tree = {"task": "translation", "train": {"validate_interval": 5, "save_interval": 7, "eval_batch_size": 3,
                                                 "max_updates": 1}}

@@ -230,7 +230,9 @@ def test_max_train_tokens_trains_on_a_prefix_with_the_whole_vocabulary(ptb):
     torch.testing.assert_close(part.train_data[:, :4], expected)
     torch.testing.assert_close(part.train_data[:, 4:8], expected)  # copy 1 = the same streams
     assert part.num_batches(0) < whole.num_batches(0)
-    with pytest.raises(config_lib.ConfigError, match="cannot fill 4 streams"):
-        make_task(SMALL, [ptb, *TINY, "data.max_train_tokens=3"])
+    for tokens in (3, 7):  # 4 streams need 2 tokens each
+        with pytest.raises(config_lib.ConfigError, match="cannot fill 4 streams .* needs at least 8"):
+            make_task(SMALL, [ptb, *TINY, f"data.max_train_tokens={tokens}"])
+    assert make_task(SMALL, [ptb, *TINY, "data.max_train_tokens=8"]).train_data.shape == (2, 40)
     with pytest.raises(config_lib.ConfigError, match="max_train_tokens"):
         config_lib.load(SMALL, [ptb, "data.max_train_tokens=0"])

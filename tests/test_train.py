@@ -130,6 +130,17 @@ def test_rerunning_a_finished_run_trains_nothing(recipe, tmp_path):
     assert (run / "checkpoint_last.pt").stat().st_mtime_ns == before[0] and losses(run) == before[1]
 
 
+def test_updates_after_the_last_log_interval_get_a_record(recipe, tmp_path):
+    """log_interval 5 over 7 updates: records at 5 and 7 (the last two updates' counts and rates), not at 5 only,
+    so a study's training time and tokens cover the whole run."""
+    assert train_cli.main([str(recipe), "train.max_updates=7", "train.log_interval=5",
+                           "train.validate_interval_updates=0"]) == 0
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == [5, 7]
+    assert train_records[1]["tokens_per_s"] > 0 and train_records[1]["tokens_per_step"] > 0
+
+
 def test_checkpoint_pruning_keeps_the_one_just_written(recipe, tmp_path):
     run = tmp_path / "run"
     assert train_cli.main([str(recipe), "train.max_updates=4", "train.save_interval_updates=2",

@@ -202,9 +202,11 @@ class LanguageModelingTask(Task):
         self.group_size = ba.group_size
         where = rank_group(accelerator.process_index, accelerator.num_processes, ba.group_size)
         train = self.corpus.train[:data.max_train_tokens]  # (L,); the whole split when None
-        if train.numel() < data.batch_size * where.num_groups:
+        needed = 2 * data.batch_size * where.num_groups  # two rows: one (input, next word) pair per stream
+        if train.numel() < needed:
             raise ConfigError(f"data.max_train_tokens={data.max_train_tokens}: {train.numel()} train tokens cannot "
-                              f"fill {data.batch_size * where.num_groups} streams (data.batch_size x rank groups)")
+                              f"fill {data.batch_size * where.num_groups} streams (data.batch_size x rank groups) "
+                              f"of 2 tokens; needs at least {needed}")
         streams = batchify(train, data.batch_size * where.num_groups)  # (L', B * groups)
         streams = streams[:, where.group * data.batch_size:(where.group + 1) * data.batch_size]  # (L', B)
         self.train_data = repeat_streams(streams, ba.repeats).to(self.device)  # (L', N), N = B * M
