@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import pickle
 import random
 import shutil
@@ -214,7 +215,8 @@ def load_checkpoint(accelerator, path: str | Path) -> dict[str, Any]:
     try:
         accelerator.load_state(str(path), load_kwargs={"weights_only": True})  # optimizer etc. (model: safetensors)
         state = torch.load(state_file, map_location="cpu", weights_only=True)
-    except (RuntimeError, ValueError, KeyError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+    except (RuntimeError, ValueError, KeyError, IndexError, EOFError, OSError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as err:
         raise CheckpointError(f"cannot resume from {path}: {type(err).__name__}: {_first_line(err)} (a checkpoint "
                               "of another model, task or process count?)") from None
     set_rng_state(state.pop("rng"))
@@ -222,7 +224,8 @@ def load_checkpoint(accelerator, path: str | Path) -> dict[str, Any]:
 
 
 def _first_line(err: BaseException, limit: int = 300) -> str:
-    text = str(err).strip().splitlines()
+    """The first line of ``err``'s message, without terminal colour codes, at most ``limit`` characters."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip().splitlines()
     return (text[0] if text else "")[:limit]
 
 
@@ -258,12 +261,14 @@ def load_model_file(path: str | Path) -> tuple[Any, dict, dict]:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+    except Exception as err:  # noqa: BLE001 - the weights-only unpickler raises KeyError, IndexError, ... on junk
         size = path.stat().st_size
         raise CheckpointError(f"{path} ({size} bytes) is not a readable checkpoint ({type(err).__name__}: "
                               f"{_first_line(err)}); empty, truncated or another kind of file?") from None
-    if not isinstance(blob, dict) or "config" not in blob or "model" not in blob:
-        raise CheckpointError(f"{path} is not a seqba model file (expected keys 'config' and 'model')")
+    if (not isinstance(blob, dict) or not isinstance(blob.get("config"), dict)
+            or not isinstance(blob.get("model"), dict)):
+        raise CheckpointError(f"{path} is not a seqba model file (expected a dict with a 'config' dict and a "
+                              "'model' state dict)")
     cfg = config_lib.build(config_lib.upgrade(blob["config"]), str(path))
     extra = {k: v for k, v in blob.items() if k not in ("config", "model")}
     return cfg, blob["model"], extra

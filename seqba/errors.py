@@ -4,7 +4,8 @@ A leaf module: config, tasks, models and the training loop all import it, and it
 """
 from __future__ import annotations
 
-__all__ = ["SeqbaError", "ConfigError", "FieldError", "NonFiniteError", "RunLockedError", "CheckpointError"]
+__all__ = ["SeqbaError", "ConfigError", "FieldError", "NonFiniteError", "RunLockedError", "CheckpointError",
+           "UsageError"]
 
 
 class SeqbaError(Exception):
@@ -42,3 +43,8 @@ class RunLockedError(SeqbaError):
 
 class CheckpointError(SeqbaError):
     """A checkpoint that cannot be read or resumed from (missing, incomplete, truncated, another model)."""
+
+
+class UsageError(SeqbaError):
+    """A command-line argument that argparse rejects (raised instead of exiting, so that a caller such as
+    ``seqba.compare`` can check another command's arguments before running it)."""

@@ -27,12 +27,12 @@ import torch
 
 from seqba.allocator import configure_malloc
 from seqba.checkpoint import load_model_file
-from seqba.errors import SeqbaError
+from seqba.errors import SeqbaError, UsageError
 from seqba.search import DEFAULT_MAX_LEN_A, DEFAULT_MAX_LEN_B
 from seqba.tasks import TASKS
 from seqba.tasks.base import EvalOptions
 
-__all__ = ["main", "build_parser", "load_model_file"]
+__all__ = ["main", "build_parser", "check_args", "load_model_file"]
 
 
 def _number(kind: type, low: float | None = None, *, allow_none: bool = False, strict: bool = False) -> Callable:
@@ -54,8 +54,26 @@ def _number(kind: type, low: float | None = None, *, allow_none: bool = False, s
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, no usage dump
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+    def error(self, message: str) -> NoReturn:  # main prints one line, no usage dump
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+#: Options that ``seqba.compare`` sets per run; its ``--eval-args`` may not set them.
+PER_RUN_OPTIONS = ("checkpoint", "split", "src", "ref", "output", "metrics_out")
+
+
+def check_args(argv: list[str]) -> None:
+    """Check extra ``seqba.eval`` options (``seqba.compare --eval-args``) without running anything.
+
+    Raises:
+        UsageError: an unknown option or a bad value (argparse's message), or one of :data:`PER_RUN_OPTIONS`.
+    """
+    sentinel = "\0checkpoint"
+    args = build_parser().parse_args(["--checkpoint", sentinel, *argv])
+    defaults = build_parser().parse_args(["--checkpoint", sentinel])
+    taken = [name for name in PER_RUN_OPTIONS if getattr(args, name) != getattr(defaults, name)]
+    if taken:
+        raise UsageError(f"--{taken[0].replace('_', '-')} is set per run by seqba.compare")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     configure_malloc()  # glibc: no mmap/trim churn (seqba.allocator); SEQBA_MALLOC=default turns it off
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        return _error(f"--device {args.device}: this torch build sees no CUDA device (use --device cpu)")
+    if args.metrics_out:
+        out = Path(args.metrics_out)
+        if out.is_dir() or not out.parent.is_dir():
+            return _error(f"--metrics-out {out}: " + ("is a folder" if out.is_dir() else
+                                                      f"folder {out.parent} does not exist"))
     if args.ref and not args.src:
         return _error("--ref needs --src (the references of --split are read from the prepared corpus)")
     for name in ("src", "ref"):

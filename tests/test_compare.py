@@ -111,6 +111,15 @@ def test_custom_arm():
     (["--test-set", "extra"], "error: --test-set 'extra': expected NAME=SRC,REF"),
     (["--seeds", "1,x"], "error: --seeds '1,x'"),
     (["seed=3"], "error: override 'seed=3': compare sets seed"),
+    (["--arms", "ba,x", "--arm", "x:seed=5"], "error: --arm x: override 'seed=5': compare sets seed"),
+    (["--arms", "ba,,fixed_steps"], "error: --arms 'ba,,fixed_steps': expected comma-separated arm names"),
+    (["--arms", ""], "error: --arms '': expected comma-separated arm names"),
+    (["--arms", "ba", "--arm", "x:ba.repeats=2"], "error: --arm x is defined but not listed in --arms 'ba'"),
+    (["--arms", "ba,x", "--arm", "x:ba.repeats=2", "--arm", "x:ba.repeats=3"], "error: --arm x is defined twice"),
+    (["--eval-args=--beam=0"], "error: --eval-args '--beam=0': argument --beam: must be >= 1"),
+    (["--eval-args=--nosuch"], "error: --eval-args '--nosuch': unrecognized arguments: --nosuch"),
+    (["--eval-args=--split valid"], "error: --eval-args '--split valid': --split is set per run by seqba.compare"),
+    (["--report-only"], "error: --report-only: no study at"),
 ])
 def test_cli_errors_are_one_line(recipe, tmp_path, capsys, argv, message):
     assert cli.main([str(recipe), "--out", str(tmp_path / "study"), *argv]) == 2
@@ -182,6 +191,26 @@ def compare_command(*args):
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
+def test_a_changed_recipe_or_eval_args_is_refused_not_mixed(recipe, tmp_path, capsys):
+    """A finished study rerun after its recipe file was edited (or with other --eval-args) must not skip runs
+    trained under the old configuration as if they were of the new one."""
+    out = tmp_path / "study"
+    argv = [str(recipe), "--arms", "fixed_steps,ba", "--seeds", "1", "--out", str(out), "--eval-args=--beam=2",
+            "train.max_updates=2", "train.validate_interval_updates=0"]
+    assert cli.main(argv) == 0
+    assert cli.main(argv) == 0  # unchanged: everything skipped
+    capsys.readouterr()
+    assert cli.main([*argv[:-3], "--eval-args=--beam=3", *argv[-2:]]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {out}: runs were evaluated with --eval-args '--beam=2', now "
+                                              "'--beam=3'")
+    recipe.write_text(recipe.read_text().replace("lr: 0.003", "lr: 0.01"))
+    for extra in ([], ["--dry-run"], ["--report-only"]):
+        assert cli.main([*argv, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {out / 'runs' / 'fixed_steps' / 'seed_1'} was trained with optim.lr=0.003 "
+                              "(now 0.01): the recipe or its overrides changed since"), err
+
+
 def test_resume_after_kill_mid_study(tmp_path):
     """SIGKILL the study while its second run trains (after a checkpoint): the rerun skips the finished run,
     the killed run resumes from its checkpoint, and the study completes."""
@@ -230,3 +259,16 @@ def test_slurm_launcher_local_executor_with_significance(recipe, tmp_path):
     assert "p vs fixed_steps (test, per seed)" in table and "p vs fixed_steps (extra, per seed)" in table
     again = subprocess.run(compare_command(*args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 2
+
+
+def test_paired_bootstrap_identical_hypotheses_are_not_significant():
+    """sacreBLEU's test gives 1/(n+1) for a system identical to the baseline; seqba reports 1.0 there, and the
+    library's p-value otherwise (small for a system that matches every reference)."""
+    from seqba.compare.significance import paired_bootstrap
+
+    refs = [f"the cat number {i} sat on the mat near door {i % 7}" for i in range(60)]
+    base = [f"a dog {i} sat on a rug" for i in range(60)]
+    p = paired_bootstrap(base, {"same": list(base), "perfect": list(refs)}, refs, n_samples=200)
+    assert list(p) == ["same", "perfect"]
+    assert p["same"] == 1.0 and p["perfect"] == pytest.approx(1 / 201)
+    assert paired_bootstrap(base, {"same": list(base)}, refs) == {"same": 1.0}

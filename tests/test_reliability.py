@@ -244,7 +244,8 @@ def test_config_edge_cases(recipe, tmp_path, capsys):
 # -- 9. one error line instead of a traceback -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("content", [b"", b"garbage, not a checkpoint", "truncated"])
+@pytest.mark.parametrize("content", [b"", b"garbage, not a checkpoint", "truncated", b"hello", b"abc",
+                                     b"task: translation\nseed: 1\n"])
 def test_eval_of_a_broken_checkpoint_is_one_error_line(recipe, tmp_path, content, capsys):
     path = tmp_path / "broken.pt"
     if content == "truncated":
@@ -256,6 +257,27 @@ def test_eval_of_a_broken_checkpoint_is_one_error_line(recipe, tmp_path, content
     assert eval_cli.main(["--checkpoint", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {path}") and "not a readable checkpoint" in err[0]
+
+
+def test_eval_of_a_torch_file_that_is_not_a_model_file(tmp_path, capsys):
+    path = tmp_path / "other.pt"
+    for blob in ({"config": "a string", "model": {}}, {"config": {}, "model": [1]}, [1, 2]):
+        torch.save(blob, path)
+        assert eval_cli.main(["--checkpoint", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {path} is not a seqba model file"), err
+
+
+def test_eval_checks_its_output_and_device_before_evaluating(tmp_path, capsys):
+    missing = tmp_path / "nowhere.pt"  # the argument checks come first: no checkpoint is read
+    for args, message in ((["--metrics-out", str(tmp_path / "new" / "m.json")], "folder"),
+                          (["--metrics-out", str(tmp_path)], "is a folder")):
+        assert eval_cli.main(["--checkpoint", str(missing), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --metrics-out") and message in err[0], err
+    if not torch.cuda.is_available():
+        assert eval_cli.main(["--checkpoint", str(missing), "--device", "cuda"]) == 2
+        assert capsys.readouterr().err.startswith("error: --device cuda: this torch build sees no CUDA device")
 
 
 def test_full_disk_is_one_error_line(recipe, tmp_path, capsys, monkeypatch):

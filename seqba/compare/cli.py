@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from seqba import config as config_lib
+from seqba import eval as eval_cli
 from seqba.compare.arms import BUILTIN, derive_arms, count_updates, parse_arm
 from seqba.compare.curves import plot_study
 from seqba.compare.launchers import parse_executor_params, run_local, run_submitit
 from seqba.compare.report import collect_rows, format_table, write_csv
 from seqba.compare.significance import study_pvalues
-from seqba.compare.study import make_study, parse_test_set, plan_runs, save_study
-from seqba.errors import ConfigError, RunLockedError, SeqbaError
+from seqba.compare.study import check_unchanged, make_study, parse_test_set, plan_runs, save_study
+from seqba.errors import ConfigError, RunLockedError, SeqbaError, UsageError
 from seqba.runlock import RunLock
 
 __all__ = ["main", "build_parser", "write_report"]
@@ -98,9 +99,27 @@ def _study(args: argparse.Namespace):
     for override in args.overrides:
         if override.split("=", 1)[0].strip() in _RESERVED:
             raise ConfigError(f"override {override!r}: compare sets seed, output_dir and train.resume per run")
-    names = [a.strip() for a in args.arms.split(",") if a.strip()]
+    names = [a.strip() for a in args.arms.split(",")]
+    if not all(names):
+        raise ConfigError(f"--arms {args.arms!r}: expected comma-separated arm names, e.g. fixed_steps,ba")
     seeds = _seeds(args.seeds)
     custom = [parse_arm(spec) for spec in args.arm]
+    for arm in custom:
+        reserved = [o for o in arm.overrides if o.split("=", 1)[0].strip() in _RESERVED]
+        if reserved:
+            raise ConfigError(f"--arm {arm.name}: override {reserved[0]!r}: compare sets seed, output_dir and "
+                              "train.resume per run")
+        if [a.name for a in custom].count(arm.name) > 1:
+            raise ConfigError(f"--arm {arm.name} is defined twice")
+        if arm.name not in names:
+            raise ConfigError(f"--arm {arm.name} is defined but not listed in --arms {args.arms!r}")
+    eval_args = shlex.split(args.eval_args)
+    try:
+        eval_cli.check_args(eval_args)
+    except UsageError as err:
+        raise ConfigError(f"--eval-args {args.eval_args!r}: {err}") from None
+    if args.report_only and not (Path(args.out) / "study.json").is_file():
+        raise ConfigError(f"--report-only: no study at {args.out} (no study.json)")
     cfg = config_lib.load(args.recipe, args.overrides)
     test_sets = [parse_test_set(spec) for spec in args.test_set]
     if test_sets and cfg.task != "translation":
@@ -111,8 +130,7 @@ def _study(args: argparse.Namespace):
         raise ConfigError("--launch-args without --num_processes N: the updates of an epoch-based recipe depend "
                           "on the number of processes; add it, or set train.max_updates")
     arms = derive_arms(args.recipe, args.overrides, names, custom, processes or 1)
-    study = make_study(args.out, args.recipe, args.overrides, arms, seeds, test_sets, launch_args,
-                       shlex.split(args.eval_args))
+    study = make_study(args.out, args.recipe, args.overrides, arms, seeds, test_sets, launch_args, eval_args)
     for arm in arms:  # updates of one epoch of each arm, for epochs_seen (equal_time: as fixed_steps)
         source = "fixed_steps" if arm.pending else arm.name
         if source not in study.updates_per_epoch:
@@ -137,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         for run in plan_runs(study, names):
             print(f"  {run.arm} seed {run.seed}: seqba.train {' '.join(run.train_args)}")
+        try:
+            check_unchanged(plan_runs(study, names))
+        except ConfigError as err:
+            return _error(err, 2)
         return 0
     try:
         lock = RunLock(Path(study.out) / ".lock", what=f"study {args.out}").acquire()
@@ -144,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return _error(err, 1)
     failures: list[str] = []
     try:
+        check_unchanged(plan_runs(study, names))
         save_study(study)
         if not args.report_only:
             runs = plan_runs(study, names)

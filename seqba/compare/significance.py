@@ -25,7 +25,8 @@ def paired_bootstrap(baseline: list[str], systems: dict[str, list[str]], referen
         n_samples: bootstrap resamples (sacreBLEU's default is 1000).
 
     Returns:
-        system name -> p-value.
+        system name -> p-value; 1.0 for a system whose hypotheses are the baseline's (sacreBLEU's test would give
+        1 / (n_samples + 1) there: every resampled difference is 0 and none exceeds the real one, 0).
 
     Raises:
         ValueError: hypotheses and references of different lengths.
@@ -36,9 +37,12 @@ def paired_bootstrap(baseline: list[str], systems: dict[str, list[str]], referen
     for name, hyps in [(BASELINE, baseline), *systems.items()]:
         if len(hyps) != len(references):
             raise ValueError(f"{name}: {len(hyps)} hypotheses for {len(references)} references")
-    named = [(BASELINE, baseline), *systems.items()]
-    _, scores = PairedTest(named, {"BLEU": BLEU()}, [references], test_type="bs", n_samples=n_samples)()
-    return {name: result.p_value for name, result in zip(scores["System"][1:], scores["BLEU"][1:])}
+    out = {name: 1.0 for name, hyps in systems.items() if list(hyps) == list(baseline)}
+    named = [(BASELINE, baseline), *((name, hyps) for name, hyps in systems.items() if name not in out)]
+    if len(named) > 1:
+        _, scores = PairedTest(named, {"BLEU": BLEU()}, [references], test_type="bs", n_samples=n_samples)()
+        out.update({name: result.p_value for name, result in zip(scores["System"][1:], scores["BLEU"][1:])})
+    return {name: out[name] for name in systems}
 
 
 def _lines(path: Path) -> list[str]:

@@ -13,13 +13,16 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
 from seqba import config as config_lib
 from seqba.compare.arms import Arm, equal_time_overrides
 from seqba.compare.records import UNITS, read_records, summarise
 from seqba.compare.runs import RunSpec
 from seqba.errors import ConfigError
 
-__all__ = ["EvalSet", "Study", "parse_test_set", "plan_runs", "resolve_pending", "save_study", "load_study"]
+__all__ = ["EvalSet", "Study", "check_unchanged", "config_changes", "parse_test_set", "plan_runs", "resolve_pending",
+           "save_study", "load_study"]
 
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -104,11 +107,18 @@ def save_study(study: Study) -> None:
             if arm in old.get("arms", {}) and old["arms"][arm] != overrides:
                 raise ConfigError(f"{study.out}: arm {arm} was run with {old['arms'][arm]}, now {overrides}; use "
                                   "another arm name or --out")
+        if old.get("eval_args", []) != study.eval_args and _any_evaluated(study):
+            raise ConfigError(f"{study.out}: runs were evaluated with --eval-args {' '.join(old.get('eval_args', []))!r}"
+                              f", now {' '.join(study.eval_args)!r}; use the same --eval-args or another --out")
         study.arms = {**old.get("arms", {}), **study.arms}
         study.updates_per_epoch = {**old.get("updates_per_epoch", {}), **study.updates_per_epoch}
     tmp = path.with_name(".study.json.tmp")
     tmp.write_text(json.dumps(asdict(study), indent=1) + "\n")
     os.replace(tmp, path)
+
+
+def _any_evaluated(study: Study) -> bool:
+    return any((Path(study.out) / "runs").glob("*/seed_*/eval.*.json"))
 
 
 def load_study(out: str | Path) -> Study:
@@ -156,6 +166,48 @@ def plan_runs(study: Study, arm_names: list[str]) -> list[RunSpec]:
             runs.append(RunSpec(arm, seed, str(run_dir), train_args, list(study.launch_args), evals,
                                 pending=arm in study.pending))
     return runs
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(spec: RunSpec) -> list[str]:
+    """``key=old (now new)`` for every setting where the run's ``config.yaml`` (what it was trained with so far)
+    differs from what its training arguments resolve to now (``output_dir`` aside: a study folder may be moved or
+    copied); [] for a run not started yet or a pending one.
+
+    Catches an edited recipe file between two invocations of a study (the arm overrides are checked by
+    :func:`save_study`).
+    """
+    saved_file = spec.path / "config.yaml"
+    if spec.pending or not saved_file.is_file():
+        return []
+    saved_tree = yaml.safe_load(saved_file.read_text())
+    saved = _flatten(config_lib.to_dict(config_lib.build(config_lib.upgrade(saved_tree), str(saved_file))))
+    now = _flatten(config_lib.to_dict(config_lib.load(spec.train_args[0], spec.train_args[1:])))
+    return [f"{key}={saved.get(key)!r} (now {now.get(key)!r})" for key in sorted(set(saved) | set(now))
+            if key != "output_dir" and saved.get(key) != now.get(key)]  # a study folder may move
+
+
+def check_unchanged(runs: list[RunSpec]) -> None:
+    """Refuse to skip, resume or report runs whose configuration has changed since they were trained.
+
+    Raises:
+        ConfigError: naming the first such run and up to three changed settings.
+    """
+    for spec in runs:
+        changes = config_changes(spec)
+        if changes:
+            more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+            raise ConfigError(f"{spec.run_dir} was trained with {', '.join(changes[:3])}{more}: the recipe or its "
+                              "overrides changed since; restore them or use another --out")
 
 
 def measured_seconds_per_update(study: Study, arm: str, seed: int) -> float:
