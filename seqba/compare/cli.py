@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="submitit parameters, e.g. \"timeout_min=1440 slurm_partition=gpu gpus_per_node=8\"")
     p.add_argument("--submitit-cluster", choices=("slurm", "local", "debug"), default="slurm",
                    help="submitit executor of --launcher slurm (local: jobs as local processes, for testing)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved arms and runs, run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved arms and runs, train nothing (a translation corpus is still prepared "
+                        "if it is not yet: an epoch's updates are counted from it)")
     p.add_argument("--report-only", action="store_true", help="rewrite results.csv, table.md, curves.png only")
     return p
 
