@@ -160,6 +160,9 @@ def test_table_and_csv_from_fake_runs(tmp_path):
     fake_run(study.run_dir("fixed_steps", 2), 64.0, 640.0, 0.92, 31.5, (0.9, 0.7))
     fake_run(study.run_dir("ba", 1), 256.0, 512.0, 0.95, 60.0, (0.6, 0.4))
     fake_run(study.run_dir("ba", 2), 256.0, 512.0, 0.97, 62.0, (0.4, 0.4))
+    study.seeds = [1, 2, 3]
+    fake_run(study.run_dir("fixed_steps", 3), 64.0, 640.0, 0.10, 1.0, (9.0, 9.0))
+    (study.run_dir("fixed_steps", 3) / "train.done").unlink()  # still training: in no output
     arms = ["fixed_steps", "ba"]
     rows = collect_rows(study, arms)
     write_csv(rows, tmp_path / "results.csv")

@@ -10,20 +10,23 @@ import statistics
 from pathlib import Path
 
 from seqba.compare.records import read_records, validation_curve
+from seqba.compare.runs import is_trained
 from seqba.plots import save_figure
 
 __all__ = ["arm_curves", "plot_study"]
 
 
 def arm_curves(study, arm: str) -> tuple[str, int, list[tuple[int, float, float, float, float]]] | None:
-    """``(metric, seeds, [(update, mean seconds, mean, min, max), ...])`` over the seeds of ``arm`` that have
-    validation records, or None.
+    """``(metric, seeds, [(update, mean seconds, mean, min, max), ...])`` over the finished seeds of ``arm`` (those
+    in ``results.csv``; a run still training is left out) that have validation records, or None.
 
     Seeds validated at different updates (``equal_time``: each seed has its own update count) are interpolated
     linearly onto the union of their updates, each within its own first..last validation only.
     """
     metric, curves = None, []
     for seed in study.seeds:
+        if not is_trained(study.run_dir(arm, seed)):
+            continue
         curve = validation_curve(read_records(study.run_dir(arm, seed)), study.unit)
         if curve is not None and curve[1]:
             metric = curve[0]
