@@ -446,6 +446,8 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
             ones), wrong types and invalid values or combinations, naming file and line or the override.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"recipe {path} is a folder; give a YAML file, e.g. recipes/transformer_multi30k_m4.yaml")
     if not path.is_file():
         raise FileNotFoundError(f"recipe not found: {path}")
     data = path.read_bytes()
@@ -459,7 +461,8 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
         lines = _line_index(text, str(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML: {err}") from None
-    tree = {} if tree is None else tree
+    if tree is None:
+        raise ConfigError(f"{path}: the recipe is empty (it needs task:, data:, model:, ... sections)")
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections (task:, data:, ...), "
                           f"got a {type(tree).__name__}")

@@ -19,7 +19,7 @@ import errno
 import json
 import os
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 import yaml
 
@@ -46,12 +46,18 @@ def describe_os_error(err: OSError) -> str:
     return f"{err.strerror or err}{where}"
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> int:
     """``python -m seqba.train``; returns the exit status. ``callbacks`` are extra observers of the loop."""
     configure_malloc()  # glibc: no mmap/trim churn, ~2x on CPU (seqba.allocator); SEQBA_MALLOC=default turns it off
-    parser = argparse.ArgumentParser(prog="python -m seqba.train", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="python -m seqba.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", help="YAML recipe, e.g. recipes/transformer_wmt16_m4.yaml")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ba.repeats=1 train.max_updates=100")
+    parser.add_argument("overrides", nargs="*", default=[],
+                        help="key=value overrides, e.g. ba.repeats=1 train.max_updates=100")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args(argv)
     try:

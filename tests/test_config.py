@@ -73,6 +73,13 @@ def test_duplicate_key_names_both_lines(tmp_path):
         config_lib.load(write(tmp_path, BASE + "train: {max_updates: 3}\n"))
 
 
+def test_empty_recipe_and_folder(tmp_path):
+    with pytest.raises(ConfigError, match="the recipe is empty"):
+        config_lib.load(write(tmp_path, "# nothing yet\n"))
+    with pytest.raises(FileNotFoundError, match="is a folder"):
+        config_lib.load(tmp_path)
+
+
 def test_empty_output_dir_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="command-line override output_dir: must name a folder"):
         config_lib.load(write(tmp_path, BASE), ["output_dir="])
