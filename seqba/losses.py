@@ -4,6 +4,9 @@ cross-copy consistency term of Batch Augmentation.
 * ``label_smoothed_nll_loss``: Szegedy et al. 2016 ("Rethinking the Inception Architecture", Sec. 7), exactly as
   fairseq ``fairseq/criterions/label_smoothed_cross_entropy.py``: summed over non-pad tokens; the caller
   divides by the number of target tokens.
+* ``label_smoothed_cross_entropy``: the same loss computed from the logits in one fused pass (log-sum-exp
+  forward, ``softmax - smoothed target`` backward, in row chunks), without materialising the (N, V)
+  log-probabilities; what the translation task trains with unless a consistency term needs the log-probabilities.
 * ``activation_regularization`` / ``temporal_activation_regularization``: Merity et al. 2017 ("Regularizing
   and Optimizing LSTM Language Models", Sec. 4.6), as salesforce/awd-lstm-lm ``main.py``.
 * ``consistency_loss``: agreement between the M copies of each sample of a BA batch, R-Drop's symmetric KL
@@ -22,6 +25,7 @@ from torch import Tensor
 
 __all__ = [
     "label_smoothed_nll_loss",
+    "label_smoothed_cross_entropy",
     "activation_regularization",
     "temporal_activation_regularization",
     "consistency_loss",
@@ -67,6 +71,86 @@ def label_smoothed_nll_loss(
     eps_i = epsilon / (lprobs.size(-1) - 1)
     loss = (1.0 - epsilon - eps_i) * nll_loss + eps_i * smooth_loss
     return loss, nll_loss
+
+
+def label_smoothed_cross_entropy(
+    logits: Tensor, target: Tensor, epsilon: float, ignore_index: int | None = 0, *, chunk_rows: int = 64
+) -> tuple[Tensor, Tensor]:
+    """``label_smoothed_nll_loss(log_softmax(logits), ...)`` fused: the same two sums, without the log-probabilities.
+
+    Per kept token, with ``lse = logsumexp(logits)``, ``nll = lse - logits[target]`` and
+    ``smooth = V * lse - sum_v logits[v]``, ``loss = (1 - epsilon - eps_i) * nll + eps_i * smooth``,
+    ``eps_i = epsilon / (V - 1)`` (fairseq's weights). Since ``(1 - epsilon - eps_i) + V * eps_i = 1``, the gradient
+    w.r.t. the logits is ``softmax(logits) - (1 - epsilon - eps_i) * onehot(target) - eps_i`` per kept token (0 at
+    ignored ones), which backward recomputes from the saved logits and ``lse``. Forward and backward work in
+    float32 on ``chunk_rows`` rows at a time (cache-sized), so bf16/fp16 logits are never copied whole to float32;
+    the (N, V) float32 log-probabilities, their gather/sum gradients and ``log_softmax``'s backward are skipped.
+    Speed against the unfused loss: ``benchmarks/bench_loss.py``.
+
+    Args:
+        logits: (N, V) or (B, T, V) unnormalised scores, any float dtype (bf16 under autocast).
+        target: gold ids (N,) or (B, T), int64.
+        epsilon: smoothing mass in [0, 1).
+        ignore_index: target id that contributes nothing (pad); ``None`` keeps every token.
+        chunk_rows: rows per float32 chunk.
+
+    Returns:
+        ``(loss, nll_loss)``, 0-dim float32 tensors (float64 for float64 logits), sums over kept tokens; only
+        ``loss`` is differentiable.
+
+    Raises:
+        ValueError: when ``target``'s shape is not ``logits``'s without the last dimension, or ``chunk_rows < 1``.
+    """
+    if target.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"label_smoothed_cross_entropy: target shape {tuple(target.shape)} does not match "
+            f"logits shape {tuple(logits.shape)} without its vocab dimension"
+        )
+    if chunk_rows < 1:
+        raise ValueError(f"label_smoothed_cross_entropy: chunk_rows={chunk_rows} must be >= 1")
+    return _LabelSmoothedCE.apply(logits.reshape(-1, logits.size(-1)), target.reshape(-1), float(epsilon),
+                                  ignore_index, chunk_rows)
+
+
+class _LabelSmoothedCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, epsilon: float, ignore_index: int | None, chunk_rows: int):
+        n, v = logits.shape  # (N, V)
+        eps_i = epsilon / (v - 1)
+        dtype = torch.promote_types(logits.dtype, torch.float32)  # float32, or float64 for float64 logits
+        lse = torch.empty(n, dtype=dtype, device=logits.device)  # (N,)
+        total = torch.empty(n, dtype=dtype, device=logits.device)  # (N,) sum_v logits[v]
+        for start in range(0, n, chunk_rows):
+            rows = logits[start:start + chunk_rows].to(dtype)  # (chunk, V)
+            torch.logsumexp(rows, dim=-1, out=lse[start:start + chunk_rows])
+            torch.sum(rows, dim=-1, out=total[start:start + chunk_rows])
+        nll = lse - logits.gather(1, target[:, None]).squeeze(1).to(dtype)  # (N,)
+        smooth = v * lse - total
+        keep = None if ignore_index is None else target.ne(ignore_index)
+        if keep is not None:
+            nll, smooth = nll * keep, smooth * keep
+        nll_sum = nll.sum()
+        loss = (1.0 - epsilon - eps_i) * nll_sum + eps_i * smooth.sum()
+        ctx.save_for_backward(logits, target, lse, keep)
+        ctx.weights, ctx.chunk_rows = (1.0 - epsilon - eps_i, eps_i), chunk_rows
+        ctx.mark_non_differentiable(nll_sum)
+        return loss, nll_sum
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor):
+        logits, target, lse, keep = ctx.saved_tensors
+        on_target, eps_i = ctx.weights
+        scale = grad_loss.to(lse.dtype).expand(logits.size(0))  # (N,)
+        if keep is not None:
+            scale = scale * keep
+        grad = torch.empty_like(logits)
+        step = ctx.chunk_rows
+        for start in range(0, logits.size(0), step):
+            sl = slice(start, start + step)
+            g = torch.sub(logits[sl], lse[sl, None]).exp_().sub_(eps_i)  # softmax - eps_i, (chunk, V), lse's dtype
+            g.scatter_add_(1, target[sl, None], g.new_full((g.size(0), 1), -on_target))
+            grad[sl] = g.mul_(scale[sl, None])
+        return grad, None, None, None, None
 
 
 def activation_regularization(dropped_output: Tensor, alpha: float) -> Tensor:

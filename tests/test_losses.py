@@ -64,3 +64,55 @@ def test_temporal_activation_regularization():
     h = torch.tensor([[[1.0, -2.0]], [[3.0, 0.0]], [[3.0, 1.0]]])  # (T=3, B=1, H=2)
     # differences along time: (2, 2), (0, 1) -> mean of squares (4 + 4 + 0 + 1) / 4
     torch.testing.assert_close(temporal_activation_regularization(h, 0.5), torch.tensor(0.5 * 9 / 4))
+
+
+# -- the fused loss against the unfused one (the slow, obvious reference) ------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from seqba.losses import label_smoothed_cross_entropy  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 9), cols=st.integers(1, 4), vocab=st.integers(2, 13), epsilon=st.sampled_from([0.0, 0.1, 0.4]),
+       chunk_rows=st.integers(1, 40), ignore=st.sampled_from([None, PAD]), seed=st.integers(0, 2**16))
+def test_fused_matches_unfused_loss_and_gradient(rows, cols, vocab, epsilon, chunk_rows, ignore, seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = (3 * torch.randn(rows, cols, vocab, generator=g, dtype=torch.float64)).requires_grad_()
+    target = torch.randint(0, vocab, (rows, cols), generator=g)
+    before = logits.detach().clone()
+    loss, nll = label_smoothed_cross_entropy(logits, target, epsilon, ignore, chunk_rows=chunk_rows)
+    (grad,) = torch.autograd.grad(loss * 1.7, logits)
+    ref_logits = before.clone().requires_grad_()
+    ref_loss, ref_nll = label_smoothed_nll_loss(F.log_softmax(ref_logits, -1), target, epsilon, ignore)
+    (ref_grad,) = torch.autograd.grad(ref_loss * 1.7, ref_logits)
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(nll, ref_nll)
+    torch.testing.assert_close(grad, ref_grad)
+    assert torch.equal(logits.detach(), before)  # backward recomputes softmax in a copy, never in the logits
+
+
+def test_fused_bf16_logits_give_float32_sums_and_bf16_gradient():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 5, 50, generator=g).bfloat16().requires_grad_()
+    target = torch.randint(0, 50, (6, 5), generator=g)
+    loss, nll = label_smoothed_cross_entropy(logits, target, 0.1)
+    loss.backward()
+    assert loss.dtype == nll.dtype == torch.float32 and logits.grad.dtype == torch.bfloat16
+    ref = label_smoothed_nll_loss(F.log_softmax(logits.detach().float(), -1), target, 0.1)[0]
+    torch.testing.assert_close(loss, ref)  # float32 arithmetic on the bf16 values
+    assert not nll.requires_grad
+
+
+def test_fused_gradcheck():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([1, 0, 5, 2])
+    assert torch.autograd.gradcheck(lambda x: label_smoothed_cross_entropy(x, target, 0.2, chunk_rows=3)[0], (logits,))
+
+
+def test_fused_errors():
+    with pytest.raises(ValueError, match="does not match"):
+        label_smoothed_cross_entropy(torch.zeros(3, 5), torch.zeros(4, dtype=torch.long), 0.1)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        label_smoothed_cross_entropy(torch.zeros(3, 5), torch.zeros(3, dtype=torch.long), 0.1, chunk_rows=0)

@@ -136,3 +136,21 @@ def test_training_forward_is_one_graph_under_dynamic_shapes():
     for b, s, t in ((3, 7, 6), (4, 9, 9), (2, 5, 11), (5, 6, 1)):
         src, lengths, prev = batch(b, s, t)
         assert compiled(src, lengths, prev).shape == (b, t, V)
+
+
+def test_cpu_attention_in_bf16_runs_in_float32_even_under_autocast():
+    import torch.nn.functional as F
+
+    from seqba.models.transformer import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 5, 8, generator=g).bfloat16() for _ in range(3))
+    mask = torch.ones(3, 1, 1, 5, dtype=torch.bool)
+    mask[0, ..., 3:] = False
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # would otherwise cast the float32 inputs back to bf16
+        out = attention(q, k, v, mask, 0.0, False)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, expected)
+    causal = attention(q.float(), k.float(), v.float(), None, 0.0, True)  # float32 goes to SDPA unchanged
+    torch.testing.assert_close(causal, F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True))

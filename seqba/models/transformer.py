@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqba.errors import FieldError
+from seqba.models.dropout import Dropout
 
 __all__ = ["Transformer", "TransformerConfig", "EncoderOut", "DecoderCache", "KVCache", "sinusoidal_table"]
 
@@ -96,6 +97,22 @@ def _key_mask(padding_mask: Tensor) -> Tensor:
     """
     all_pad = padding_mask.all(dim=1, keepdim=True)
     return (~padding_mask | all_pad)[:, None, None, :]
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, is_causal: bool) -> Tensor:
+    """``F.scaled_dot_product_attention`` on (B, H, L, Dh) queries and (B, H, S, Dh) keys/values -> (B, H, L, Dh).
+
+    On the CPU, bf16/fp16 inputs are attended in float32 and the output cast back: PyTorch's CPU flash-attention
+    kernel in bf16 is several times slower than in float32 (forward + backward, measured by
+    ``benchmarks/bench_attention.py``), and attention is a small share of the step, so float32 costs nothing in
+    speed and keeps its softmax exact. CUDA and float32 inputs go to SDPA unchanged.
+    """
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", enabled=False):  # autocast would cast the float32 inputs back down
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                 dropout_p=dropout_p, is_causal=is_causal)
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
 
 
 def _xavier_linear(in_dim: int, out_dim: int) -> nn.Linear:
@@ -167,7 +184,7 @@ class Attention(nn.Module):
                     k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
                 cache.k, cache.v = k, v
         dropout_p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+        out = attention(q, k, v, mask, dropout_p, is_causal)
         if self.cross and beam > 1:  # (n, H, K*L, Dh) -> (n*K, L, D)
             out = out.view(b // beam, h, beam, length, dh).permute(0, 2, 3, 1, 4).reshape(b, length, h * dh)
             return self.out_proj(out)
@@ -181,7 +198,7 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, ffn_dim: int, activation_dropout: float):
         super().__init__()
         self.fc1, self.fc2 = _xavier_linear(d_model, ffn_dim), _xavier_linear(ffn_dim, d_model)
-        self.activation_dropout = nn.Dropout(activation_dropout)
+        self.activation_dropout = Dropout(activation_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.activation_dropout(F.relu(self.fc1(x))))
@@ -193,7 +210,7 @@ class _Block(nn.Module):
     def __init__(self, d_model: int, dropout: float, normalize_before: bool):
         super().__init__()
         self.normalize_before = normalize_before
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def residual(self, x: Tensor, norm: nn.LayerNorm, fn, **kwargs) -> Tensor:
         y = fn(norm(x) if self.normalize_before else x, **kwargs)
@@ -303,7 +320,7 @@ class Transformer(nn.Module):
         # positions run from pad_idx + 1 to pad_idx + max_positions; not saved in the state dict
         table = sinusoidal_table(max_positions + pad_idx + 1, d_model, pad_idx)
         self.register_buffer("positions", table, persistent=False)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         args = (d_model, cfg.ffn_dim, cfg.num_heads, cfg.dropout, cfg.attention_dropout, cfg.activation_dropout,
                 cfg.normalize_before)
         self.encoder_layers = nn.ModuleList(EncoderLayer(*args) for _ in range(cfg.encoder_layers))

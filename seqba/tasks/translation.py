@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from seqba.data.prepare import PrepareConfig, prepare_translation, read_lines
 from seqba.data.translation import (BOS_ID, EOS_ID, PAD_ID, TranslationDataset, collate, load_tokenizer,
                                     read_manifest, read_raw_lines)
-from seqba.losses import consistency_loss, label_smoothed_nll_loss
+from seqba.losses import consistency_loss, label_smoothed_cross_entropy, label_smoothed_nll_loss
 from seqba.errors import FieldError
 from seqba.metrics import perplexity
 from seqba.models.transformer import Transformer, TransformerConfig
@@ -187,12 +187,15 @@ class TranslationTask(Task):
 
     def loss(self, model, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         logits = model(batch["src_tokens"], batch["src_lengths"], batch["prev_output_tokens"])  # (B, T, V)
-        lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
-        loss, nll = label_smoothed_nll_loss(lprobs, batch["target"], self.cfg.criterion.label_smoothing,
-                                            ignore_index=PAD_ID)
+        ba, epsilon = self.cfg.ba, self.cfg.criterion.label_smoothing
+        consistency = ba.consistency != "none" and model.training  # the chunk holds every copy of its sentences
+        if not consistency:  # fused: no (B, T, V) float32 log-probabilities
+            loss, nll = label_smoothed_cross_entropy(logits, batch["target"], epsilon, ignore_index=PAD_ID)
+        else:
+            lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+            loss, nll = label_smoothed_nll_loss(lprobs, batch["target"], epsilon, ignore_index=PAD_ID)
         logs = {"nll_sum": nll.detach()}
-        ba = self.cfg.ba
-        if ba.consistency != "none" and model.training:  # the chunk holds every copy of its sentences
+        if consistency:
             term = consistency_loss(lprobs, ba.repeats, layout=ba.layout, pad_mask=batch["target"].eq(PAD_ID),
                                     kind=ba.consistency)
             loss = loss + ba.consistency_alpha * term
