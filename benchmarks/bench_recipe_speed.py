@@ -6,7 +6,11 @@ Settings (each a separate process; rounds interleaved so that other jobs on shar
 * ``fp32``: fp32, eager, the CLI's default ``configure_malloc()``;
 * ``bf16``: ``train.mixed_precision=bf16`` (autocast), eager, ``configure_malloc()``;
 * ``fp32_compiled`` / ``bf16_compiled`` (``--compile``): plus ``train.compile=true`` (inductor; its compile time falls
-  in the warm-up updates and is excluded).
+  in the warm-up updates and is excluded);
+* ``ref_fp32_default_malloc`` / ``ref_bf16`` (``--reference-rev REV``): the same two settings run by seqba as it was
+  at git revision REV (its ``seqba/`` package exported to a temporary folder and put first on ``PYTHONPATH``; the
+  recipe and prepared data are this checkout's), so a speed-up of the code itself is measured against the old
+  code in the same run, not against a figure from another day.
 
 Reads ``tokens_per_s`` (target tokens of the M·B rows per second; ``words_per_s`` / ``images_per_s`` for the other
 tasks) of every logged window of ``--log-interval`` updates after the first ``--warmup`` updates, takes their median
@@ -37,9 +41,22 @@ SETTINGS = {
 }
 
 
+REFERENCE_SETTINGS = ("fp32_default_malloc", "bf16")
+
+
+def export_revision(rev: str, into: str) -> str:
+    """``git archive REV seqba`` unpacked under ``into``; returns the folder to put on ``PYTHONPATH``."""
+    archive = subprocess.run(["git", "archive", "--format=tar", rev, "seqba"], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", into], input=archive.stdout, check=True)
+    return into
+
+
 def run(recipe: str, setting: str, args, extra: list[str]) -> float:
+    code = ROOT
+    if setting.startswith("ref_"):
+        setting, code = setting[len("ref_"):], args.reference_path
     env_extra, overrides = SETTINGS[setting]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **env_extra}
+    env = {**os.environ, "PYTHONPATH": str(code), **env_extra}
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory(prefix="seqba-speed-") as out:
@@ -65,11 +82,16 @@ def main() -> None:
     p.add_argument("--log-interval", type=int, default=5, help="updates per timed window")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs (default: torch's)")
     p.add_argument("--compile", action="store_true", help="also time train.compile (fp32 and bf16)")
+    p.add_argument("--reference-rev", default=None,
+                   help="also time fp32 (glibc defaults) and bf16 with seqba's code at this git revision")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "recipe_speed.json"))
     args = p.parse_args()
     if not 0 < args.warmup < args.updates or args.warmup % args.log_interval or args.updates % args.log_interval:
         p.error("--warmup < --updates, both multiples of --log-interval, e.g. --updates 40 --warmup 20")
     settings = [s for s in SETTINGS if args.compile or not s.endswith("_compiled")]
+    if args.reference_rev:
+        args.reference_path = export_revision(args.reference_rev, tempfile.mkdtemp(prefix="seqba-ref-"))
+        settings = [f"ref_{s}" for s in REFERENCE_SETTINGS] + settings
     rates: dict[str, list[float]] = {s: [] for s in settings}
     for r in range(args.rounds):
         for setting in settings:
@@ -77,16 +99,23 @@ def main() -> None:
             print(f"round {r + 1} {setting:22s} {rates[setting][-1]:9.0f} /s", flush=True)
     reference = statistics.median(rates["fp32_default_malloc"])
     result = {"recipe": args.recipe, "overrides": args.overrides, "updates": args.updates, "warmup": args.warmup,
+              "reference_rev": args.reference_rev,
+              "code_rev": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                         text=True).stdout.strip(),
               "log_interval": args.log_interval,
               "threads": args.threads, "machine": f"{platform.machine()} {os.cpu_count()} cpus",
               "python": platform.python_version(), "torch": __import__("torch").__version__,
               "note": "interleaved rounds on shared CPU cores; compare ratios, not absolute rates",
               "settings": {s: {"per_round": [round(v, 1) for v in rates[s]], "median": round(statistics.median(rates[s]), 1),
-                               "ratio_to_fp32_default_malloc": round(statistics.median(rates[s]) / reference, 3)}
+                               "ratio_to_fp32_default_malloc": round(statistics.median(rates[s]) / reference, 3),
+                               **({"ratio_to_ref_fp32_default_malloc": round(statistics.median(rates[s]) / old, 3)}
+                                  if (old := statistics.median(rates.get("ref_fp32_default_malloc", [0]))) else {})}
                            for s in settings}}
     for s in settings:
-        print(f"{s:22s} median {result['settings'][s]['median']:9.0f} /s   "
-              f"{result['settings'][s]['ratio_to_fp32_default_malloc']:.2f}x of fp32 with glibc's defaults")
+        row = result["settings"][s]
+        print(f"{s:26s} median {row['median']:9.0f} /s   {row['ratio_to_fp32_default_malloc']:.2f}x of fp32 with "
+              f"glibc's defaults" + (f", {row['ratio_to_ref_fp32_default_malloc']:.2f}x of {args.reference_rev}'s"
+                                     if "ratio_to_ref_fp32_default_malloc" in row else ""))
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 
