@@ -45,9 +45,12 @@ REFERENCE_SETTINGS = ("fp32_default_malloc", "bf16")
 
 
 def export_revision(rev: str, into: str) -> str:
-    """``git archive REV seqba`` unpacked under ``into``; returns the folder to put on ``PYTHONPATH``."""
+    """``git archive REV seqba`` unpacked under ``into``, with ``data-bin`` linked to this checkout's (prepared data
+    is shared); returns the folder to run from (``python -m`` puts the working directory first on ``sys.path``)."""
     archive = subprocess.run(["git", "archive", "--format=tar", rev, "seqba"], cwd=ROOT, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", into], input=archive.stdout, check=True)
+    (ROOT / "data-bin").mkdir(exist_ok=True)
+    (Path(into) / "data-bin").symlink_to(ROOT / "data-bin")
     return into
 
 
@@ -60,10 +63,10 @@ def run(recipe: str, setting: str, args, extra: list[str]) -> float:
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory(prefix="seqba-speed-") as out:
-        cmd = [sys.executable, "-m", "seqba.train", recipe, *extra, *overrides, f"output_dir={out}",
+        cmd = [sys.executable, "-m", "seqba.train", str(Path(recipe).resolve()), *extra, *overrides, f"output_dir={out}",
                f"train.max_updates={args.updates}", f"train.log_interval={args.log_interval}",
                "train.validate_interval_updates=0", "train.save_interval_updates=0", "train.progress_bar=false"]
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{setting} failed:\n{proc.stderr[-2000:]}")
         records = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
