@@ -60,6 +60,8 @@ def run(recipe: str, setting: str, args, extra: list[str]) -> float:
         setting, code = setting[len("ref_"):], args.reference_path
     env_extra, overrides = SETTINGS[setting]
     env = {**os.environ, "PYTHONPATH": str(code), **env_extra}
+    if (ROOT.parent / "shared" / "data").is_dir():  # ../shared/data as seen from this checkout, for any working dir
+        env.setdefault("SEQBA_DATA", str(ROOT.parent / "shared" / "data"))
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory(prefix="seqba-speed-") as out:

@@ -85,7 +85,7 @@ def label_smoothed_cross_entropy(
     ignored ones), which backward recomputes from the saved logits and ``lse``. Forward and backward work in
     float32 on ``chunk_rows`` rows at a time (cache-sized), so bf16/fp16 logits are never copied whole to float32;
     the (N, V) float32 log-probabilities, their gather/sum gradients and ``log_softmax``'s backward are skipped.
-    Speed against the unfused loss: ``benchmarks/bench_loss.py``.
+    Speed against the unfused loss: ``benchmarks/bench_kernels.py``.
 
     Args:
         logits: (N, V) or (B, T, V) unnormalised scores, any float dtype (bf16 under autocast).

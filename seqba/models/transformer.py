@@ -104,7 +104,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: f
 
     On the CPU, bf16/fp16 inputs are attended in float32 and the output cast back: PyTorch's CPU flash-attention
     kernel in bf16 is several times slower than in float32 (forward + backward, measured by
-    ``benchmarks/bench_attention.py``), and attention is a small share of the step, so float32 costs nothing in
+    ``benchmarks/bench_kernels.py``), and attention is a small share of the step, so float32 costs nothing in
     speed and keeps its softmax exact. CUDA and float32 inputs go to SDPA unchanged.
     """
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
