@@ -74,7 +74,7 @@ def label_smoothed_nll_loss(
 
 
 def label_smoothed_cross_entropy(
-    logits: Tensor, target: Tensor, epsilon: float, ignore_index: int | None = 0, *, chunk_rows: int = 64
+    logits: Tensor, target: Tensor, epsilon: float, ignore_index: int | None = 0, *, chunk_rows: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """``label_smoothed_nll_loss(log_softmax(logits), ...)`` fused: the same two sums, without the log-probabilities.
 
@@ -92,7 +92,8 @@ def label_smoothed_cross_entropy(
         target: gold ids (N,) or (B, T), int64.
         epsilon: smoothing mass in [0, 1).
         ignore_index: target id that contributes nothing (pad); ``None`` keeps every token.
-        chunk_rows: rows per float32 chunk.
+        chunk_rows: rows per float32 chunk; default 64 on the CPU (a chunk of 8k-vocabulary rows stays in cache),
+            4096 elsewhere (fewer kernel launches on a GPU).
 
     Returns:
         ``(loss, nll_loss)``, 0-dim float32 tensors (float64 for float64 logits), sums over kept tokens; only
@@ -106,6 +107,8 @@ def label_smoothed_cross_entropy(
             f"label_smoothed_cross_entropy: target shape {tuple(target.shape)} does not match "
             f"logits shape {tuple(logits.shape)} without its vocab dimension"
         )
+    if chunk_rows is None:
+        chunk_rows = 64 if logits.device.type == "cpu" else 4096
     if chunk_rows < 1:
         raise ValueError(f"label_smoothed_cross_entropy: chunk_rows={chunk_rows} must be >= 1")
     return _LabelSmoothedCE.apply(logits.reshape(-1, logits.size(-1)), target.reshape(-1), float(epsilon),
