@@ -87,6 +87,8 @@ def main() -> None:
     p.add_argument("--log-interval", type=int, default=5, help="updates per timed window")
     p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of the runs (default: torch's)")
     p.add_argument("--compile", action="store_true", help="also time train.compile (fp32 and bf16)")
+    p.add_argument("--settings", default=None,
+                   help="comma-separated subset of the settings to time (fp32_default_malloc is always timed)")
     p.add_argument("--reference-rev", default=None,
                    help="also time fp32 (glibc defaults) and bf16 with seqba's code at this git revision")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "recipe_speed.json"))
@@ -97,6 +99,12 @@ def main() -> None:
     if args.reference_rev:
         args.reference_path = export_revision(args.reference_rev, tempfile.mkdtemp(prefix="seqba-ref-"))
         settings = [f"ref_{s}" for s in REFERENCE_SETTINGS] + settings
+    if args.settings:
+        wanted = {"fp32_default_malloc", *args.settings.split(",")}
+        unknown = wanted - set(settings)
+        if unknown:
+            p.error(f"--settings: unknown {', '.join(sorted(unknown))}; valid: {', '.join(settings)}")
+        settings = [s for s in settings if s in wanted]
     rates: dict[str, list[float]] = {s: [] for s in settings}
     for r in range(args.rounds):
         for setting in settings:
