@@ -7,6 +7,10 @@ Runs the recipe's real loop (``seqba.trainer.Trainer`` with a profiling callback
 (Adam). Prints the shares, the top ops, and writes JSON (``benchmarks/results/profile_step.json``).
 
     python benchmarks/profile_step.py recipes/transformer_multi30k_m4.yaml --steps 10 --threads 1
+    python benchmarks/profile_step.py recipes/transformer_multi30k_m4.yaml train.mixed_precision=no --steps 10
+
+Op names are grouped by substring (first match wins), so a group is approximate: ``exp_`` is the fused loss's
+backward, ``copy_`` any dtype cast or copy (autocast's casts, float32 chunks of the bf16 logits).
 """
 from __future__ import annotations
 
@@ -86,11 +90,14 @@ def main() -> None:
     step_total = sum(e.self_cpu_time_total for e in events)
     groups = {
         "optimizer (Adam)": ("adam", "_foreach", "optimizer"),
-        "loss (log_softmax, gather, sums)": ("log_softmax", "gather", "nll", "_log_softmax"),
+        "loss (log_softmax or fused logsumexp/exp, gather, sums)": ("log_softmax", "gather", "nll", "_log_softmax",
+                                                                    "logsumexp", "exp_", "scatter_add"),
+        "dropout masks (bernoulli_ / uniform_)": ("bernoulli", "uniform_", "native_dropout"),
         "backward (autograd)": ("backward", "Backward"),
         "matmul / linear": ("addmm", "mm", "bmm", "linear", "matmul"),
         "attention (SDPA)": ("scaled_dot_product", "_efficient_attention", "_flash_attention"),
-        "data (loader, collate, copy)": ("DataLoader", "enumerate", "collate", "to", "copy_", "pin"),
+        "dtype casts and copies (copy_, to)": ("copy_", "aten::to", "_to_copy"),
+        "data (loader, collate)": ("DataLoader", "enumerate", "collate", "pin"),
         "repeat_batch (repeat_interleave/index)": ("repeat_interleave", "index_select", "repeat"),
         "grad norm / clip": ("norm", "clip", "mul_"),
     }
