@@ -1,10 +1,14 @@
-"""Label-smoothed NLL against the smoothed-target formula and F.nll_loss; AR/TAR on tiny tensors."""
+"""Label-smoothed NLL against the smoothed-target formula and F.nll_loss; the fused loss against the unfused one;
+AR/TAR on tiny tensors."""
 
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from seqba.losses import activation_regularization, label_smoothed_nll_loss, temporal_activation_regularization
+from seqba.losses import (activation_regularization, label_smoothed_cross_entropy, label_smoothed_nll_loss,
+                          temporal_activation_regularization)
 
 PAD = 0
 
@@ -67,11 +71,6 @@ def test_temporal_activation_regularization():
 
 
 # -- the fused loss against the unfused one (the slow, obvious reference) ------------------------------------
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from seqba.losses import label_smoothed_cross_entropy  # noqa: E402
-
 
 @settings(max_examples=40, deadline=None)
 @given(rows=st.integers(1, 9), cols=st.integers(1, 4), vocab=st.integers(2, 13), epsilon=st.sampled_from([0.0, 0.1, 0.4]),

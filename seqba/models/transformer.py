@@ -11,7 +11,8 @@ Matches fairseq's ``transformer_wmt_en_de`` (Transformer-base) with ``--share-al
 * Xavier-uniform linear layers (q/k/v with gain 1/sqrt(2), as fairseq's ``MultiheadAttention``), embeddings
   N(0, D^-0.5) with the pad row zero.
 
-Attention runs through ``F.scaled_dot_product_attention``. Incremental decoding keeps a ``DecoderCache``:
+Attention runs through ``F.scaled_dot_product_attention`` (``attention``: in float32 on the CPU for bf16/fp16
+inputs); dropout is ``seqba.models.dropout.Dropout``. Incremental decoding keeps a ``DecoderCache``:
 cross-attention K/V are computed once from the encoder output, self-attention K/V are appended per step. A beam
 cache (``init_cache(beam_size=K)``) keeps the encoder side once per sentence: the K beams of a sentence are its
 K queries against one copy of the source keys (no K-fold copy of the encoder output or of its K/V).
