@@ -50,8 +50,7 @@ from seqba.errors import ConfigError, FieldError
 from seqba.data.lm import SPLITS, BPTTIterator, Corpus, batchify, load_corpus, load_corpus_hf, repeat_streams
 from seqba.data.paths import data_root
 from seqba.distributed import rank_group
-from seqba.losses import (activation_regularization, consistency_loss, label_smoothed_cross_entropy,
-                          temporal_activation_regularization)
+from seqba.losses import activation_regularization, consistency_loss, temporal_activation_regularization
 from seqba.metrics import perplexity
 from seqba.models.awd_lstm import AWDLSTM, AWDLSTMConfig, Hidden, detach_hidden
 from seqba.tasks.base import EvalOptions, Task, TaskSpec
@@ -174,7 +173,7 @@ def corpus_nll(model: AWDLSTM, data: Tensor, batch_size: int, bptt: int) -> tupl
     total = torch.zeros((), dtype=torch.float64, device=device)
     for batch in BPTTIterator(source, bptt, variable=False):
         logits, hidden, _, _ = model(batch.x, hidden)  # (T, bsz, V)
-        total += label_smoothed_cross_entropy(logits.flatten(0, 1), batch.y.flatten(), 0.0, None)[1].double()
+        total += F.cross_entropy(logits.flatten(0, 1).float(), batch.y.flatten(), reduction="sum").double()
     return total.item(), (source.size(0) - 1) * batch_size
 
 
@@ -269,8 +268,7 @@ class LanguageModelingTask(Task):
         lo, hi = batch.lo, batch.hi
         hidden = [(h[:, lo:hi], c[:, lo:hi]) for h, c in self.hidden]
         logits, new_hidden, raw, dropped = model(batch.x, hidden, repeats=batch.copies)  # (T, n, V)
-        # fused CE; at epsilon 0 the (differentiable) loss is the summed NLL
-        nll = label_smoothed_cross_entropy(logits.flatten(0, 1), batch.y.flatten(), 0.0, None)[0]
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.y.flatten(), reduction="sum")
         crit, ba = self.cfg.criterion, self.cfg.ba
         reg = activation_regularization(dropped[-1], crit.alpha)
         if batch.x.size(0) > 1:  # TAR needs two steps; the epoch's last window can be one row
