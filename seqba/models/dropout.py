@@ -1,9 +1,9 @@
 """Dropout whose mask costs less on the CPU: the Transformer's residual, embedding and activation dropout.
 
 BA's dropout copies differ only by their masks, so a Transformer step draws one mask per residual branch for all
-M·B rows. ``nn.Dropout`` draws it with ``bernoulli_`` and scales in ``native_dropout``; on the CPU that is about
-twice the time of drawing uniform floats and keeping ``u >= p`` (forward + backward on a (3872, 256) tensor, fp32
-and bf16: ``benchmarks/bench_kernels.py``). The distribution is the same: every element is kept independently
+M·B rows. ``nn.Dropout`` draws it with ``bernoulli_`` and scales in ``native_dropout``; on the CPU that is slower
+than drawing float32 uniforms and keeping ``u >= p`` (forward + backward, fp32 and bf16, measured by
+``benchmarks/bench_kernels.py``). The distribution is the same: every element is kept independently
 with probability 1 - p and scaled by 1 / (1 - p) (Srivastava et al. 2014, "inverted" dropout, as
 ``torch.nn.functional.dropout``); only the random stream differs from ``nn.Dropout``'s.
 """
