@@ -141,7 +141,7 @@ class TrainConfig:
         keep_checkpoints: how many step checkpoints to keep (0: all).
         resume: ``auto`` (latest checkpoint in output_dir if any), ``none``, or a checkpoint directory.
         mixed_precision: ``no``, ``fp16`` or ``bf16`` (passed to Accelerate: autocast on CPU and GPU; fp16 adds a
-            loss scaler and needs a GPU). Under autocast the losses are computed in float32 from the low-precision
+            loss scaler and needs a CUDA GPU: refused on the CPU at start-up). Under autocast the losses are computed in float32 from the low-precision
             logits, and on the CPU the Transformer's attention runs in float32
             (:func:`seqba.models.transformer.attention`).
         compile: compile the training model with ``torch.compile`` (inductor, ``dynamic=`` the task's

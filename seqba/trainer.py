@@ -121,6 +121,9 @@ class Trainer:
         tc, ba = self.cfg.train, self.cfg.ba
         # Accelerate only picks gloo for a multi-process launch without CUDA when told cpu=True.
         multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if tc.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU (loss-scaled fp16 training); on the CPU "
+                              "use bf16")
         self.accelerator = Accelerator(cpu=multi_cpu, mixed_precision=tc.mixed_precision,
                                        log_with=None if tc.log_with == "none" else tc.log_with,
                                        project_dir=str(self.output_dir / "trackers"),

@@ -351,3 +351,11 @@ def test_interrupted_preparation_leaves_no_build_folder(tmp_path):
     prepare_translation(tmp_path / "corpus", preset="synthetic", vocab_size=100, synthetic_train=200,
                         synthetic_valid=10, synthetic_test=10)
     assert not stale.exists() and (tmp_path / "corpus" / "manifest.json").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only without a CUDA GPU")
+def test_fp16_without_a_gpu_is_one_error_line(recipe, tmp_path, capsys):
+    assert train_cli.main([str(recipe), "train.mixed_precision=fp16", "train.max_updates=1", *QUIET]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "train.mixed_precision=fp16 needs a CUDA GPU" in err[-1]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
