@@ -5,7 +5,7 @@ of 4 x 1,024 tokens, D=256, H=4, V=8,000), one thread, the old and new variants 
 the figure per variant is the median milliseconds over rounds (``--clock cpu``: the process's CPU time, which
 other jobs on shared cores disturb less than wall time; ``--clock wall``: ``perf_counter``).
 
-* attention: ``F.scaled_dot_product_attention`` on (B, H, L, Dh) views of a fused qkv projection, no mask
+* attention: ``F.scaled_dot_product_attention`` on (B, H, L, Dh) views of a fused qkv projection, no attention
   dropout (the recipe's ``attention_dropout: 0``), causal and with a key-padding mask; ``sdpa`` as called by
   the old model, ``seqba`` = ``seqba.models.transformer.attention`` (float32 on the CPU for bf16 inputs);
 * loss: label-smoothed cross-entropy, 10% pad targets; ``log_softmax + label_smoothed_nll_loss`` (old) vs

@@ -111,6 +111,7 @@ def main() -> None:
             rates[setting].append(run(args.recipe, setting, args, args.overrides))
             print(f"round {r + 1} {setting:22s} {rates[setting][-1]:9.0f} /s", flush=True)
     reference = statistics.median(rates["fp32_default_malloc"])
+    old = statistics.median(rates["ref_fp32_default_malloc"]) if "ref_fp32_default_malloc" in rates else None
     result = {"recipe": args.recipe, "overrides": args.overrides, "updates": args.updates, "warmup": args.warmup,
               "reference_rev": args.reference_rev,
               "code_rev": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -122,7 +123,7 @@ def main() -> None:
               "settings": {s: {"per_round": [round(v, 1) for v in rates[s]], "median": round(statistics.median(rates[s]), 1),
                                "ratio_to_fp32_default_malloc": round(statistics.median(rates[s]) / reference, 3),
                                **({"ratio_to_ref_fp32_default_malloc": round(statistics.median(rates[s]) / old, 3)}
-                                  if (old := statistics.median(rates.get("ref_fp32_default_malloc", [0]))) else {})}
+                                  if old else {})}
                            for s in settings}}
     for s in settings:
         row = result["settings"][s]

@@ -36,9 +36,7 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     base = [sys.executable, "-m", "seqba.train", args.recipe, *args.overrides, "train.progress_bar=false",
             "train.save_interval_updates=0"]
-    # prepare the data once, before the two runs race for it
-    subprocess.run([*base[:4], *args.overrides, "--print-config"], cwd=ROOT, env=env, check=True,
-                   capture_output=True)
+    # both runs start at once; data preparation, if needed, is shared under its build lock
     with tempfile.TemporaryDirectory(prefix="seqba-bf16-") as tmp:
         runs = {name: Path(tmp) / name for name in ("fp32", "bf16")}
         procs = {name: subprocess.Popen([*base, f"output_dir={out}", f"train.mixed_precision={'bf16' if name == 'bf16' else 'no'}"],
