@@ -43,6 +43,10 @@ class TaskSpec:
             fields; ``where(("ba", "layout"))`` formats a key's location (recipe line or override). Runs at
             ``seqba.config.load``.
         evaluate: ``evaluate(cfg, model_state, options: EvalOptions) -> dict`` (``python -m seqba.eval``).
+        fingerprint: ``fingerprint(cfg) -> str | None``: what identifies the data a run of ``cfg`` reads today
+            (translation: the prepared corpus's manifest hash; None when the task has nothing to fingerprint).
+            The trainer records it in every checkpoint and model file; a resume and ``seqba.eval`` refuse a
+            checkpoint whose recorded fingerprint differs from the current one.
     """
 
     data_config: type
@@ -51,6 +55,7 @@ class TaskSpec:
     task_class: type
     evaluate: Callable[..., dict] | None = None
     check: Callable[[Any, Callable[[tuple[str, ...]], str]], None] = _no_checks
+    fingerprint: Callable[[Any], str | None] | None = None
 
 
 def sample_chunks(rows: int, repeats: int, layout: str, chunks: int,
