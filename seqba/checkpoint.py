@@ -5,7 +5,8 @@ Two formats live here:
 * the **resume checkpoint** under ``output_dir/checkpoints`` (Accelerate state + seqba's loop/task/RNG state)::
 
     step_0000120/           one checkpoint (written as .tmp_step_0000120, then renamed: never half-written)
-        model.safetensors, optimizer.bin, ...  (``accelerator.save_state``)
+        pytorch_model.bin, optimizer.bin, ...  (``accelerator.save_state``; torch files, so that tied
+                            embeddings stay one tensor: safetensors would drop the tie with a warning)
         trainer_state_<rank>.pt   loop position, task state, this rank's RNG states (tensors and plain Python)
         config.yaml
         complete.json       written last, after every rank's files: the folder is complete
@@ -20,9 +21,15 @@ that way. A crash or SIGKILL at any moment leaves a complete checkpoint to resum
 repairs an interrupted replace (the ``.tmp_``/``.old_`` folders of a step) and falls back, with a warning, to the
 newest complete checkpoint when ``latest`` names a missing or incomplete one. Nothing here deletes a complete
 checkpoint except :func:`prune_checkpoints`, which never touches the ones it is told to protect.
+
+A write that fails (a full disk: ``torch.save`` then raises ``RuntimeError: [enforce fail at
+inline_container.cc]``, not ``OSError``) removes what it half-wrote and raises ``OSError`` (``ENOSPC`` when the
+filesystem is full) naming the file; the complete checkpoints and model files written before stay as they were.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -32,7 +39,7 @@ import random
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -74,9 +81,67 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+#: a failed write with less free space than this on its filesystem is reported as a full disk
+LOW_SPACE_BYTES = 2**20
+
+
+def _disk_full(folder: Path) -> bool:
+    """Whether the filesystem holding ``folder`` has (almost) no space left: the likely cause of a failed write.
+
+    Called before the half-written files are removed, while they still fill the disk.
+    """
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < LOW_SPACE_BYTES
+
+
+def _as_os_error(err: BaseException, path: Path, full: bool) -> OSError:
+    """``err`` raised while writing ``path`` as an ``OSError`` naming ``path``: ``ENOSPC`` when its errno says so,
+    or when it has none (``torch.save`` reports a failed write as ``RuntimeError: [enforce fail at
+    inline_container.cc:...]``, safetensors as ``SafetensorError``) and the disk was ``full``."""
+    code = getattr(err, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or (code is None and full):
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    if isinstance(err, OSError) and code is not None:
+        return OSError(code, err.strerror or os.strerror(code), str(path))
+    return OSError(errno.EIO, f"cannot write ({type(err).__name__}: {_first_line(err)})", str(path))
+
+
+def _is_write_error(err: BaseException) -> bool:
+    """An error that a failed file write raises: ``OSError``, or torch's / safetensors' wrappers of one."""
+    if isinstance(err, OSError):
+        return True
+    text = str(err)
+    return (isinstance(err, RuntimeError) and ("inline_container" in text or "PytorchStreamWriter" in text
+                                               or "file write failed" in text or "iostream error" in text)) \
+        or type(err).__name__ == "SafetensorError"
+
+
+@contextlib.contextmanager
+def _writing(path: Path, *cleanup: Path) -> Iterator[None]:
+    """Turn a failed write of ``path`` into an ``OSError`` (see :func:`_as_os_error`) after removing the
+    half-written files and folders ``cleanup`` (never anything complete)."""
+    try:
+        yield
+    except BaseException as err:  # noqa: BLE001 - re-raised below, unchanged unless it is a write error
+        full = _is_write_error(err) and _disk_full(path.parent)
+        for leftover in cleanup:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+        if not _is_write_error(err):
+            raise
+        raise _as_os_error(err, path, full) from None
+
+
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+    with _writing(path, tmp):
+        tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -175,6 +240,10 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
 
     Every rank must call it (collective). ``trainer_state`` is this rank's loop and task state. Pruning never
     deletes the checkpoint just written (whatever its step) nor the folders named in ``protect``.
+
+    Raises:
+        OSError: a write failed (``ENOSPC`` for a full disk), naming the file; the half-written ``.tmp_`` folder
+            is removed and the checkpoints written before are untouched.
     """
     root = Path(output_dir) / "checkpoints"
     name = f"step_{step:07d}"
@@ -184,13 +253,17 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, trainer_stat
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    torch.save({**trainer_state, "rng": rng_state()}, tmp / f"trainer_state_{accelerator.process_index}.pt")
+    with _writing(final, tmp):
+        # torch files, not safetensors: safetensors drops one of two tied tensors with a warning at every save
+        accelerator.save_state(str(tmp), safe_serialization=False)
+        torch.save({**trainer_state, "rng": rng_state()}, tmp / f"trainer_state_{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if config is not None:
-            (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        (tmp / COMPLETE).write_text(json.dumps({"step": step, "num_processes": accelerator.num_processes}) + "\n")
+        with _writing(final, tmp):
+            if config is not None:
+                (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            (tmp / COMPLETE).write_text(json.dumps({"step": step, "num_processes": accelerator.num_processes})
+                                        + "\n")
         stale = root / f".old_{name}"
         if final.exists():  # the same step saved again (e.g. at an epoch end): keep it until the new one is in place
             shutil.rmtree(stale, ignore_errors=True)
@@ -235,10 +308,15 @@ def save_model_file(path: str | Path, model_state: dict[str, torch.Tensor], conf
 
     ``config`` is the plain-dict config (``seqba.config.to_dict``); ``extra`` holds plain values (``step``, the
     best metric).
+
+    Raises:
+        OSError: the write failed (``ENOSPC`` for a full disk), naming ``path``; the temp file is removed and an
+            existing ``path`` is left as it was.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"config": config, "model": model_state, **(extra or {})}, tmp)
+    with _writing(path, tmp):
+        torch.save({"config": config, "model": model_state, **(extra or {})}, tmp)
     os.replace(tmp, path)
 
 
