@@ -13,7 +13,11 @@ sections (see :mod:`seqba.tasks`), the other sections are common::
     ba: {repeats: 4}     # BAConfig
     train: {...}         # TrainConfig
 
-``load("recipe.yaml", ["ba.repeats=1", "train.max_updates=10"])`` parses override values as YAML scalars. Every key
+``load("recipe.yaml", ["ba.repeats=1", "train.max_updates=10"])`` reads override values as YAML where YAML means
+what the text says (numbers, booleans, flow lists and mappings, quoted strings) and as the text itself otherwise
+(``output_dir=/tmp/st #8`` is that path, not ``/tmp/st`` and a comment; see :func:`override_value`); a mapping is
+merged into its section (``ba={repeats: 2}`` keeps the recipe's other ``ba`` keys). Recipes may not use YAML
+aliases (``*name``): expanding nested aliases is exponential (a "billion laughs" recipe). Every key
 is checked: an unknown or misspelt key raises :class:`ConfigError` naming the file, line, key and the valid keys;
 a value of the wrong type or range names the expected one (a dataclass's ``__post_init__`` raises
 :class:`~seqba.errors.FieldError` for its field). Choice fields are ``Literal[...]``, checked by the coercion.
@@ -39,7 +43,14 @@ from seqba.errors import ConfigError, FieldError
 from seqba.tasks import TASKS
 
 __all__ = ["ConfigError", "FieldError", "BAConfig", "OptimConfig", "TrainConfig", "Config", "Where", "load",
-           "build", "from_dict", "to_dict", "upgrade", "apply_override"]
+           "build", "from_dict", "to_dict", "upgrade", "apply_override", "parse_override", "override_value",
+           "override_keys", "format_override"]
+
+#: The largest finite float32: learning rates and optimizer constants must stay below it.
+FLOAT32_MAX = 3.4028234663852886e38
+
+#: Seeds go to ``torch.manual_seed`` (at most 2**64 - 1) with ``+ epoch`` added; numpy takes any int >= 0.
+MAX_SEED = 2**63 - 1
 
 #: How the M copies of a sample are laid out in the expanded batch (see ``seqba.samplers.repeat_batch``).
 Layout = Literal["adjacent", "tiled"]
@@ -123,6 +134,34 @@ class OptimConfig:
         _require("betas", len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
                  f"must be two numbers in [0, 1), got {self.betas}")
         _require("lr_steps", all(s >= 0 for s in self.lr_steps), f"must be update numbers >= 0, got {self.lr_steps}")
+        for name in ("lr", "warmup_init_lr", "eps", "weight_decay", "momentum", "clip_norm"):
+            _require(name, getattr(self, name) <= FLOAT32_MAX,
+                     f"must be at most {FLOAT32_MAX:.4g} (float32's largest), got {getattr(self, name)}")
+        self._check_peak_step()
+
+    def _check_peak_step(self) -> None:
+        """The largest step size the schedule reaches must be a finite float32 (torch passes it to float32 kernels:
+        beyond that, the first such update fails with "value cannot be converted to type float without overflow").
+
+        The step size is the scheduled lr, divided by ``1 - betas[0]`` for Adam (its first-step bias correction).
+        Computed in logarithms, so ``lr_gamma ** len(lr_steps)`` cannot overflow here.
+        """
+        peaks = [("lr", self.lr)]
+        if self.lr_scheduler == "inverse_sqrt" and self.warmup_updates:
+            peaks.append(("warmup_init_lr", self.warmup_init_lr))  # the warmup starts there
+        for name, lr in peaks:
+            if lr <= 0:
+                continue
+            log_peak = math.log(lr)
+            if self.lr_scheduler == "step" and self.lr_gamma > 1 and self.lr_steps:
+                log_peak += len(self.lr_steps) * math.log(self.lr_gamma)  # after the last milestone
+                name = "lr_gamma"
+            if self.optimizer == "adam":
+                log_peak -= math.log1p(-self.betas[0])
+            _require(name, log_peak <= math.log(FLOAT32_MAX),
+                     f"the step size it schedules reaches about 1e{log_peak / math.log(10):.0f} (the peak lr"
+                     f"{' / (1 - betas[0]), Adam' if self.optimizer == 'adam' else ''}), beyond float32's largest "
+                     f"{FLOAT32_MAX:.4g}")
 
 
 @dataclass
@@ -199,6 +238,9 @@ class Config:
     ba: BAConfig = field(default_factory=BAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        _require("seed", 0 <= self.seed <= MAX_SEED, f"must be in [0, 2**63 - 1], got {self.seed}")
+
 
 # -- building dataclasses from plain dicts, with errors that say where --------------------------------------------
 
@@ -225,6 +267,18 @@ def _line_index(text: str, source: str = "<recipe>") -> dict[tuple[str, ...], in
     if root is not None:
         walk(root, ())
     return lines
+
+
+def _refuse_aliases(text: str, source: str) -> None:
+    """Raise :class:`ConfigError` at the first YAML alias (``*name``, ``<<: *name``) of a recipe.
+
+    Reads the event stream only (linear in the text): ``yaml.safe_load`` and any walk over its result would expand
+    nested aliases exponentially (9 lines of anchors: minutes and gigabytes).
+    """
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(f"{source}:{event.start_mark.line + 1}: YAML alias *{event.anchor} is not allowed in "
+                              "a recipe; write the value out")
 
 
 class Where:
@@ -334,11 +388,84 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def apply_override(tree: dict, override: str) -> tuple[str, ...]:
-    """Set ``key.path=value`` (value parsed as a YAML scalar) in the plain-dict config ``tree``; return the key path.
+# -- key=value overrides ------------------------------------------------------------------------------------------
+#
+# A value is read as YAML only where YAML means what the text says: a number, a boolean, null, a flow list
+# ``[4, 8]`` or mapping ``{repeats: 2}``, or ONE quoted scalar (``"no"``: the string, not a boolean). Anything else
+# is the text itself: a comment (``/tmp/st #8`` would be ``/tmp/st``), a block mapping (``/a: b``), an anchor or
+# alias, a tag, a document marker, a parse error, or a plain scalar whose YAML reading is a string
+# (``/tmp/a  b`` keeps both spaces). :func:`format_override` writes any value so that it reads back the same.
+
+
+def _yaml_value(raw: str) -> tuple[bool, Any]:
+    """``(True, value)`` when ``raw`` is a YAML value that means what it says (see above), else ``(False, None)``."""
+    try:
+        events = list(yaml.parse(raw, Loader=yaml.SafeLoader))
+        node = yaml.compose(raw, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return False, None
+    if node is None or raw[node.end_mark.index:].strip() or raw[:node.start_mark.index].strip():
+        return False, None  # only a comment, or a comment / marker / property around the value
+    for event in events:
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            return False, None
+        if isinstance(event, yaml.CollectionStartEvent) and not event.flow_style:
+            return False, None  # a block mapping or list: ``/tmp/a: b``, ``- x``
+        if getattr(event, "tag", None) is not None:
+            return False, None  # an explicit tag (``!!str``, ``!x``)
+        if isinstance(event, yaml.ScalarEvent) and event.style not in (None, "'", '"'):
+            return False, None  # a block scalar (``|``, ``>``)
+    value = yaml.safe_load(raw)
+    if isinstance(node, yaml.ScalarNode) and node.style is None and (isinstance(value, str) or ":" in raw):
+        return False, None  # plain text: kept verbatim (YAML would trim its spaces, read 1:30 as 90)
+    return _plain(value), value
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value`` holds only str, int, float, bool, None, lists and dicts (not YAML's dates)."""
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(_plain(k) and _plain(v) for k, v in value.items())
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def override_value(raw: str) -> Any:
+    """The value of ``key=RAW``: YAML where it means what the text says, else the text itself (see the rule above).
+
+    Examples: ``4`` -> 4, ``1e-4`` -> 1e-4, ``[4, 8]`` -> [4, 8], ``{repeats: 2}`` -> {"repeats": 2}, ``"no"`` ->
+    ``"no"``, ``no`` -> False, ``/tmp/st #8/x`` -> ``"/tmp/st #8/x"``, ``/a: b`` -> ``"/a: b"``, empty -> ``""``.
+    """
+    if not raw.strip():
+        return ""
+    is_yaml, value = _yaml_value(raw)
+    return value if is_yaml else raw
+
+
+def format_override(key: str, value: Any) -> str:
+    """``key=value`` text that :func:`override_value` reads back as ``value`` (a str, int, float, bool, None, or
+    a list/dict of those); what ``seqba.compare`` uses for the overrides it builds (``output_dir``, ``seed``).
 
     Raises:
-        ConfigError: not ``key=value``, an empty key, invalid YAML, or a path through a non-section.
+        ValueError: a value of another type (e.g. a date), or one that would not read back the same.
+    """
+    if isinstance(value, str) and override_value(value) == value:
+        return f"{key}={value}"
+    if not _plain(value):
+        raise ValueError(f"{key}: cannot write a {type(value).__name__} as a key=value override")
+    style = '"' if isinstance(value, str) else None  # a string YAML would retype: ``"no"``, ``"4"``
+    text = yaml.safe_dump(value, default_style=style, default_flow_style=True, width=math.inf).strip()
+    text = text[:-len("\n...")] if text.endswith("\n...") else text  # the end marker of a bare scalar
+    if override_value(text) != value:
+        raise ValueError(f"{key}: {value!r} cannot be written as a key=value override")
+    return f"{key}={text}"
+
+
+def parse_override(override: str) -> tuple[tuple[str, ...], Any]:
+    """``"key.path=value"`` -> (key path, value read by :func:`override_value`).
+
+    Raises:
+        ConfigError: not ``key=value``, or an empty key.
     """
     if "=" not in override:
         raise ConfigError(f"override {override!r} is not of the form key=value (e.g. ba.repeats=4)")
@@ -346,10 +473,44 @@ def apply_override(tree: dict, override: str) -> tuple[str, ...]:
     path = tuple(key.strip().split("."))
     if not all(path):
         raise ConfigError(f"override {override!r}: empty key in {key.strip()!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {override!r}: invalid YAML value: {err}") from None
+    return path, override_value(raw)
+
+
+def _leaves(path: tuple[str, ...], value: Any) -> list[tuple[str, ...]]:
+    if isinstance(value, dict) and value:
+        return [leaf for k, v in value.items() for leaf in _leaves(path + (str(k),), v)]
+    return [path]
+
+
+def override_keys(override: str) -> list[tuple[str, ...]]:
+    """The key paths ``override`` sets: ``train.resume=x`` -> [("train", "resume")]; a section value
+    ``train={resume: x, max_updates: 4}`` -> [("train", "resume"), ("train", "max_updates")].
+
+    Raises:
+        ConfigError: as :func:`parse_override`.
+    """
+    return _leaves(*parse_override(override))
+
+
+def _merge(section: dict, values: dict) -> None:
+    """Set ``values`` into ``section`` key by key, recursively into sub-sections."""
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(section.get(key), dict):
+            _merge(section[key], value)
+        else:
+            section[key] = value
+
+
+def apply_override(tree: dict, override: str) -> tuple[str, ...]:
+    """Set ``key.path=value`` (:func:`override_value`) in the plain-dict config ``tree``; return the key path.
+
+    A mapping value is merged into the section (``ba={repeats: 2}`` sets ``ba.repeats`` and keeps the recipe's
+    other ``ba`` keys), as the same keys given one by one would be.
+
+    Raises:
+        ConfigError: not ``key=value``, an empty key, or a path through a non-section.
+    """
+    path, value = parse_override(override)
     node = tree
     for depth, part in enumerate(path[:-1]):
         child = node.setdefault(part, {})
@@ -358,7 +519,10 @@ def apply_override(tree: dict, override: str) -> tuple[str, ...]:
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {'.'.join(path[:depth + 1])} is not a section")
         node = child
-    node[path[-1]] = value
+    if isinstance(value, dict) and isinstance(node.get(path[-1]), dict):
+        _merge(node[path[-1]], value)
+    else:
+        node[path[-1]] = value
     return path
 
 
@@ -411,7 +575,10 @@ def build(tree: Any, where: Where | str = "<config>") -> Config:
         if f.name in kwargs or f.name not in tree:
             continue
         kwargs[f.name] = _coerce(tree[f.name], typing.get_type_hints(Config)[f.name], (f.name,), where)
-    cfg = Config(**kwargs)
+    try:
+        cfg = Config(**kwargs)
+    except FieldError as err:
+        raise ConfigError(f"{where((err.field,))}: {err.message}") from None
     if not cfg.output_dir.strip():
         raise ConfigError(f"{where(('output_dir',))}: must name a folder (empty: the run would write into the "
                           "current directory)")
@@ -459,6 +626,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
         line = data.count(b"\n", 0, err.start) + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 ({err.reason} at byte {err.start})") from None
     try:
+        _refuse_aliases(text, str(path))  # before anything expands them
         tree = yaml.safe_load(text)
         lines = _line_index(text, str(path))
     except yaml.YAMLError as err:
@@ -468,7 +636,10 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Confi
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of sections (task:, data:, ...), "
                           f"got a {type(tree).__name__}")
-    overridden = {apply_override(tree, override) for override in overrides}
+    overridden = set()
+    for override in overrides:
+        apply_override(tree, override)
+        overridden.update(override_keys(override))
     where = Where(str(path), lines, overridden)
     cfg = build(tree, where)
     resume = cfg.train.resume
