@@ -8,6 +8,7 @@ A prepared directory (written by :func:`seqba.data.prepare.prepare_translation`)
       train.en.bin  train.en.idx  train.de.bin  train.de.idx
       valid.en.bin  ...  valid.en.txt  valid.de.txt      raw (stripped) text, kept for sacreBLEU
       test.en.bin   ...  test.en.txt   test.de.txt
+      users/<hash>.json        runs that read this corpus (``record_user``; not part of the corpus)
 
 Each ``.bin`` is every sentence's piece ids concatenated, WITHOUT bos/eos (``uint16`` when the vocabulary
 has fewer than 65,536 pieces, else ``int32``); each ``.idx`` holds ``N + 1`` int64 offsets into it, so
@@ -18,11 +19,17 @@ reduced to two plain numpy arrays::
     .idx  0          3      5            9  ...    (N + 1 offsets, int64)
 
 The dataset appends eos on read; ``collate`` builds the decoder input ``[bos, t1..tn]``.
+
+A built corpus is identified by :func:`corpus_fingerprint` (a hash of ``manifest.json`` and ``spm.model``), which
+checkpoints record. The runs that read a corpus are listed in ``users/`` (:func:`record_user`), so that a rebuild
+with other options can refuse while one of them still holds checkpoints (``seqba.data.prepare``).
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,10 +37,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+logger = logging.getLogger(__name__)
+
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPLITS = ("train", "valid", "test")
 MANIFEST = "manifest.json"
 SPM_MODEL = "spm.model"
+USERS = "users"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -59,6 +69,89 @@ def write_indexed(prefix: Path, sequences: Sequence[Sequence[int]], dtype: np.dt
     flat.tofile(f"{prefix}.bin")
     offsets.tofile(f"{prefix}.idx")
     return lengths
+
+
+class IndexedWriter:
+    """Write ``prefix.bin``/``prefix.idx`` chunk by chunk (the layout of :func:`write_indexed`, same bytes).
+
+    Usage::
+
+        writer = IndexedWriter(out / "train.en", np.dtype(np.uint16))
+        writer.append(flat_ids, lengths)     # flat: (sum(lengths),) dtype ids; lengths: int64 (n,)
+        lengths = writer.close()             # int64 (N,), every appended sentence's length
+
+    Only the lengths are kept in memory (8 bytes per sentence); the ids go straight to disk.
+    """
+
+    def __init__(self, prefix: Path, dtype: np.dtype) -> None:
+        self.prefix = Path(prefix)
+        self.dtype = np.dtype(dtype)
+        self._bin = open(f"{prefix}.bin", "wb")
+        self._lengths: list[np.ndarray] = []
+
+    def append(self, flat: np.ndarray, lengths: np.ndarray) -> None:
+        """Add ``len(lengths)`` sentences whose ids are ``flat`` (concatenated); raises ``ValueError`` if the
+        sizes disagree."""
+        if int(lengths.sum()) != len(flat):
+            raise ValueError(f"{len(flat)} ids but lengths sum to {int(lengths.sum())}")
+        np.asarray(flat, dtype=self.dtype).tofile(self._bin)
+        self._lengths.append(np.asarray(lengths, dtype=np.int64))
+
+    def close(self) -> np.ndarray:
+        """Write ``prefix.idx`` and return the int64 (N,) sentence lengths."""
+        self._bin.close()
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        offsets.tofile(f"{self.prefix}.idx")
+        return lengths
+
+
+def corpus_fingerprint(prepared_dir: str | os.PathLike) -> str | None:
+    """What identifies a built corpus: 16 hex digits of sha256 over ``manifest.json`` and ``spm.model``.
+
+    The manifest holds the hash of the inputs and options the encoded files were built from (a deterministic
+    build: same inputs and options give the same bytes) and their counts; the SentencePiece model is hashed
+    itself. ``None`` when the folder has no manifest (nothing prepared there).
+    """
+    folder = Path(prepared_dir)
+    if not (folder / MANIFEST).is_file():
+        return None
+    digest = hashlib.sha256((folder / MANIFEST).read_bytes())
+    model = folder / SPM_MODEL
+    digest.update(model.read_bytes() if model.is_file() else b"")
+    return digest.hexdigest()[:16]
+
+
+def record_user(prepared_dir: str | os.PathLike, run_dir: str | os.PathLike) -> Path | None:
+    """Record that the run in ``run_dir`` reads the corpus in ``prepared_dir`` (``users/<hash>.json``).
+
+    Idempotent and atomic (one file per run, written then renamed). Returns the record's path, or ``None`` when
+    the prepared folder is not writable (a shared read-only corpus; a warning is logged).
+    """
+    run_dir = Path(run_dir).absolute()
+    folder = Path(prepared_dir) / USERS
+    path = folder / f"{hashlib.sha256(str(run_dir).encode()).hexdigest()[:16]}.json"
+    try:
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"run_dir": str(run_dir)}) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        logger.warning("cannot record run %s as a user of %s (%s)", run_dir, prepared_dir, err)
+        return None
+    return path
+
+
+def recorded_users(prepared_dir: str | os.PathLike) -> list[Path]:
+    """The run folders recorded by :func:`record_user` (whether or not they still exist), sorted."""
+    runs = set()
+    for record in (Path(prepared_dir) / USERS).glob("*.json"):
+        try:
+            runs.add(Path(json.loads(record.read_text(encoding="utf-8"))["run_dir"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a damaged record names no run
+    return sorted(runs)
 
 
 def _read_offsets(prefix: Path, dtype: np.dtype) -> np.ndarray:
