@@ -17,6 +17,12 @@ as they are (as R-Drop).
 The recipe's ``data.prepare`` section describes the corpus (:class:`seqba.data.prepare.PrepareConfig`); the main
 process prepares it into ``data.prepared_dir`` on first use (a no-op when up to date), so a recipe runs from raw
 text in one command.
+
+The run records itself as a user of the prepared folder (``users/`` in it): a later preparation of that folder
+with other inputs or options is then refused while this run's folder holds checkpoints, unless
+``data.prepare.overwrite=true``. :func:`fingerprint` (the ``TaskSpec`` hook) identifies the built corpus, so that
+checkpoints record it and a resume or ``seqba.eval`` on a rebuilt corpus is refused. The valid split is checked
+at setup (not empty, every pair within the validation token budget), not at the first validation.
 """
 from __future__ import annotations
 
@@ -32,10 +38,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from seqba.data.prepare import PrepareConfig, prepare_translation, read_lines
-from seqba.data.translation import (BOS_ID, EOS_ID, PAD_ID, TranslationDataset, collate, load_tokenizer,
-                                    read_manifest, read_raw_lines)
+from seqba.data.translation import (BOS_ID, EOS_ID, MANIFEST, PAD_ID, TranslationDataset, collate,
+                                    corpus_fingerprint, load_tokenizer, read_manifest, read_raw_lines, record_user)
 from seqba.losses import consistency_loss, label_smoothed_cross_entropy, label_smoothed_nll_loss
-from seqba.errors import FieldError
+from seqba.errors import ConfigError, FieldError, SeqbaError
 from seqba.metrics import perplexity
 from seqba.models.transformer import Transformer, TransformerConfig
 from seqba.samplers import TokenBudgetBatchSampler
@@ -130,10 +136,13 @@ class TranslationTask(Task):
         data = cfg.data
         with accelerator.main_process_first():
             if accelerator.is_main_process and (data.prepare.preset or data.prepare.train_src):
-                prepare_translation(data.prepared_dir, data.prepare)
+                prepare_translation(data.prepared_dir, data.prepare, user=cfg.output_dir)  # records this run
+            elif accelerator.is_main_process and (Path(data.prepared_dir) / MANIFEST).is_file():
+                record_user(data.prepared_dir, cfg.output_dir)
         self.vocab_size = int(read_manifest(data.prepared_dir)["vocab_size"])
         self.train_data = TranslationDataset(data.prepared_dir, "train")
         self.valid_data = TranslationDataset(data.prepared_dir, "valid")
+        self._check_valid_split()
         self.sampler = TokenBudgetBatchSampler(
             self._fit_positions(self.train_data, "train"), data.max_tokens, max_sentences=data.max_sentences,
             required_batch_size_multiple=data.required_batch_size_multiple, shuffle=True, seed=cfg.seed,
@@ -160,6 +169,37 @@ class TranslationTask(Task):
                              f"model.max_positions={limit}; set data.skip_invalid_size=true to drop such pairs")
         budget = max(self.cfg.data.max_tokens, self.cfg.data.valid_max_tokens or 0)
         return np.where(too_long, budget + 1, num_tokens)
+
+    def _check_valid_split(self) -> None:
+        """Refuse, at setup, a valid split that validation could not use.
+
+        Raises:
+            SeqbaError: the split has no pair (naming the source files it was prepared from).
+            ConfigError: a pair that fits the model is longer than the validation token budget (it would be
+                skipped, so the loss would be measured on part of the split or on nothing), naming the key, the
+                pair's line in the source file and the budget needed.
+        """
+        data, valid = self.cfg.data, self.valid_data
+        sources = read_manifest(data.prepared_dir).get("sources", {}).get("valid", {})
+        files = [str(Path(data.prepared_dir) / sources[side]["path"]) if not Path(sources[side]["path"]).is_absolute()
+                 else sources[side]["path"] for side in ("src", "tgt") if side in sources]
+        where = f"{files[0]} and {files[1]}" if len(files) == 2 else f"{data.prepared_dir}/valid"
+        if len(valid) == 0:
+            raise SeqbaError(f"the valid split of {data.prepared_dir} is empty (prepared from {where}): validation "
+                             "needs at least one sentence pair; give non-empty valid files")
+        budget = data.valid_max_tokens or data.max_tokens
+        sizes = valid.num_tokens
+        usable = sizes <= self.cfg.model.max_positions  # longer pairs are skipped by design (_fit_positions)
+        over = usable & (sizes > budget)
+        if over.any() or not usable.any():
+            key = "data.valid_max_tokens" if data.valid_max_tokens else "data.max_tokens"
+            if not usable.any():
+                raise ConfigError(f"every pair of the valid split ({where}) is longer than model.max_positions="
+                                  f"{self.cfg.model.max_positions} tokens: validation would measure nothing")
+            first = int(np.flatnonzero(over)[0])
+            raise ConfigError(f"{key}={budget} is smaller than the valid pair at line {first + 1} of {where} "
+                              f"({int(sizes[first])} tokens with eos): validation would skip it; set "
+                              f"data.valid_max_tokens >= {int(sizes[usable].max())} (the longest valid pair)")
 
     def build_model(self) -> Transformer:
         return build_transformer(self.cfg.model, self.vocab_size)
@@ -278,5 +318,11 @@ def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, Any]:
     return result
 
 
+def fingerprint(cfg) -> str | None:
+    """The ``TaskSpec.fingerprint`` of translation: :func:`~seqba.data.translation.corpus_fingerprint` of
+    ``data.prepared_dir`` (a hash of its manifest and SentencePiece model; None where nothing is prepared)."""
+    return corpus_fingerprint(cfg.data.prepared_dir)
+
+
 SPEC = TaskSpec(TranslationDataConfig, TransformerConfig, TranslationCriterionConfig, TranslationTask,
-                evaluate=evaluate)
+                evaluate=evaluate, fingerprint=fingerprint)
