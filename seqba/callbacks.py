@@ -8,6 +8,10 @@ A :class:`Callback` overrides the events it needs; the trainer calls them on eve
     on_checkpoint_saved(trainer, path)       after a resume checkpoint is complete
     on_train_end(trainer, metrics)           after the final validation and checkpoint
 
+A callback with state that must survive a kill (an open averaging window) returns it from ``state_dict()``
+(plain floats, this rank's); the trainer stores it in every resume checkpoint, under the callback's class name,
+and hands it back to ``load_state_dict`` on resume, before ``on_train_begin``.
+
 Through ``trainer`` a callback reads the loop position (``trainer.state``), the config, the model, the
 optimizer, the task and the accelerator. A callback that calls a collective (``accelerator.reduce``) must do so
 on every rank at the same events, as :class:`MetricsLogger` does.
@@ -53,6 +57,13 @@ class Callback:
     def on_train_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         pass
 
+    def state_dict(self) -> dict[str, Any] | None:
+        """This rank's state to checkpoint (None: nothing)."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned at the checkpoint being resumed."""
+
 
 class MetricsLogger(Callback):
     """Writes ``metrics.jsonl`` (one JSON object per ``train.log_interval`` updates, one for the updates left at the
@@ -61,7 +72,9 @@ class MetricsLogger(Callback):
     A training record holds ``step``, ``epoch``, ``loss``/``nll`` (nats per target token or word), ``ppl``,
     ``lr``, ``gnorm`` (means over the window), and for every ``<name>_count`` counter ``<name>_per_step`` and
     ``<name>_per_s`` (summed over ranks). A validation record holds ``valid_<metric>``. On resume, records after
-    the checkpoint's update (written by the killed run) and lines torn by a kill are dropped first.
+    the checkpoint's update (written by the killed run) and lines torn by a kill are dropped first, and the window
+    open at the checkpoint (the updates since the last record) is restored, so the first record after a resume
+    averages the same updates as an uninterrupted run's.
     """
 
     def __init__(self, output_dir: str | Path, log_interval: int) -> None:
@@ -73,6 +86,12 @@ class MetricsLogger(Callback):
     def on_train_begin(self, trainer: Trainer) -> None:
         self.enabled = trainer.accelerator.is_main_process
         self.truncate(trainer.state["num_updates"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"window": dict(self.window)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.window = {k: float(v) for k, v in state.get("window", {}).items()}
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:

@@ -3,6 +3,12 @@
 The kernel releases the lock when its holder dies (a SIGKILL included), so a lock file left by a killed run is
 stale by construction: the next run takes it. The file keeps the holder's pid, host and start time, which the
 error of a second run quotes. On systems without ``fcntl`` (Windows) no lock is taken.
+
+A ``flock`` belongs to the open file, and a forked child (a ``DataLoader`` worker, a ``multiprocessing`` pool
+process) shares the parent's open files: after a SIGKILL of the parent, its orphaned workers would keep the run
+locked until they notice and exit (seconds). Forked children therefore close their copy of every held lock's
+descriptor right after the fork (``os.register_at_fork``), so only the process that took the lock holds it.
+``subprocess`` children never see it (the descriptor is close-on-exec).
 """
 from __future__ import annotations
 
@@ -20,6 +26,21 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 __all__ = ["RunLock"]
+
+_HELD: set[int] = set()  # descriptors of the locks this process holds (closed in forked children)
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)  # drops the child's reference to the open file; the parent's lock stays
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class RunLock:
@@ -62,6 +83,7 @@ class RunLock:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.write(fd, (json.dumps(info) + "\n").encode())
         self._fd = fd
+        _HELD.add(fd)
         return self
 
     @staticmethod
@@ -74,6 +96,7 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            _HELD.discard(self._fd)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -41,12 +41,13 @@ checkpoint blows up, that checkpoint (whose weights produced the NaN) is set asi
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import yaml
@@ -58,7 +59,7 @@ from seqba.callbacks import Callback, MetricsLogger, ProgressBar, TrackerLogger
 from seqba.checkpoint import (latest_checkpoint, load_checkpoint, point_latest, prune_checkpoints, save_checkpoint,
                               save_model_file, set_aside)
 from seqba.distributed import seed_worker_rngs
-from seqba.errors import ConfigError, NonFiniteError, RunLockedError
+from seqba.errors import CheckpointError, ConfigError, NonFiniteError, SeqbaError
 from seqba.gradstats import GradStats
 from seqba.optim import build_optimizer, lr_multiplier
 from seqba.runlock import RunLock
@@ -86,7 +87,9 @@ class Trainer:
     Raises (from :meth:`setup` / :meth:`train`):
         ConfigError: ``ba.group_size`` does not divide the number of processes.
         RunLockedError: another live run holds ``output_dir``.
-        CheckpointError: the checkpoint to resume from is unreadable or of another model.
+        ConfigError: ``train.resume=none`` on an ``output_dir`` that already holds a run.
+        CheckpointError: the checkpoint to resume from is unreadable, of another model, written by another number
+            of processes, or trained on data whose fingerprint differs from today's (``TaskSpec.fingerprint``).
         NonFiniteError: a NaN/inf loss, gradient or parameter (the message names the checkpoint to resume from).
     """
 
@@ -100,6 +103,7 @@ class Trainer:
         self.provisional: str | None = None  # newest checkpoint not yet followed by a finite update
         self._validated_finite_at: int | None = None  # update whose weights last validated to a finite loss
         self._exit = contextlib.ExitStack()
+        self._callback_states: dict[str, dict] = {}  # from the checkpoint resumed, for the callbacks of setup()
 
     # -- setup ----------------------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -116,6 +120,10 @@ class Trainer:
         if tc.grad_stats_interval:  # gradient statistics across the M copies (seqba.gradstats)
             self.callbacks.append(GradStats(tc.grad_stats_interval))
         self.callbacks += self.extra_callbacks
+        for callback in self.callbacks:  # an open metrics window, ... (saved by save_checkpoint)
+            saved = self._callback_states.get(type(callback).__name__)
+            if saved is not None:
+                callback.load_state_dict(saved)
 
     def _setup_accelerator(self) -> None:
         tc, ba = self.cfg.train, self.cfg.ba
@@ -136,18 +144,23 @@ class Trainer:
         for noisy in ("accelerate", "matplotlib"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    def _lock_output_dir(self) -> None:
-        """Main process takes the run-directory lock; every rank learns whether it succeeded."""
-        error = None
+    def _on_main_process(self, check: Callable[[], None]) -> None:
+        """Run ``check`` on the main process; every rank raises the error it raised (a SeqbaError), so that all
+        ranks stop at the same point, before any other collective."""
+        error: tuple[type, str] | None = None
         if self.accelerator.is_main_process:
             try:
-                self._exit.enter_context(RunLock(self.output_dir / ".lock"))
-            except RunLockedError as err:
-                error = str(err)
+                check()
+            except SeqbaError as err:
+                error = (type(err), str(err))
         if self.accelerator.num_processes > 1:
             error = broadcast_object_list([error])[0]
         if error:
-            raise RunLockedError(error)
+            raise error[0](error[1])
+
+    def _lock_output_dir(self) -> None:
+        """Main process takes the run-directory lock; every rank learns whether it succeeded."""
+        self._on_main_process(lambda: self._exit.enter_context(RunLock(self.output_dir / ".lock")))
 
     def _setup_task_and_model(self) -> None:
         cfg, acc = self.cfg, self.accelerator
@@ -158,6 +171,8 @@ class Trainer:
         if cfg.train.compile:  # the eager module stays reachable for evaluation and saving
             model = torch.compile(model, dynamic=self.task.compile_dynamic)
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        fingerprint = TASKS[cfg.task].fingerprint  # the data this run reads: recorded in checkpoints and model files
+        self.corpus = fingerprint(cfg) if fingerprint is not None else None
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         seed_worker_rngs(cfg.seed, acc.process_index)  # distinct dropout / augmentation per rank
         logger.info("task %s, %d processes, %.2fM parameters, M=%d, micro_batches=%d, group_size=%d", cfg.task,
@@ -167,6 +182,7 @@ class Trainer:
     def _resume(self) -> None:
         resume = self.cfg.train.resume
         if resume == "none":
+            self._on_main_process(self._refuse_to_overwrite)
             return
         if resume == "auto":
             path = latest_checkpoint(self.output_dir, repair=self.accelerator.is_main_process)
@@ -176,12 +192,48 @@ class Trainer:
             path = Path(resume)
         if path is None:
             return
+        self._check_process_count(path)
         loaded = load_checkpoint(self.accelerator, path)
+        recorded = loaded.get("corpus")
+        if recorded is not None and self.corpus is not None and recorded != self.corpus:
+            raise CheckpointError(f"cannot resume from {path}: it was trained on data with fingerprint {recorded}, "
+                                  f"but {self._data_where()} now has fingerprint {self.corpus} (rebuilt with other "
+                                  "options?); restore that data, or start afresh in another output_dir")
         self.state.update(loaded["loop"])
         self.task.load_state_dict(loaded["task"])
+        self._callback_states = loaded.get("callbacks", {})
         self.provisional = path.name if path.parent == self.output_dir / "checkpoints" else None
         logger.info("resumed from %s at update %d (epoch %d, batch %d)", path, self.state["num_updates"],
                     self.state["epoch"], self.state["iterations_in_epoch"])
+
+    def _check_process_count(self, path: Path) -> None:
+        """A checkpoint's batch position is per rank: resuming it with another number of processes would silently
+        train on another sharding, so it is refused (``complete.json`` records the count)."""
+        try:
+            written = json.loads((path / "complete.json").read_text()).get("num_processes")
+        except (OSError, ValueError, AttributeError):
+            return  # an older or incomplete checkpoint: load_checkpoint reports what is missing
+        here = self.accelerator.num_processes
+        if written is not None and written != here:
+            raise CheckpointError(f"cannot resume from {path}: it was written by {written} process(es) and this "
+                                  f"run has {here}; resume with the same number (accelerate launch --num_processes "
+                                  f"{written} ...), or start afresh in another output_dir")
+
+    def _data_where(self) -> str:
+        data = getattr(self.cfg, "data", None)
+        folder = getattr(data, "prepared_dir", None) or getattr(data, "root", None)
+        return f"the data folder {folder}" if folder else "the data"
+
+    def _refuse_to_overwrite(self) -> None:
+        """``train.resume=none`` starts from update 0: refuse where that would replace another run's files."""
+        out = self.output_dir
+        held = [name for name in ("metrics.jsonl", "checkpoint_best.pt", "checkpoint_last.pt") if (out / name).exists()]
+        if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+            held.append("checkpoints/")
+        if held:
+            raise ConfigError(f"train.resume=none: {out} already holds a run ({', '.join(held)}); it would be "
+                              "overwritten. Continue it with train.resume=auto, or choose another output_dir (or "
+                              "move that folder away) to start afresh")
 
     def _start_output_dir(self) -> None:
         """The run has started cleanly: record its config (a failed resume leaves the old one in place)."""
@@ -371,7 +423,8 @@ class Trainer:
         tc = self.cfg.train
         protect = {self.state["known_good"]} if self.state["known_good"] else set()
         path = save_checkpoint(self.accelerator, self.output_dir, self.state["num_updates"],
-                               {"loop": dict(self.state), "task": self.task.state_dict()},
+                               {"loop": dict(self.state), "task": self.task.state_dict(), "corpus": self.corpus,
+                                "callbacks": self._callback_state_dicts()},
                                self.config_dict, tc.keep_checkpoints, protect)
         self.provisional = path.name
         if self._validated_finite_at == self.state["num_updates"]:  # these weights just validated finitely
@@ -380,10 +433,20 @@ class Trainer:
         self._emit("on_checkpoint_saved", path)
         return path
 
+    def _callback_state_dicts(self) -> dict[str, dict]:
+        states = {}
+        for callback in self.callbacks:
+            state = callback.state_dict()
+            if state is not None:
+                states[type(callback).__name__] = state
+        return states
+
     def _save_model_file(self, name: str, extra: dict | None = None) -> None:
         if self.accelerator.is_main_process:
+            meta = {"step": self.state["num_updates"], **({"corpus": self.corpus} if self.corpus else {}),
+                    **(extra or {})}
             save_model_file(self.output_dir / name, self.task.eval_model(self.model).state_dict(),
-                            self.config_dict, {"step": self.state["num_updates"], **(extra or {})})
+                            self.config_dict, meta)
 
     def _check_finite_parameters(self) -> None:
         bad = sum(int(not torch.isfinite(p).all()) for p in self.task.eval_model(self.model).parameters())

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from seqba.data.batch_seeds import NumberedBatches, SeededBatchFetch
 from seqba.distributed import worker_seed
 from seqba.samplers import RepeatBatchSampler, repeat_batch
 from seqba.search import DEFAULT_MAX_LEN_A, DEFAULT_MAX_LEN_B
@@ -176,12 +177,18 @@ class Task:
 
         ``sampler`` yields B distinct indices per batch; with ``ba.expand_on_device: false`` it is wrapped in a
         :class:`RepeatBatchSampler` so that the loader yields M·B rows. The position comes from
-        ``sampler.load_state_dict`` (exact mid-epoch resume), the worker seeds from :meth:`loader_generator`.
+        ``sampler.load_state_dict`` (exact mid-epoch resume); the random numbers drawn while loading a batch from
+        ``(seed, rank, epoch, batch index)`` (:mod:`seqba.data.batch_seeds`), the worker seeds from
+        :meth:`loader_generator`.
         """
         sampler.load_state_dict({"epoch": epoch, "iterations_in_epoch": start})
         ba = self.cfg.ba
         batch_sampler = sampler if ba.expand_on_device else RepeatBatchSampler(sampler, ba.repeats, layout=ba.layout)
-        loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn,
+        # random numbers drawn while loading (augmentation in the DataLoader) follow the batch's position in the
+        # epoch, not the worker that fetches it: exact after any resume, whatever num_workers (seqba.data.batch_seeds)
+        seed = worker_seed(self.cfg.seed, self.accelerator.process_index)
+        loader = DataLoader(SeededBatchFetch(dataset, seed, epoch), batch_sampler=NumberedBatches(batch_sampler, start),
+                            collate_fn=collate_fn,
                             generator=self.loader_generator(epoch), num_workers=self.cfg.train.num_workers,
                             pin_memory=self.device.type == "cuda")
         for batch in loader:
