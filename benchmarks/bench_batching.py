@@ -2,25 +2,31 @@
 
 Source lengths are lognormal with mean ~28 tokens, clipped to [1, 256]; target lengths are the source lengths times a
 lognormal ratio (sigma 0.15), clipped alike (the WMT16 en-de training set has ~4.5M pairs). Batches are cut on
-``num_tokens = max(src, tgt)`` with ``max_tokens`` (4096) as fairseq's ``LanguagePairDataset`` does. Measures,
-best of ``--repeat`` runs:
+``num_tokens = max(src, tgt)`` with ``max_tokens`` (4096) as fairseq's ``LanguagePairDataset`` does.
 
-* ``full_pipeline_s``: one epoch from scratch: the sampler's construction (sort + batch boundaries) and the epoch's
-  batches (seeded tie shuffle, stable length sort, split, batch-order shuffle);
-* ``epoch_s``: a later epoch on a built sampler (shuffle + sort + split + order);
-* ``batching_s``: cutting the sorted lengths into batches alone (``batch_boundaries``);
-* ``iterate_lists_s`` / ``iterate_arrays_s``: iterating the epoch's batches (cached) as the DataLoader does, as
-  lists of ints (default) or as int64 arrays (``yield_arrays=True``);
-* ``padding_efficiency_num_tokens`` (on ``max(src, tgt)``, what the sampler batches on) and
-  ``padding_efficiency_src_tgt`` (of the padded source and target tensors).
+Every figure is per round over ``--rounds`` rounds; within a round seqba and fairseq run back to back (which goes
+first alternates), and the JSON holds each time per round, each fairseq / seqba ratio per round, and their
+median with the range (min, max) -- the headline is that median, never the best round:
 
+* ``full_pipeline``: one epoch from scratch, ending in the epoch's list of per-batch int64 index arrays. seqba:
+  ``TokenBudgetBatchSampler(...).batches(0)`` (construction: sort + batch boundaries; the epoch: seeded
+  permutation, stable length sort, split into arrays, batch-order shuffle). fairseq: the same permutation and sort
+  (so that both give the SAME batches; fairseq's own ``ordered_indices`` sorts twice, by tgt then src), its
+  ``batch_by_size_vec`` (which returns the index arrays), the same batch-order shuffle;
+* ``batching``: the batching step alone on the same sorted input, both ending in the per-batch index arrays
+  (seqba: ``batch_boundaries`` + ``np.split``; fairseq: ``batch_by_size_vec``);
+* seqba alone: ``boundaries`` (``batch_boundaries``, offsets only), ``epoch`` (a later epoch on a built sampler),
+  ``iterate_lists`` / ``iterate_arrays`` (iterating the cached epoch as lists of ints or as int64 arrays);
+* ``padding_efficiency_num_tokens`` (on ``max(src, tgt)``) and ``padding_efficiency_src_tgt`` (of the padded
+  source and target tensors).
+
+``same_batches`` compares, array by array, what the two TIMED pipelines returned (full pipeline and batching step).
 With ``--fairseq-src`` (a fairseq checkout, or its ``fairseq/data/data_utils_fast.pyx``) and Cython installed, it
-compiles that one file in a temporary directory and measures in the same process fairseq's pipeline
-(``LanguagePairDataset.ordered_indices``: permutation + two mergesorts; ``num_tokens_vec``;
-``batch_by_size_vec``; batch shuffle) and its batching step alone on the same sorted input, and checks that both
-give the same batches. Without them it prints one line saying why and skips. Nothing from fairseq is kept.
+compiles that one file in a temporary directory; without them it prints one line saying why and times seqba alone.
+Nothing from fairseq is kept.
 
-    python benchmarks/bench_batching.py [--fairseq-src PATH] [--out benchmarks/results/batching.json]
+    python benchmarks/bench_batching.py [--fairseq-src PATH] [--rounds 5] [--out benchmarks/results/batching.json]
+    python benchmarks/bench_batching.py --num-sentences 20000 --rounds 2 --out /tmp/b.json   # a quick check
 """
 from __future__ import annotations
 
@@ -37,6 +43,8 @@ from typing import Callable
 
 import numpy as np
 
+from ratios import per_round_ratios, summarize  # benchmarks/ratios.py (this script's folder is on sys.path)
+
 from seqba.samplers import TokenBudgetBatchSampler, batch_boundaries
 
 
@@ -49,13 +57,16 @@ def wmt_lengths(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return src.astype(np.int64), tgt.astype(np.int64)
 
 
-def best_of(repeat: int, fn: Callable[[], object]) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    """(seconds, result) of one call."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def same_arrays(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    """True when both lists hold the same index arrays in the same order."""
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
 def build_fairseq_batching(source: str | None) -> tuple[Callable | None, str]:
@@ -92,87 +103,107 @@ def build_fairseq_batching(source: str | None) -> tuple[Callable | None, str]:
     return module.batch_by_size_vec, f"fairseq {pyx} compiled with Cython in {build}"
 
 
-def fairseq_figures(batch_by_size_vec: Callable, src: np.ndarray, tgt: np.ndarray, num_tokens: np.ndarray,
-                    max_tokens: int, repeat: int, ours: np.ndarray) -> dict:
-    """fairseq's epoch pipeline and batching step, timed; and whether its batches equal seqba's (sizes)."""
-    rng = np.random.default_rng(1)
+def fairseq_epoch(batch_by_size_vec: Callable, lengths: np.ndarray, max_tokens: int, seed: int,
+                  epoch: int) -> list[np.ndarray]:
+    """One epoch's batches through fairseq's batching, with seqba's permutation, sort and batch-order shuffle.
 
-    def pipeline() -> list:
-        indices = rng.permutation(len(src)).astype(np.int64)  # LanguagePairDataset.ordered_indices (shuffle)
-        indices = indices[np.argsort(tgt[indices], kind="mergesort")]
-        indices = indices[np.argsort(src[indices], kind="mergesort")]
-        batches = batch_by_size_vec(indices, num_tokens[indices], max_tokens, -1, 1)
-        rng.shuffle(batches)  # EpochBatchIterator shuffles the batches
-        return batches
+    ``lengths``: (N,) the sampler's length array (uint16); returns the list of (batch size,) int64 index arrays that
+    ``TokenBudgetBatchSampler(lengths, max_tokens, seed=seed).batches(epoch)`` returns.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    perm = rng.permutation(len(lengths))
+    order = perm[np.argsort(lengths[perm], kind="stable")]
+    batches = batch_by_size_vec(order, lengths[order].astype(np.int64), max_tokens, -1, 1)  # list of arrays
+    return [batches[i] for i in rng.permutation(len(batches))]
 
-    order = np.argsort(num_tokens, kind="stable").astype(np.int64)
-    sorted_tokens = num_tokens[order]
-    theirs = batch_by_size_vec(order, sorted_tokens, max_tokens, -1, 1)
-    sizes = np.array([len(b) for b in theirs])
-    return {
-        "fairseq_full_pipeline_s": best_of(repeat, pipeline),
-        "fairseq_batching_s": best_of(repeat, lambda: batch_by_size_vec(order, sorted_tokens, max_tokens, -1, 1)),
-        "fairseq_num_batches": len(theirs),
-        "fairseq_same_batches": bool(np.array_equal(sizes, np.diff(ours))),
-    }
+
+def seqba_batching(order: np.ndarray, sorted_tokens: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """The batching step as fairseq's ``batch_by_size_vec`` does it: sorted input -> per-batch index arrays."""
+    return np.split(order, batch_boundaries(sorted_tokens, max_tokens)[1:-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-sentences", type=int, default=4_500_000)
     parser.add_argument("--max-tokens", type=int, default=4096)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median and range reported)")
     parser.add_argument("--fairseq-src", default=os.environ.get("FAIRSEQ_SRC"),
                         help="fairseq checkout or its data_utils_fast.pyx ($FAIRSEQ_SRC)")
     parser.add_argument("--out", default="benchmarks/results/batching.json")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
 
     src, tgt = wmt_lengths(args.num_sentences)
     num_tokens = np.maximum(src, tgt)
-
-    def full():
-        TokenBudgetBatchSampler(num_tokens, args.max_tokens, seed=1).batches()
-
-    sampler = TokenBudgetBatchSampler(num_tokens, args.max_tokens, seed=1)
-    arrays = TokenBudgetBatchSampler(num_tokens, args.max_tokens, seed=1, yield_arrays=True)
+    seed, max_tokens = 1, args.max_tokens
+    sampler = TokenBudgetBatchSampler(num_tokens, max_tokens, seed=seed)
+    arrays = TokenBudgetBatchSampler(num_tokens, max_tokens, seed=seed, yield_arrays=True)
     sampler.batches(), arrays.batches()  # cache epoch 0: time the iteration alone
+    lengths = sampler._lengths  # (N,) uint16, what the sampler sorts
+    order = np.argsort(lengths, kind="stable").astype(np.int64)
+    sorted_tokens = lengths[order].astype(np.int64)  # fairseq's num_tokens_vec dtype; given to both
     epochs = iter(range(1, 10**6))
 
-    def epoch():
+    def later_epoch():
         sampler._cache = None
-        sampler.batches(next(epochs))
+        return sampler.batches(next(epochs))
 
-    sorted_tokens = np.sort(num_tokens.astype(np.uint16), kind="stable")
-    offsets = batch_boundaries(sorted_tokens, args.max_tokens)
+    batch_by_size_vec, note = build_fairseq_batching(args.fairseq_src)
+    print(note if batch_by_size_vec else f"fairseq comparison skipped: {note}")
+    pairs = {  # name -> (seqba, fairseq or None): both return the epoch's per-batch index arrays
+        "full_pipeline": (lambda: TokenBudgetBatchSampler(num_tokens, max_tokens, seed=seed).batches(0),
+                          batch_by_size_vec and (lambda: fairseq_epoch(batch_by_size_vec, lengths, max_tokens,
+                                                                       seed, 0))),
+        "batching": (lambda: seqba_batching(order, sorted_tokens, max_tokens),
+                     batch_by_size_vec and (lambda: batch_by_size_vec(order, sorted_tokens, max_tokens, -1, 1))),
+    }
+    alone = {"boundaries": lambda: batch_boundaries(sorted_tokens, max_tokens), "epoch": later_epoch,
+             "iterate_lists": lambda: list(sampler), "iterate_arrays": lambda: list(arrays)}
+    seconds: dict[str, list[float]] = {}
+    same = {name: True for name in pairs}
+    for r in range(args.rounds):
+        for name, (ours, theirs) in pairs.items():
+            runs = [("seqba", ours)] + ([("fairseq", theirs)] if theirs else [])
+            results = {}
+            for who, fn in (runs if r % 2 == 0 else runs[::-1]):
+                took, results[who] = timed(fn)
+                seconds.setdefault(f"{who}_{name}_s", []).append(took)
+            if theirs:
+                same[name] &= same_arrays(results["seqba"], results["fairseq"])
+        for name, fn in alone.items():
+            seconds.setdefault(f"seqba_{name}_s", []).append(timed(fn)[0])
+
     result = {
-        "num_sentences": args.num_sentences,
-        "mean_length": float(num_tokens.mean()),
-        "max_tokens": args.max_tokens,
-        "full_pipeline_s": best_of(args.repeat, full),
-        "epoch_s": best_of(args.repeat, epoch),
-        "batching_s": best_of(args.repeat, lambda: batch_boundaries(sorted_tokens, args.max_tokens)),
-        "iterate_lists_s": best_of(args.repeat, lambda: list(sampler)),
-        "iterate_arrays_s": best_of(args.repeat, lambda: list(arrays)),
-        "num_batches": len(sampler),
+        "num_sentences": args.num_sentences, "mean_length": float(num_tokens.mean()), "max_tokens": max_tokens,
+        "rounds": args.rounds, "num_batches": len(sampler),
         "padding_efficiency_num_tokens": sampler.padding_efficiency,
         "padding_efficiency_src_tgt": sampler.padding_efficiency_of(src, tgt, epoch=0),
+        "seconds": {name: summarize(values, 6) for name, values in seconds.items()},
     }
-    batch_by_size_vec, note = build_fairseq_batching(args.fairseq_src)
-    if batch_by_size_vec is None:
-        print(f"fairseq comparison skipped: {note}")
-    else:
-        print(note)
-        result |= fairseq_figures(batch_by_size_vec, src, tgt, num_tokens, args.max_tokens, args.repeat, offsets)
-        result["fairseq_over_seqba_full_pipeline"] = result["fairseq_full_pipeline_s"] / result["full_pipeline_s"]
-        result["fairseq_over_seqba_batching"] = result["fairseq_batching_s"] / result["batching_s"]
+    if batch_by_size_vec:
+        result["fairseq_over_seqba"] = {name: summarize(per_round_ratios(seconds[f"fairseq_{name}_s"],
+                                                                         seconds[f"seqba_{name}_s"]))
+                                        for name in pairs}
+        result["same_batches"] = same
     result["machine"] = (f"{platform.machine()} {platform.processor()} python {platform.python_version()} "
                          f"numpy {np.__version__}")
-    for key, value in result.items():
-        print(f"{key:>34}: {value:.4f}" if isinstance(value, float) else f"{key:>34}: {value}")
+    for name, row in result["seconds"].items():
+        print(f"{name:>30}: median {row['median']:.4f} s  (min {row['min']:.4f}, max {row['max']:.4f})")
+    for name, row in result.get("fairseq_over_seqba", {}).items():
+        rounds = " / ".join(f"{v:.2f}" for v in row["per_round"])
+        print(f"{'fairseq / seqba ' + name:>30}: median {row['median']:.2f}x  (per round {rounds}); "
+              f"same batches: {result['same_batches'][name]}")
+    print(f"{'padding efficiency':>30}: {result['padding_efficiency_num_tokens']:.4f} (max(src, tgt)), "
+          f"{result['padding_efficiency_src_tgt']:.4f} (src and tgt tensors)")
+    if batch_by_size_vec and not all(same.values()):
+        print("error: seqba and fairseq gave different batches", file=sys.stderr)
+        return 1
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ratios import fmt, per_round_ratios, summarize  # noqa: E402  (benchmarks/ratios.py)
 from seqba.allocator import configure_malloc  # noqa: E402
 from seqba.search import DEFAULT_MAX_LEN_A, DEFAULT_MAX_LEN_B, RecomputePrefix, translate  # noqa: E402
 
@@ -170,16 +171,15 @@ def main() -> None:
         print(f"{name:>16} {row['sentences_per_s']:>8.1f} {row['tgt_tokens_per_s']:>8.0f} "
               f"{row.get('speed_vs_cached', float('nan')):>8.2f} {row['bleu']:>6.2f} "
               f"{'' if same is None else f'{same:.3f}':>6}")
-    ratios = {}
-    if {"cached", "uncached"} <= table.keys():
-        ratios["cached_over_uncached"] = table["uncached"]["seconds_median"] / table["cached"]["seconds_median"]
-    if {"cached", "greedy"} <= table.keys():
-        ratios["greedy_over_cached"] = table["cached"]["seconds_median"] / table["greedy"]["seconds_median"]
+    ratios = {}  # speed ratios per round (both settings decoded in the same round), with median and range
+    for key, (fast, slow) in {"cached_over_uncached": ("cached", "uncached"), "greedy_over_cached": ("greedy", "cached"),
+                              "bf16_over_cached": ("bf16", "cached")}.items():
+        if {fast, slow} <= times.keys():
+            ratios[key] = summarize(per_round_ratios(times[slow], times[fast]), 3)
+            print(f"{key}: {fmt(ratios[key])} (median (range) of {args.rounds} rounds)")
     if {"cached", "bf16"} <= table.keys():
-        ratios["bf16_over_cached"] = table["cached"]["seconds_median"] / table["bf16"]["seconds_median"]
         ratios["bf16_bleu_delta"] = table["bf16"]["bleu"] - table["cached"]["bleu"]
-    print("ratios (of medians):", json.dumps({k: round(v, 3) for k, v in ratios.items()}))
-    print(f"medians over {args.rounds} interleaved rounds; CPU cores shared with other jobs during the run")
+    print(f"rates: medians over {args.rounds} interleaved rounds; CPU cores shared with other jobs during the run")
     result = {"settings": table, "ratios": ratios, "setup": {
         "checkpoint": str(args.checkpoint), "random_init": args.random_init, "split": args.split, "sentences": len(sources),
         "rounds": args.rounds, "max_tokens": args.max_tokens, "threads": torch.get_num_threads(),

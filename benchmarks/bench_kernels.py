@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from ratios import fmt, per_round_ratios, summarize  # noqa: E402  (benchmarks/ratios.py)
 from seqba.losses import label_smoothed_cross_entropy, label_smoothed_nll_loss  # noqa: E402
 from seqba.models.dropout import dropout  # noqa: E402
 from seqba.models.transformer import attention  # noqa: E402
@@ -109,8 +110,9 @@ def main() -> None:
                 times["new"].append(timed(new, args.repeat, clock))
             old_ms, new_ms = statistics.median(times["old"]), statistics.median(times["new"])
             key = f"{name} {str(dtype).removeprefix('torch.')}"
-            results[key] = {"old_ms": round(old_ms, 2), "new_ms": round(new_ms, 2), "speedup": round(old_ms / new_ms, 2)}
-            print(f"{key:36s} old {old_ms:8.2f} ms   seqba {new_ms:8.2f} ms   {old_ms / new_ms:5.2f}x", flush=True)
+            speedup = summarize(per_round_ratios(times["old"], times["new"]), 3)  # per round, median, range
+            results[key] = {"old_ms": round(old_ms, 2), "new_ms": round(new_ms, 2), "speedup": speedup}
+            print(f"{key:36s} old {old_ms:8.2f} ms   seqba {new_ms:8.2f} ms   {fmt(speedup)}x", flush=True)
     out = {"clock": args.clock, "rounds": args.rounds, "repeat": args.repeat, "threads": 1,
            "machine": f"{platform.machine()} {os.cpu_count()} cpus", "python": platform.python_version(),
            "torch": torch.__version__, "note": "forward + backward per call; old and new interleaved", "cases": results}

@@ -15,7 +15,8 @@ Settings (each a separate process; rounds interleaved so that other jobs on shar
 Reads ``tokens_per_s`` (target tokens of the M·B rows per second; ``words_per_s`` / ``images_per_s`` for the other
 tasks) of every logged window of ``--log-interval`` updates after the first ``--warmup`` updates, takes their median
 (a window hit by a recompile or by another job on a shared core does not move it), and reports the medians over
-rounds and the ratio to the reference. Writes ``benchmarks/results/recipe_speed.json``.
+rounds and, per round, the ratio to the reference with the median and range of those ratios (never the best
+round). Writes ``benchmarks/results/recipe_speed.json``.
 
     python benchmarks/bench_recipe_speed.py recipes/transformer_multi30k_m4.yaml --updates 50 --warmup 25 --rounds 2 --compile
 """
@@ -30,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from ratios import fmt, per_round_ratios, summarize  # benchmarks/ratios.py
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
@@ -110,7 +113,6 @@ def main() -> None:
         for setting in settings:
             rates[setting].append(run(args.recipe, setting, args, args.overrides))
             print(f"round {r + 1} {setting:22s} {rates[setting][-1]:9.0f} /s", flush=True)
-    reference = statistics.median(rates["fp32_default_malloc"])
     old = statistics.median(rates["ref_fp32_default_malloc"]) if "ref_fp32_default_malloc" in rates else None
     result = {"recipe": args.recipe, "overrides": args.overrides, "updates": args.updates, "warmup": args.warmup,
               "reference_rev": args.reference_rev,
@@ -120,16 +122,18 @@ def main() -> None:
               "threads": args.threads, "machine": f"{platform.machine()} {os.cpu_count()} cpus",
               "python": platform.python_version(), "torch": __import__("torch").__version__,
               "note": "interleaved rounds on shared CPU cores; compare ratios, not absolute rates",
+              # ratios: per round (both settings timed in the same round), then their median and range
               "settings": {s: {"per_round": [round(v, 1) for v in rates[s]], "median": round(statistics.median(rates[s]), 1),
-                               "ratio_to_fp32_default_malloc": round(statistics.median(rates[s]) / reference, 3),
-                               **({"ratio_to_ref_fp32_default_malloc": round(statistics.median(rates[s]) / old, 3)}
-                                  if old else {})}
+                               "ratio_to_fp32_default_malloc": summarize(per_round_ratios(
+                                   rates[s], rates["fp32_default_malloc"]), 3),
+                               **({"ratio_to_ref_fp32_default_malloc": summarize(per_round_ratios(
+                                   rates[s], rates["ref_fp32_default_malloc"]), 3)} if old else {})}
                            for s in settings}}
     for s in settings:
         row = result["settings"][s]
-        print(f"{s:26s} median {row['median']:9.0f} /s   {row['ratio_to_fp32_default_malloc']:.2f}x of fp32 with "
-              f"glibc's defaults" + (f", {row['ratio_to_ref_fp32_default_malloc']:.2f}x of {args.reference_rev}'s"
-                                     if "ratio_to_ref_fp32_default_malloc" in row else ""))
+        print(f"{s:26s} median {row['median']:9.0f} /s   {fmt(row['ratio_to_fp32_default_malloc'])}x of fp32 with "
+              f"glibc's defaults" + (f", {fmt(row['ratio_to_ref_fp32_default_malloc'])}x of {args.reference_rev}'s"
+                                     if "ratio_to_ref_fp32_default_malloc" in row else "") + " (median (range) of rounds)")
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 

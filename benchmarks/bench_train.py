@@ -53,6 +53,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ratios import per_round_ratios, summarize  # benchmarks/ratios.py
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["model.d_model=256", "model.ffn_dim=1024", "model.num_heads=4", "model.encoder_layers=3",
          "model.decoder_layers=3"]
@@ -220,6 +222,7 @@ def malloc_compare(args) -> None:
         table[name] = {"tgt_tokens_per_s_median": statistics.median(rates), "runs": rates,
                        "ratio_to_default": statistics.median(rates) / base, "ratio_per_round": per_round,
                        "ratio_per_round_median": statistics.median(per_round),
+                       "ratio": summarize(per_round, 3),  # the headline: median (range) of the per-round ratios
                        "peak_memory_mb_median": statistics.median(r["peak_memory_mb"] for r in runs[name]),
                        "malloc": runs[name][0]["malloc"]}
     print(f"{'setting':>9} {'tgt tok/s':>10} {'x default':>9} {'per round':>18} {'peak MB':>8}")
@@ -268,6 +271,12 @@ def settings_compare(args) -> None:
                        "seqba_peak_memory_mb": statistics.median(r["peak_memory_mb"] for r in runs[name]["seqba"]),
                        "bare_peak_memory_mb": statistics.median(r["peak_memory_mb"] for r in runs[name]["bare"]),
                        "runs": {kind: [r["tgt_tokens_per_s"] for r in rows] for kind, rows in runs[name].items()}}
+        rate = {kind: [r["tgt_tokens_per_s"] for r in runs[name][kind]] for kind in ("seqba", "bare")}
+        base = {kind: [r["tgt_tokens_per_s"] for r in runs["fp32_eager"][kind]] for kind in ("seqba", "bare")}
+        table[name]["per_round"] = {  # the headlines: median (range) of ratios taken inside each round
+            "seqba_over_bare": summarize(per_round_ratios(rate["seqba"], rate["bare"]), 3),
+            "seqba_over_fp32_eager": summarize(per_round_ratios(rate["seqba"], base["seqba"]), 3),
+            "bare_over_fp32_eager": summarize(per_round_ratios(rate["bare"], base["bare"]), 3)}
     print(f"{'setting':>13} {'seqba tok/s':>11} {'bare tok/s':>10} {'seqba/bare':>10} {'x fp32 eager':>12}")
     for name, row in table.items():
         print(f"{name:>13} {row['seqba_tgt_tokens_per_s']:>11.0f} {row['bare_tgt_tokens_per_s']:>10.0f} "

@@ -234,3 +234,32 @@ def test_every_benchmark_named_exists():
     assert "bench_batching.py" in named
     for name in named:
         assert (ROOT / "benchmarks" / name).is_file(), f"README names benchmarks/{name}, which does not exist"
+
+
+# --- headline ratios -------------------------------------------------------------------------------------------------
+def ratios_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import ratios
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return ratios
+
+
+def test_summary_is_the_median_of_rounds_with_the_range_never_the_best():
+    ratios = ratios_module()
+    summary = ratios.summarize(ratios.per_round_ratios([2580, 3240, 3380], [1000, 1000, 1000]))
+    assert (summary["median"], summary["min"], summary["max"]) == (3.24, 2.58, 3.38)
+    assert ratios.fmt(summary) == "3.24 (2.58–3.38)" and ratios.fmt(ratios.summarize([1.5, 1.5])) == "1.50"
+    with pytest.raises(ValueError, match="not the same rounds"):
+        ratios.per_round_ratios([1.0, 2.0], [1.0])
+
+
+def test_readme_quotes_every_headline_ratio_as_median_and_range_of_rounds():
+    ratios = ratios_module()
+    text = re.sub(r"\s+", " ", README.replace("**", ""))
+    missing = {label: ratios.fmt(derive()) for label, derive in ratios.HEADLINES.items()
+               if ratios.fmt(derive()) not in text}
+    assert not missing, f"README does not quote these as `python benchmarks/ratios.py` derives them: {missing}"
+    for stale in ("3.38** (", "1.90 (", "1.96× the tokens/s"):  # best rounds and ratios of medians, quoted before
+        assert stale not in README

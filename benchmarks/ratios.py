@@ -1,0 +1,113 @@
+"""Headline figures from benchmark rounds: the MEDIAN of per-round ratios with their range, never the best round.
+
+Rounds interleave the settings, so a ratio taken inside one round compares two settings under the same load of a
+shared machine; the median over rounds resists one disturbed round, and the range shows how far rounds disagree.
+
+    summarize([2.58, 3.24, 3.38])  -> {"per_round": [2.58, 3.24, 3.38], "median": 3.24, "min": 2.58, "max": 3.38}
+    fmt(summarize([2.58, 3.24, 3.38]))  -> "3.24 (2.58–3.38)"
+
+``python benchmarks/ratios.py`` prints every ratio the README quotes, re-derived from the committed JSON in
+``benchmarks/results/`` (:data:`HEADLINES`); ``tests/test_readme_blocks.py`` checks that the README quotes them so.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Callable, Sequence
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def summarize(values: Sequence[float], digits: int = 4) -> dict:
+    """{"per_round", "median", "min", "max"} of per-round values (one per round, in round order).
+
+    Raises:
+        ValueError: ``values`` is empty.
+    """
+    if not values:
+        raise ValueError("no rounds to summarize")
+    return {"per_round": [round(v, digits) for v in values], "median": round(statistics.median(values), digits),
+            "min": round(min(values), digits), "max": round(max(values), digits)}
+
+
+def per_round_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
+    """``numerators[r] / denominators[r]`` for every round ``r`` (two settings timed in the same round).
+
+    Raises:
+        ValueError: the two lists have different lengths (not the same rounds).
+    """
+    if len(numerators) != len(denominators):
+        raise ValueError(f"{len(numerators)} rounds against {len(denominators)}: not the same rounds")
+    return [a / b for a, b in zip(numerators, denominators)]
+
+
+def fmt(summary: dict, digits: int = 2) -> str:
+    """"median (min–max)", or the one value when there was one round or all rounds agree to ``digits``."""
+    median, low, high = (f"{summary[k]:.{digits}f}" for k in ("median", "min", "max"))
+    return median if low == high else f"{median} ({low}–{high})"
+
+
+def load(name: str) -> dict:
+    """benchmarks/results/NAME.json."""
+    return json.loads((RESULTS / f"{name}.json").read_text())
+
+
+def recipe_speed(name: str, setting: str, reference: str) -> dict:
+    """Per-round ratio of ``setting`` to ``reference`` in a bench_recipe_speed.py result (rates per round)."""
+    rows = load(name)["settings"]
+    return summarize(per_round_ratios(rows[setting]["per_round"], rows[reference]["per_round"]))
+
+
+def decode_speed(name: str, setting: str, reference: str) -> dict:
+    """Per-round speed of ``setting`` over ``reference`` in a bench_decode.py result (seconds per round)."""
+    rows = load(name)["settings"]
+    return summarize(per_round_ratios(rows[reference]["seconds"], rows[setting]["seconds"]))
+
+
+def malloc(setting: str) -> dict:
+    """Per-round tokens/s of an allocator ``setting`` over glibc's defaults (bench_train.py --malloc-compare)."""
+    rows = load("malloc")["settings"]
+    return summarize(per_round_ratios(rows[setting]["runs"], rows["default"]["runs"]))
+
+
+# README text -> how its figure is derived. Each string is what the README prints for it (fmt of the summary).
+HEADLINES: dict[str, Callable[[], dict]] = {
+    "recipe speed: 361bed0 bf16 / 361bed0 fp32": lambda: recipe_speed("recipe_speed", "ref_bf16",
+                                                                      "ref_fp32_default_malloc"),
+    "recipe speed: fp32 glibc defaults / 361bed0 fp32": lambda: recipe_speed("recipe_speed", "fp32_default_malloc",
+                                                                             "ref_fp32_default_malloc"),
+    "recipe speed: fp32 mallopt / 361bed0 fp32": lambda: recipe_speed("recipe_speed", "fp32",
+                                                                      "ref_fp32_default_malloc"),
+    "recipe speed: bf16 / 361bed0 fp32": lambda: recipe_speed("recipe_speed", "bf16", "ref_fp32_default_malloc"),
+    "compile: fp32 compiled / fp32 eager": lambda: recipe_speed("recipe_speed_compile", "fp32_compiled", "fp32"),
+    "compile: bf16 compiled / bf16 eager": lambda: recipe_speed("recipe_speed_compile", "bf16_compiled", "bf16"),
+    "mnist: fp32 / fp32 glibc defaults": lambda: recipe_speed("recipe_speed_mnist", "fp32", "fp32_default_malloc"),
+    "mnist: bf16": lambda: recipe_speed("recipe_speed_mnist", "bf16", "fp32_default_malloc"),
+    "mnist: fp32 compiled": lambda: recipe_speed("recipe_speed_mnist", "fp32_compiled", "fp32_default_malloc"),
+    "mnist: bf16 compiled": lambda: recipe_speed("recipe_speed_mnist", "bf16_compiled", "fp32_default_malloc"),
+    "mnist: fp32 compiled / fp32 eager": lambda: recipe_speed("recipe_speed_mnist", "fp32_compiled", "fp32"),
+    "ptb: fp32 / fp32 glibc defaults": lambda: recipe_speed("recipe_speed_ptb", "fp32", "fp32_default_malloc"),
+    "ptb: bf16": lambda: recipe_speed("recipe_speed_ptb", "bf16", "fp32_default_malloc"),
+    "ptb: fp32 compiled": lambda: recipe_speed("recipe_speed_ptb", "fp32_compiled", "fp32_default_malloc"),
+    "ptb: bf16 compiled": lambda: recipe_speed("recipe_speed_ptb", "bf16_compiled", "fp32_default_malloc"),
+    "decode: KV cache / recomputed prefix": lambda: decode_speed("decode", "cached", "uncached"),
+    "decode: greedy / beam 4": lambda: decode_speed("decode", "greedy", "cached"),
+    "decode: bf16 / fp32 beam 4": lambda: decode_speed("decode", "bf16", "cached"),
+    "decode: untrained, length cap 1.2x+10 / 0x+200": lambda: decode_speed("decode_maxlen_untrained", "cached",
+                                                                           "cached_a0_b200"),
+    "allocator: mallopt / glibc defaults": lambda: malloc("mallopt"),
+    "allocator: env variables": lambda: malloc("env"),
+    "allocator: tcmalloc": lambda: malloc("tcmalloc"),
+    "allocator: jemalloc": lambda: malloc("jemalloc"),
+}
+
+
+def main() -> None:
+    for label, derive in HEADLINES.items():
+        summary = derive()
+        print(f"{label:<50} {fmt(summary):<20} per round {summary['per_round']}")
+
+
+if __name__ == "__main__":
+    main()
