@@ -304,7 +304,7 @@ def main() -> None:
     p.add_argument("--default-malloc", action="store_true", help="SEQBA_MALLOC=default: glibc's defaults")
     p.add_argument("--malloc-compare", action="store_true", help="time --kind under five allocator settings")
     p.add_argument("--kind", default="seqba_m1", choices=["seqba_m1", "bare_m1"], help="for --malloc-compare")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds for --malloc-compare")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians and per-round ratios reported)")
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS of the children (default: torch's choice)")
     p.add_argument("--precision", default="no", choices=["no", "bf16"], help="train.mixed_precision of the runs")
     p.add_argument("--compile", action="store_true", help="train.compile=true (bare loop: torch.compile, dynamic)")
@@ -330,14 +330,25 @@ def main() -> None:
     if args.settings:
         settings_compare(args)
         return
-    results = {"bare_m1": spawn(args, "bare"), "seqba_m1": spawn(args, "seqba", 1, 1),
-               "seqba_m4": spawn(args, "seqba", 4, 4)}
-    results["ratio_m4_over_m1"] = results["seqba_m4"]["tgt_tokens_per_s"] / results["seqba_m1"]["tgt_tokens_per_s"]
-    results["ratio_seqba_over_bare"] = results["seqba_m1"]["tgt_tokens_per_s"] / results["bare_m1"]["tgt_tokens_per_s"]
+    runs: dict[str, list[dict]] = {"bare_m1": [], "seqba_m1": [], "seqba_m4": []}
+    for round_ in range(args.rounds):  # interleaved: the three configurations back to back in every round
+        runs["bare_m1"].append(spawn(args, "bare"))
+        runs["seqba_m1"].append(spawn(args, "seqba", 1, 1))
+        runs["seqba_m4"].append(spawn(args, "seqba", 4, 4))
+        print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
+            f"{name} {rows[-1]['tgt_tokens_per_s']:.0f}" for name, rows in runs.items()) + " tgt tok/s", flush=True)
+    rate = {name: [r["tgt_tokens_per_s"] for r in rows] for name, rows in runs.items()}
+    results = {name: {"tgt_tokens_per_s": statistics.median(rate[name]), "runs": rate[name],
+                      "tgt_tokens_per_step": rows[0]["tgt_tokens_per_step"],
+                      "peak_memory_mb": statistics.median(r["peak_memory_mb"] for r in rows)}
+               for name, rows in runs.items()}
+    # the headlines: median (range) of the ratios taken inside each round
+    results["ratio_m4_over_m1"] = summarize(per_round_ratios(rate["seqba_m4"], rate["seqba_m1"]), 3)
+    results["ratio_seqba_over_bare"] = summarize(per_round_ratios(rate["seqba_m1"], rate["bare_m1"]), 3)
     results["setup"] = {"model": "small (d256, 3+3)" if args.small else "Transformer-base", "corpus": str(args.data),
                         "vocab_size": args.vocab_size, "max_tokens":
-                        args.max_tokens, "steps": args.steps, "warmup": args.warmup, "device": args.device,
-                        "malloc": "default" if args.default_malloc else "seqba.allocator.configure_malloc()",
+                        args.max_tokens, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+                        "device": args.device, "malloc": "default" if args.default_malloc else "seqba.allocator.configure_malloc()",
                         "machine": machine()}
     for key, value in results.items():
         print(f"{key:>22}: {value}")
