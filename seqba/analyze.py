@@ -61,6 +61,7 @@ from torch.func import functional_call
 from seqba import config as config_lib
 from seqba.checkpoint import load_model_file
 from seqba.errors import SeqbaError
+from seqba.eval import check_output
 from seqba.gradstats import centred_unit, flatten_grads, per_sample_grads
 
 __all__ = ["main", "grad_correlation", "summarise", "read_series"]
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
     try:
         return _correlation(args) if args.command == "grad-correlation" else _grad_norm(args)
-    except (SeqbaError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except (SeqbaError, OSError, ValueError, RuntimeError) as err:
         if os.environ.get("SEQBA_TRACEBACK") == "1":
             raise
         print(f"error: {str(err).strip()}".replace("\n", " "), file=sys.stderr)
@@ -409,6 +410,10 @@ def _correlation(args: argparse.Namespace) -> int:
         path, extra = None, {}
         cfg, state = config_lib.load(args.recipe, args.set), None
     init = args.init or state is None
+    out = Path(args.out) if args.out else (path.parent / f"grad_correlation_{args.split}{'_init' if init else ''}.json"
+                                          if path else None)
+    if out is not None:
+        check_output(out, "--out")  # before the gradients, not after
     adapter = ADAPTERS[cfg.task](cfg, None if init else state, torch.device(args.device))
     if init and isinstance(adapter, _Images):
         adapter.calibrate_bn(args.bn_batches, np.random.default_rng(args.seed + 1))
@@ -420,8 +425,6 @@ def _correlation(args: argparse.Namespace) -> int:
               **result}
     print(format_table(result, f"{cfg.task}, {'init' if init else f'update {step}'}, {args.split}, "
                                f"{args.samples} samples x M={copies}"))
-    out = Path(args.out) if args.out else (path.parent / f"grad_correlation_{args.split}{'_init' if init else ''}.json"
-                                          if path else None)
     if out is not None:
         out.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {out}")
@@ -429,6 +432,7 @@ def _correlation(args: argparse.Namespace) -> int:
 
 
 def _grad_norm(args: argparse.Namespace) -> int:
+    check_output(args.out, "--out")
     runs = [Path(r) for r in args.runs]
     for run in runs:
         if not (run / "metrics.jsonl" if run.is_dir() else run).is_file():

@@ -10,12 +10,16 @@ in that config evaluates it:
 * language_modeling: perplexity and bits per word (eval batch size 1 for test, 10 for valid, as awd-lstm-lm).
 * image_classification: top-1 accuracy, with ``--tta N`` averaging the softmax over N augmented copies.
 
-Prints a JSON line with the metrics (and writes it to ``--metrics-out`` when given). Every numeric option is
-checked first; a bad one, or an unreadable checkpoint, is one ``error:`` line and exit status 2.
+Prints a JSON line with the metrics (and writes it to ``--metrics-out`` when given). Every option is checked
+before any work: numbers, output files (their folder must exist and be writable), options of another task (e.g.
+``--tta`` for a translation checkpoint) and, when the checkpoint recorded the fingerprint of its corpus, that the
+corpus on disk today is the same one. A bad one, or an unreadable checkpoint, is one ``error:`` line and exit
+status 2.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -32,7 +36,10 @@ from seqba.search import DEFAULT_MAX_LEN_A, DEFAULT_MAX_LEN_B
 from seqba.tasks import TASKS
 from seqba.tasks.base import EvalOptions
 
-__all__ = ["main", "build_parser", "check_args", "load_model_file"]
+__all__ = ["main", "build_parser", "check_args", "check_output", "load_model_file"]
+
+#: argparse group title -> the task whose checkpoints its options apply to
+GROUP_TASKS = {"translation": "translation", "images": "image_classification"}
 
 
 def _number(kind: type, low: float | None = None, *, allow_none: bool = False, strict: bool = False) -> Callable:
@@ -76,6 +83,65 @@ def check_args(argv: list[str]) -> None:
         raise UsageError(f"--{taken[0].replace('_', '-')} is set per run by seqba.compare")
 
 
+def check_output(path: str | Path, option: str) -> None:
+    """Check that the file ``path`` can be written, before any work: its folder exists, is writable (a probe file
+    is created and removed there: catches read-only filesystems and permissions) and ``path`` is not a folder.
+
+    Raises:
+        UsageError: naming ``option``, the path and what is wrong.
+    """
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"{option} {out}: is a folder")
+    if not out.parent.is_dir():
+        raise UsageError(f"{option} {out}: folder {out.parent} does not exist")
+    probe = out.parent / f".{out.name}.probe{os.getpid()}"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        probe.unlink()
+        if out.exists() and not os.access(out, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as err:
+        raise UsageError(f"{option} {out}: cannot write there ({err.strerror or err})") from None
+
+
+def _option_owners() -> dict[str, tuple[str, str]]:
+    """dest -> (option string, task) for the options that apply to one task only (see :data:`GROUP_TASKS`)."""
+    owners = {}
+    for group in build_parser()._action_groups:  # noqa: SLF001 - argparse keeps its groups there
+        task = GROUP_TASKS.get(group.title)
+        if task is not None:
+            owners.update({a.dest: (a.option_strings[0], task) for a in group._group_actions})  # noqa: SLF001
+    return owners
+
+
+def _foreign_options(args: argparse.Namespace, task: str) -> list[str]:
+    """The options set in ``args`` that apply to another task only (``--tta`` for translation, ...).
+
+    ``--src``/``--ref`` are left to each task's ``evaluate``, which refuses them naming what it evaluates instead.
+    """
+    defaults = build_parser().parse_args(["--checkpoint", "x"])
+    return [f"{option} (a {owner} option)" for dest, (option, owner) in _option_owners().items()
+            if owner != task and dest not in ("src", "ref") and getattr(args, dest) != getattr(defaults, dest)]
+
+
+def _check_corpus(spec, cfg, meta: dict, checkpoint: Path) -> None:
+    """Refuse a checkpoint whose recorded corpus fingerprint (``meta["corpus"]``) differs from today's.
+
+    Raises:
+        SeqbaError: naming both fingerprints and the data folder.
+    """
+    recorded = meta.get("corpus")
+    if recorded is None or spec.fingerprint is None:
+        return
+    current = spec.fingerprint(cfg)
+    if current != recorded:
+        folder = getattr(cfg.data, "prepared_dir", None) or getattr(cfg.data, "root", None)
+        raise SeqbaError(f"{checkpoint} was trained on corpus {recorded}, but {folder} now holds corpus {current} "
+                         "(rebuilt since?); evaluate with the corpus it was trained on, or prepare it again with "
+                         "the run's data.prepare options")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m seqba.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint_best.pt / checkpoint_last.pt, or a run directory")
@@ -109,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(2) from None
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         return _error(f"--device {args.device}: this torch build sees no CUDA device (use --device cpu)")
-    if args.metrics_out:
-        out = Path(args.metrics_out)
-        if out.is_dir() or not out.parent.is_dir():
-            return _error(f"--metrics-out {out}: " + ("is a folder" if out.is_dir() else
-                                                      f"folder {out.parent} does not exist"))
+    try:
+        for option, path in (("--metrics-out", args.metrics_out), ("--output", args.output)):
+            if path:
+                check_output(path, option)
+    except UsageError as err:
+        return _error(err)
     if args.ref and not args.src:
         return _error("--ref needs --src (the references of --split are read from the prepared corpus)")
     for name in ("src", "ref"):
@@ -124,14 +191,26 @@ def main(argv: list[str] | None = None) -> int:
     if checkpoint.is_dir():
         checkpoint = checkpoint / "checkpoint_best.pt"
     try:
-        cfg, state, _ = load_model_file(checkpoint)
+        cfg, state, meta = load_model_file(checkpoint)
     except SeqbaError as err:
         return _error(err)
-    evaluate = TASKS[cfg.task].evaluate
-    if evaluate is None:
+    spec = TASKS[cfg.task]
+    if spec.evaluate is None:
         return _error(f"task {cfg.task!r} has no evaluation")
+    foreign = _foreign_options(args, cfg.task)
+    if foreign:
+        return _error(f"{', '.join(foreign)} does not apply to {checkpoint}, a {cfg.task} checkpoint")
     options = EvalOptions(checkpoint=str(checkpoint), **{k: v for k, v in vars(args).items()
                                                           if k not in ("checkpoint", "metrics_out")})
+    if _option_owners()["output"][1] == cfg.task and not options.output:  # the default, checked before decoding
+        options.output = str(checkpoint.parent / f"hyp.{Path(args.src).name if args.src else args.split}.txt")
+    try:
+        if options.output:
+            check_output(options.output, "--output")
+        _check_corpus(spec, cfg, meta, checkpoint)
+    except (SeqbaError, OSError) as err:
+        return _error(err)
+    evaluate = spec.evaluate
     try:
         metrics = evaluate(cfg, state, options)
     except (FileNotFoundError, ValueError, SeqbaError, RuntimeError) as err:

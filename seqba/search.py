@@ -36,7 +36,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Hypothesis", "beam_search", "translate", "RecomputePrefix", "DEFAULT_MAX_LEN_A", "DEFAULT_MAX_LEN_B"]
+__all__ = ["Hypothesis", "beam_search", "translate", "check_beam", "vocab_size", "RecomputePrefix", "DEFAULT_MAX_LEN_A", "DEFAULT_MAX_LEN_B"]
 
 # Output length cap: at most int(a * source tokens + b) tokens before eos (source tokens counting its eos).
 # fairseq's generate defaults are a=0, b=200: a model that rarely emits eos (untrained, or diverging) then decodes
@@ -87,10 +87,12 @@ def beam_search(
         B ``Hypothesis`` (tokens without bos/eos, normalized score).
 
     Raises:
-        ValueError: for ``beam_size < 1``, a model in training mode, or mismatched batch sizes.
+        ValueError: for ``beam_size < 1`` or above the vocabulary size - 1 (fairseq's limit), a model in training
+            mode, or mismatched batch sizes.
     """
     if beam_size < 1:
         raise ValueError(f"beam_search: beam_size must be >= 1, got {beam_size}")
+    check_beam(model, beam_size)
     if getattr(model, "training", False):
         raise ValueError("beam_search: model is in training mode (dropout active); call model.eval() first")
     if src_tokens.dim() != 2 or src_lengths.shape != src_tokens.shape[:1]:
@@ -121,6 +123,8 @@ def beam_search(
     for step in range(max(max_lens) + 1):
         n = len(sent_ids)
         logits = model.decode(last, encoder_out, cache)[:, -1]  # (N, V)
+        if step == 0 and k > logits.size(-1) - 1:
+            raise ValueError(_beam_message(k, logits.size(-1)))
         lprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # fused; modified in place below
         per_row = min(2 * k, lprobs.size(1))
         lprobs.index_fill_(1, special, -math.inf)
@@ -225,6 +229,31 @@ class RecomputePrefix:
             cache["rows"] = None
 
 
+def vocab_size(model) -> int | None:
+    """The output vocabulary of ``model``: its ``vocab_size``, or the rows of its ``decoder_embed`` table
+    (:class:`seqba.models.transformer.Transformer`); ``None`` when neither exists."""
+    size = getattr(model, "vocab_size", None)
+    if size is None and getattr(model, "decoder_embed", None) is not None:
+        size = model.decoder_embed.num_embeddings
+    return None if size is None else int(size)
+
+
+def _beam_message(beam: int, vocab: int) -> str:
+    return (f"beam size {beam} is larger than the vocabulary size - 1 ({vocab - 1}): a beam cannot hold more "
+            "distinct hypotheses than there are tokens; use a smaller --beam")
+
+
+def check_beam(model, beam: int) -> None:
+    """Refuse a beam wider than ``vocab_size(model) - 1`` (fairseq's cap) before any decoding.
+
+    Raises:
+        ValueError: naming the beam and the limit (no check when the vocabulary size is unknown).
+    """
+    vocab = vocab_size(model)
+    if vocab is not None and beam > vocab - 1:
+        raise ValueError(_beam_message(beam, vocab))
+
+
 def translate(
     model,
     sources: list[Tensor],
@@ -269,12 +298,16 @@ def translate(
         One list of piece ids per source (without bos/eos), in input order.
 
     Raises:
-        ValueError: from :func:`beam_search` (bad beam size); an empty source.
+        ValueError: a bad beam size (below 1, or above the vocabulary size - 1: checked before decoding), an
+            empty source.
     """
     from tqdm.auto import tqdm
 
     from seqba.samplers import TokenBudgetBatchSampler
 
+    if beam < 1:
+        raise ValueError(f"translate: beam must be >= 1, got {beam}")
+    check_beam(model, beam)
     if max_tokens is None and batch_size is None:
         max_tokens = 4096
     limit = getattr(model, "max_positions", None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,13 +43,17 @@ def read_idx(path: str | Path, magic: int | None = None) -> np.ndarray:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: unexpected magic (message names the file, the magic found and the one expected), or a
-            payload whose size does not match the header.
+        ValueError: unexpected magic (message names the file, the magic found and the one expected), a truncated
+            or corrupt gzip stream, or a payload whose size does not match the header (each naming the file).
     """
     path = Path(path)
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (EOFError, OSError, zlib.error) as err:  # truncated: EOFError; corrupt: BadGzipFile / zlib.error
+            raise ValueError(f"read_idx: {path} is not a complete gzip file ({type(err).__name__}: "
+                             f"{str(err) or 'truncated'}); download it again") from None
     expected = (magic,) if magic is not None else (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC)
     found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
     if found not in expected:
@@ -125,6 +130,8 @@ def load_mnist(
     labels = read_idx(_find_file(folder, MNIST_TEST_FILES[1], "load_mnist"), IDX_LABELS_MAGIC)
     if len(images) != len(labels):
         raise ValueError(f"load_mnist: {folder} has {len(images)} images but {len(labels)} labels")
+    if len(labels) == 0:
+        raise ValueError(f"load_mnist: {folder} holds no images (empty IDX files)")
     train_idx, test_idx = mnist_split_indices(labels, test_fraction, seed)
     idx = train_idx if split == "train" else test_idx
     return torch.from_numpy(images[idx][:, None]), torch.from_numpy(labels[idx].astype(np.int64))

@@ -45,6 +45,7 @@ Tiny run::
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple
@@ -130,11 +131,27 @@ def tokenize_file(path: str | Path, dictionary: Dictionary, add_eos: bool = True
 
     Raises:
         FileNotFoundError: ``path`` is missing.
-        ValueError: an out-of-vocabulary word, naming the file and line.
+        ValueError: an out-of-vocabulary word, or bytes that are not UTF-8, naming the file and line.
     """
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
+    with _utf8_errors(path), path.open(encoding="utf-8") as f:
         return tokenize_lines(f, dictionary, add_eos, source=str(path))
+
+
+@contextmanager
+def _utf8_errors(path: Path) -> Iterator[None]:
+    """Turn a ``UnicodeDecodeError`` while reading ``path`` into a ``ValueError`` naming the file, the line and
+    the byte offset (the decoder's own message names neither the file nor the line)."""
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        data = path.read_bytes()
+        offset = data.find(err.object) + err.start if err.object in data else None
+        line = data.count(b"\n", 0, offset) + 1 if offset is not None else None
+        where = f"{path}:{line}" if line is not None else str(path)
+        at = f" at byte {offset}" if offset is not None else ""
+        raise ValueError(f"{where}: not UTF-8 text (byte {err.object[err.start:err.start + 1]!r}{at}); "
+                         "PTB files are UTF-8, one sentence per line") from None
 
 
 def corpus_from_lines(train: Iterable[str], valid: Iterable[str], test: Iterable[str],
@@ -150,7 +167,13 @@ def corpus_from_lines(train: Iterable[str], valid: Iterable[str], test: Iterable
     )
 
 
-def _split_path(root: Path, split: str) -> Path:
+def split_path(root: str | Path, split: str) -> Path:
+    """The file of ``split`` in the PTB folder ``root``: ``ptb.<split>.txt``, else ``<split>.txt``.
+
+    Raises:
+        FileNotFoundError: neither exists (naming both and the folder).
+    """
+    root = Path(root)
     for name in (f"ptb.{split}.txt", f"{split}.txt"):  # Mikolov names, then awd-lstm-lm's data/penn names
         if (root / name).is_file():
             return root / name
@@ -168,8 +191,8 @@ def load_corpus(root: str | Path) -> Corpus:
         ValueError: an out-of-vocabulary word in valid or test (file and line named).
     """
     root = Path(root)
-    paths = {split: _split_path(root, split) for split in SPLITS}
-    with paths["train"].open(encoding="utf-8") as f:
+    paths = {split: split_path(root, split) for split in SPLITS}
+    with _utf8_errors(paths["train"]), paths["train"].open(encoding="utf-8") as f:
         dictionary = Dictionary.from_lines(f)
     return Corpus(dictionary=dictionary, **{s: tokenize_file(p, dictionary) for s, p in paths.items()})
 

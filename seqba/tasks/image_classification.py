@@ -75,6 +75,8 @@ DATASETS = {
     "mnist": (1, MNIST_MEAN, MNIST_STD, "mnist"),
     "cifar10": (3, CIFAR10_MEAN, CIFAR10_STD, "cifar-10-batches-py"),
 }
+#: dataset -> image side in pixels (H = W)
+IMAGE_SIZES = {"mnist": 28, "cifar10": 32}
 
 
 @dataclass
@@ -161,6 +163,11 @@ def load_split(data: ImageDataConfig, split: str) -> tuple[torch.Tensor, torch.T
     return load_cifar10(resolve_root(data), split)
 
 
+def _split_source(data: ImageDataConfig) -> str:
+    """Where ``data``'s images come from, for messages: the folder, or the Hugging Face dataset."""
+    return f"datasets.load_dataset({data.root or 'cifar10'!r})" if data.source == "hf" else str(resolve_root(data))
+
+
 def build_model(cfg: Any) -> CifarResNet:
     """The recipe's ResNet for its dataset's channel count and 10 classes."""
     return CifarResNet(cfg.model, NUM_CLASSES, DATASETS[cfg.data.dataset][0])
@@ -238,6 +245,9 @@ class ImageClassificationTask(Task):
         images, labels = load_split(data, "train")
         self.train_data = ImageTensorDataset(images, labels)
         self.valid_images, self.valid_labels = load_split(data, "test")
+        for split, held in (("train", images), ("test (validation)", self.valid_images)):  # now, not mid-run
+            if len(held) == 0:
+                raise ConfigError(f"the {split} split of {data.dataset} ({_split_source(data)}) holds no images")
         self.augment = build_augment(data)
         self.sampler = TokenBudgetBatchSampler(
             np.ones(len(self.train_data), dtype=np.int64), None, max_sentences=data.batch_size, shuffle=True,
@@ -370,6 +380,10 @@ def evaluate(cfg: Any, model_state: dict, args: EvalOptions) -> dict[str, float]
 def check_config(cfg, where) -> None:
     """Cross-field checks of an image recipe (run at ``seqba.config.load``)."""
     data, ba = cfg.data, cfg.ba
+    side = IMAGE_SIZES[data.dataset]
+    if data.cutout_size > side:
+        raise ConfigError(f"{where(('data', 'cutout_size'))}: {data.cutout_size} is larger than the {side}x{side} "
+                          f"{data.dataset} images; use at most {side} (0: off)")
     if ba.expand_on_device and not data.augment_on_device and ba.repeats > 1:
         raise ConfigError(f"{where(('data', 'augment_on_device'))}: false augments in the DataLoader, so "
                           "ba.expand_on_device=true would repeat already augmented images: M identical copies. "

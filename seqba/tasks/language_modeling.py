@@ -47,7 +47,8 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 
 from seqba.errors import ConfigError, FieldError
-from seqba.data.lm import SPLITS, BPTTIterator, Corpus, batchify, load_corpus, load_corpus_hf, repeat_streams
+from seqba.data.lm import (SPLITS, BPTTIterator, Corpus, batchify, load_corpus, load_corpus_hf, repeat_streams,
+                           split_path)
 from seqba.data.paths import data_root
 from seqba.distributed import rank_group
 from seqba.losses import activation_regularization, consistency_loss, temporal_activation_regularization
@@ -144,14 +145,39 @@ def load_lm_corpus(data: LMDataConfig) -> Corpus:
     """
     if data.source == "hf":
         return _cached_corpus("hf", None)
-    root = data.root
-    if root is None:
-        shared = data_root()
-        if shared is None:
-            raise FileNotFoundError("data.root is not set and no shared data folder was found "
-                                    "(set SEQBA_DATA or data.root=/path/to/ptb)")
-        root = str(shared / "ptb")
-    return _cached_corpus("local", str(Path(root).resolve()))
+    return _cached_corpus("local", str(corpus_root(data)))
+
+
+def corpus_root(data: LMDataConfig) -> Path:
+    """The folder of the local corpus: ``data.root``, else ``data_root() / "ptb"`` (resolved).
+
+    Raises:
+        FileNotFoundError: no ``root`` given and no shared data folder.
+    """
+    if data.root is not None:
+        return Path(data.root).resolve()
+    shared = data_root()
+    if shared is None:
+        raise FileNotFoundError("data.root is not set and no shared data folder was found "
+                                "(set SEQBA_DATA or data.root=/path/to/ptb)")
+    return (shared / "ptb").resolve()
+
+
+def check_split_size(corpus: Corpus, data: LMDataConfig, split: str, batch_size: int) -> None:
+    """Refuse a split too short to evaluate in ``batch_size`` streams (2 tokens per stream: an input and its next
+    word), e.g. an empty ``ptb.valid.txt``, at setup rather than at the first validation.
+
+    Raises:
+        ConfigError: naming the split, its file and the batch size.
+    """
+    tokens = getattr(corpus, split).numel()
+    if tokens >= 2 * batch_size:
+        return
+    where = (f"{split} of datasets.load_dataset('ptb_text_only')" if data.source == "hf"
+             else str(split_path(corpus_root(data), split)))
+    option = "data.test_batch_size" if split == "test" else "data.eval_batch_size"
+    raise ConfigError(f"the {split} split ({where}) has {tokens} tokens (incl. one <eos> per line): too few to "
+                      f"evaluate in {option}={batch_size} streams of 2 tokens; it needs at least {2 * batch_size}")
 
 
 def build_lm(model_cfg: AWDLSTMConfig, vocab_size: int) -> AWDLSTM:
@@ -197,6 +223,7 @@ class LanguageModelingTask(Task):
         super().__init__(cfg, accelerator)
         data, ba = cfg.data, cfg.ba
         self.corpus = load_lm_corpus(data)
+        check_split_size(self.corpus, data, "valid", data.eval_batch_size)  # now, not at the first validation
         self.vocab_size = len(self.corpus.dictionary)
         # Rank groups (ba.group_size consecutive ranks) share streams; groups take disjoint ones.
         self.group_size = ba.group_size
@@ -356,6 +383,7 @@ def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, float]:
     Raises:
         ValueError: an unknown split, ``--src/--ref`` (translation only), or weights for another vocabulary.
         FileNotFoundError: the corpus is missing.
+        ConfigError: the split is too short for its batch size (see :func:`check_split_size`).
     """
     if args.src or args.ref:
         raise ValueError("--src/--ref apply to translation; a language model is evaluated on --split "
@@ -363,6 +391,8 @@ def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, float]:
     if args.split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
     corpus = load_lm_corpus(cfg.data)
+    bsz = cfg.data.test_batch_size if args.split == "test" else cfg.data.eval_batch_size
+    check_split_size(corpus, cfg.data, args.split, bsz)
     vocab = len(corpus.dictionary)
     embedding = model_state.get("encoder.weight")
     if embedding is None or embedding.size(0) != vocab:
@@ -371,7 +401,6 @@ def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, float]:
     model = build_lm(cfg.model, vocab)
     model.load_state_dict(model_state)
     model.to(torch.device(args.device)).eval()
-    bsz = cfg.data.test_batch_size if args.split == "test" else cfg.data.eval_batch_size
     nll, words = corpus_nll(model, getattr(corpus, args.split), bsz, cfg.data.bptt)
     metrics = word_metrics(nll / words)
     print(f"{args.split}: ppl {metrics['ppl']:.2f}, {metrics['bpw']:.4f} bits per word "
