@@ -96,10 +96,17 @@ def write_report(study, arms: list[str], echo=print) -> Path:
     return table
 
 
+def _sets_reserved(override: str) -> bool:
+    """Whether ``override`` sets a key compare sets per run, by its name (``train.resume=x``) or inside a section
+    value (``train={resume: x}``), or replaces a section holding one (``train=null``)."""
+    reserved = [tuple(key.split(".")) for key in _RESERVED]
+    return any(leaf == key[:len(leaf)] for leaf in config_lib.override_keys(override) for key in reserved)
+
+
 def _study(args: argparse.Namespace):
     """Check the command line, derive and print the arms; return (study, arm names)."""
     for override in args.overrides:
-        if override.split("=", 1)[0].strip() in _RESERVED:
+        if _sets_reserved(override):
             raise ConfigError(f"override {override!r}: compare sets seed, output_dir and train.resume per run")
     names = [a.strip() for a in args.arms.split(",")]
     if not all(names):
@@ -107,7 +114,7 @@ def _study(args: argparse.Namespace):
     seeds = _seeds(args.seeds)
     custom = [parse_arm(spec) for spec in args.arm]
     for arm in custom:
-        reserved = [o for o in arm.overrides if o.split("=", 1)[0].strip() in _RESERVED]
+        reserved = [o for o in arm.overrides if _sets_reserved(o)]
         if reserved:
             raise ConfigError(f"--arm {arm.name}: override {reserved[0]!r}: compare sets seed, output_dir and "
                               "train.resume per run")
@@ -136,14 +143,15 @@ def _study(args: argparse.Namespace):
     for arm in arms:  # updates of one epoch of each arm, for epochs_seen (equal_time: as fixed_steps)
         source = "fixed_steps" if arm.pending else arm.name
         if source not in study.updates_per_epoch:
-            arm_cfg = config_lib.load(args.recipe, [*args.overrides, *study.arms[source], f"seed={seeds[0]}"])
+            seed = config_lib.format_override("seed", seeds[0])
+            arm_cfg = config_lib.load(args.recipe, [*args.overrides, *study.arms[source], seed])
             study.updates_per_epoch[source] = count_updates(arm_cfg, processes or 1)[1]
         study.updates_per_epoch[arm.name] = study.updates_per_epoch[source]
     print(f"study {study.out}: {args.recipe} ({cfg.task}), seeds {','.join(map(str, seeds))}, test sets "
           f"{', '.join(t.name for t in study.test_sets)}, launcher {args.launcher}")
     for arm in arms:
         print(f"  {arm.name:<14} {arm.note}; {study.updates_per_epoch[arm.name]} updates per epoch")
-        print(f"  {'':<14} overrides: {' '.join(arm.overrides) or '(none)'}")
+        print(f"  {'':<14} overrides: {shlex.join(arm.overrides) or '(none)'}")
     return study, names
 
 
@@ -156,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return _error(err, 2)
     if args.dry_run:
         for run in plan_runs(study, names):
-            print(f"  {run.arm} seed {run.seed}: seqba.train {' '.join(run.train_args)}")
+            print(f"  {run.arm} seed {run.seed}: seqba.train {shlex.join(run.train_args)}")
         try:
             check_unchanged(plan_runs(study, names))
         except ConfigError as err:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -84,7 +85,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 def _run(command: list[str], log: Path) -> None:
     """Run ``command`` with output appended to ``log``; raise :class:`RunFailed` with its last ``error:`` line."""
     with log.open("a") as f:
-        f.write(f"$ {' '.join(command)}\n")
+        f.write(f"$ {shlex.join(command)}\n")  # as a shell would take it back (a path with " #" stays whole)
         f.flush()
         rc = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)

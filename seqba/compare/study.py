@@ -153,6 +153,13 @@ def _eval_args(study: Study, run_dir: Path, test: EvalSet) -> list[str]:
     return args
 
 
+def _run_overrides(seed: int, run_dir: Path) -> list[str]:
+    """The overrides compare sets on every run, written so that they read back exactly
+    (:func:`seqba.config.format_override`: a folder ``/tmp/st #8`` stays that folder, not ``/tmp/st``)."""
+    return [config_lib.format_override("seed", seed), config_lib.format_override("output_dir", str(run_dir)),
+            "train.resume=auto", "train.progress_bar=false"]
+
+
 def plan_runs(study: Study, arm_names: list[str]) -> list[RunSpec]:
     """One :class:`RunSpec` per (seed, arm), seeds outer (a partial study has whole seeds), pending arms last."""
     ordered = [a for a in arm_names if a not in study.pending] + [a for a in arm_names if a in study.pending]
@@ -160,8 +167,7 @@ def plan_runs(study: Study, arm_names: list[str]) -> list[RunSpec]:
     for seed in study.seeds:
         for arm in ordered:
             run_dir = study.run_dir(arm, seed)
-            train_args = [study.recipe, *study.overrides, *study.arms[arm], f"seed={seed}", f"output_dir={run_dir}",
-                          "train.resume=auto", "train.progress_bar=false"]
+            train_args = [study.recipe, *study.overrides, *study.arms[arm], *_run_overrides(seed, run_dir)]
             evals = [(t.name, _eval_args(study, run_dir, t)) for t in study.test_sets]
             runs.append(RunSpec(arm, seed, str(run_dir), train_args, list(study.launch_args), evals,
                                 pending=arm in study.pending))
@@ -230,6 +236,5 @@ def resolve_pending(study: Study, spec: RunSpec) -> RunSpec:
     overrides = equal_time_overrides(arm, cfg, measured_seconds_per_update(study, "ba", spec.seed),
                                      measured_seconds_per_update(study, "fixed_steps", spec.seed))
     run_dir = study.run_dir(spec.arm, spec.seed)
-    train_args = [study.recipe, *study.overrides, *overrides, f"seed={spec.seed}", f"output_dir={run_dir}",
-                  "train.resume=auto", "train.progress_bar=false"]
+    train_args = [study.recipe, *study.overrides, *overrides, *_run_overrides(spec.seed, run_dir)]
     return RunSpec(spec.arm, spec.seed, spec.run_dir, train_args, spec.launch_args, spec.evals, pending=False)
