@@ -67,7 +67,8 @@ def _same_folders(a: Path, b: Path) -> None:
 def _awkward_corpus(root: Path) -> dict:
     """Files with a BOM, no final newline, Moses escapes, CR / U+2028 / NBSP inside lines, empty and long lines."""
     rng = np.random.default_rng(0)
-    words = ["a", "bb", "ccc", "&amp;", "&apos;s", "Zürich", "ñu", "x\u00a0y", "r\rs", "q\u2028q", "Straße", "&#124;"]
+    words = ["a", "bb", "ccc", "&amp;", "&apos;s", "Zürich", "ñu", "x\u00a0y", "r\rs", "q\u2028q", "Straße",
+             "&#124;"]
 
     def line():
         return " ".join(rng.choice(words, size=int(rng.integers(0, 14))))
