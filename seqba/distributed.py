@@ -22,13 +22,15 @@ Only torch and numpy are needed here.
 """
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-__all__ = ["RankGroup", "rank_group", "worker_seed", "seed_worker_rngs"]
+__all__ = ["RankGroup", "rank_group", "worker_seed", "seed_worker_rngs", "main_process_first"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +73,37 @@ def seed_worker_rngs(base_seed: int, rank: int) -> int:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return seed
+
+
+@contextlib.contextmanager
+def main_process_first(accelerator: Any) -> Iterator[None]:
+    """Run the body on the main process first, then on the others; an error there stops every rank with it.
+
+    Accelerate's ``main_process_first`` leaves the other ranks waiting in a barrier when the main process raises
+    (say, while preparing a corpus): they then die in the collective with a gloo/NCCL traceback once it exits. Here
+    the main process shares the outcome first (``broadcast_object_list``), so every rank raises the same error
+    (its type and message; an unexpected one as ``RuntimeError``) before any other collective, and the command line
+    prints it once (rank 0).
+    """
+    if accelerator.num_processes == 1:
+        yield
+        return
+    from accelerate.utils import broadcast_object_list  # collective: every rank calls it exactly once
+
+    if accelerator.is_main_process:
+        try:
+            yield
+        except Exception as err:
+            broadcast_object_list([(type(err), str(err))])
+            raise
+        broadcast_object_list([None])
+        return
+    outcome = broadcast_object_list([None])[0]
+    if outcome is not None:
+        kind, message = outcome
+        try:
+            error = kind(message)
+        except Exception:  # noqa: BLE001 - an exception type that takes other arguments
+            error = RuntimeError(f"the main process failed: {kind.__name__}: {message}")
+        raise error
+    yield

@@ -21,6 +21,7 @@ import os
 import sys
 from typing import NoReturn, Sequence
 
+import torch
 import yaml
 
 from seqba import config as config_lib
@@ -75,16 +76,35 @@ def main(argv: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> i
         return _error(err, 1)
     except OSError as err:
         return _error(describe_os_error(err), 1)
+    except RuntimeError as err:
+        if not _lost_a_peer(err):
+            raise
+        return _error("lost contact with the other processes (the first error above, or a killed process, is the "
+                      "cause)", 1)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"final_valid": metrics}))
     return 0
 
 
+def _lost_a_peer(err: RuntimeError) -> bool:
+    """Whether ``err`` is a collective failing because another process of the launch died (gloo and NCCL raise
+    plain ``RuntimeError``s for it; newer torch ``DistError``)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    text = str(err)
+    return isinstance(err, torch.distributed.DistError) or any(
+        marker in text for marker in ("Connection closed by peer", "Connection reset by peer", "gloo", "NCCL"))
+
+
 def _error(err: BaseException | str, status: int) -> int:
+    """Print ``error: <one line>`` and return ``status``. In a multi-process launch only rank 0 prints: every rank
+    raises the same error at the same point (checks run on all ranks, or on the main process and are shared,
+    ``seqba.distributed.main_process_first``), and one line is enough."""
     if os.environ.get("SEQBA_TRACEBACK") == "1" and isinstance(err, BaseException):
         raise err
-    message = str(err).strip().replace("\n", " ")
-    print(f"error: {message}", file=sys.stderr)
+    if int(os.environ.get("RANK", "0")) == 0:
+        message = str(err).strip().replace("\n", " ")
+        print(f"error: {message}", file=sys.stderr)
     return status
 
 

@@ -58,8 +58,8 @@ from seqba import config as config_lib
 from seqba.callbacks import Callback, MetricsLogger, ProgressBar, TrackerLogger
 from seqba.checkpoint import (latest_checkpoint, load_checkpoint, point_latest, prune_checkpoints, save_checkpoint,
                               save_model_file, set_aside)
-from seqba.distributed import seed_worker_rngs
-from seqba.errors import CheckpointError, ConfigError, NonFiniteError, SeqbaError
+from seqba.distributed import main_process_first, seed_worker_rngs
+from seqba.errors import CheckpointError, ConfigError, NonFiniteError
 from seqba.gradstats import GradStats
 from seqba.optim import build_optimizer, lr_multiplier
 from seqba.runlock import RunLock
@@ -145,18 +145,10 @@ class Trainer:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
     def _on_main_process(self, check: Callable[[], None]) -> None:
-        """Run ``check`` on the main process; every rank raises the error it raised (a SeqbaError), so that all
-        ranks stop at the same point, before any other collective."""
-        error: tuple[type, str] | None = None
-        if self.accelerator.is_main_process:
-            try:
+        """Run ``check`` on the main process; every rank raises the error it raised, before any other collective."""
+        with main_process_first(self.accelerator):
+            if self.accelerator.is_main_process:
                 check()
-            except SeqbaError as err:
-                error = (type(err), str(err))
-        if self.accelerator.num_processes > 1:
-            error = broadcast_object_list([error])[0]
-        if error:
-            raise error[0](error[1])
 
     def _lock_output_dir(self) -> None:
         """Main process takes the run-directory lock; every rank learns whether it succeeded."""
