@@ -1,5 +1,5 @@
-"""BA in two foreign loops, as the README's "Integrations" section shows them (the README copies these tests):
-timm / DeiT-style image loaders and pytorch/examples word_language_model (time-major (T, B) tensors)."""
+"""Properties of BA in two foreign loops: timm / DeiT-style image loaders and pytorch/examples word_language_model
+(time-major (T, B) tensors). The README's own blocks are run as pasted by tests/test_readme_blocks.py."""
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -27,7 +27,7 @@ def test_timm_style_loader():
     batches = FixedSizeBatchSampler(len(dataset), batch_size=8, drop_last=True, seed=0)  # no lengths needed
     loader = DataLoader(dataset, batch_sampler=RepeatBatchSampler(batches, repeats=4))    # M=4 views per image
     for epoch in range(2):
-        loader.batch_sampler.set_epoch(epoch)  # as timm's train.py does
+        loader.batch_sampler.set_epoch(epoch)  # a batch sampler's epoch (see the README on timm versions)
         for images, labels in loader:          # (M·B, 1, 2, 2) = (32, 1, 2, 2): 8 images, 4 views each
             ...
     # BA: every image every epoch, M x the rows; DeiT's repeated augmentation: the rows of M=1, ~1/M of the images
