@@ -432,7 +432,7 @@ def _correlation(args: argparse.Namespace) -> int:
 
 
 def _grad_norm(args: argparse.Namespace) -> int:
-    check_output(args.out, "--out")
+    check_output(args.out, "--out", make_folder=True)  # the figure's folder is created, as plot_grad_norm does
     runs = [Path(r) for r in args.runs]
     for run in runs:
         if not (run / "metrics.jsonl" if run.is_dir() else run).is_file():

@@ -83,9 +83,10 @@ def check_args(argv: list[str]) -> None:
         raise UsageError(f"--{taken[0].replace('_', '-')} is set per run by seqba.compare")
 
 
-def check_output(path: str | Path, option: str) -> None:
-    """Check that the file ``path`` can be written, before any work: its folder exists, is writable (a probe file
-    is created and removed there: catches read-only filesystems and permissions) and ``path`` is not a folder.
+def check_output(path: str | Path, option: str, make_folder: bool = False) -> None:
+    """Check that the file ``path`` can be written, before any work: its folder exists (``make_folder``: is
+    created now), is writable (a probe file is created and removed there: catches read-only filesystems and
+    permissions) and ``path`` is not a folder.
 
     Raises:
         UsageError: naming ``option``, the path and what is wrong.
@@ -93,6 +94,11 @@ def check_output(path: str | Path, option: str) -> None:
     out = Path(path)
     if out.is_dir():
         raise UsageError(f"{option} {out}: is a folder")
+    if make_folder:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"{option} {out}: cannot create folder {out.parent} ({err.strerror or err})") from None
     if not out.parent.is_dir():
         raise UsageError(f"{option} {out}: folder {out.parent} does not exist")
     probe = out.parent / f".{out.name}.probe{os.getpid()}"

@@ -87,12 +87,11 @@ def beam_search(
         B ``Hypothesis`` (tokens without bos/eos, normalized score).
 
     Raises:
-        ValueError: for ``beam_size < 1`` or above the vocabulary size - 1 (fairseq's limit), a model in training
-            mode, or mismatched batch sizes.
+        ValueError: for ``beam_size < 1``, a model in training mode, or mismatched batch sizes. (A beam wider than
+            the vocabulary is exact, only slow: :func:`translate`, the corpus-level entry, refuses it.)
     """
     if beam_size < 1:
         raise ValueError(f"beam_search: beam_size must be >= 1, got {beam_size}")
-    check_beam(model, beam_size)
     if getattr(model, "training", False):
         raise ValueError("beam_search: model is in training mode (dropout active); call model.eval() first")
     if src_tokens.dim() != 2 or src_lengths.shape != src_tokens.shape[:1]:
@@ -123,8 +122,6 @@ def beam_search(
     for step in range(max(max_lens) + 1):
         n = len(sent_ids)
         logits = model.decode(last, encoder_out, cache)[:, -1]  # (N, V)
-        if step == 0 and k > logits.size(-1) - 1:
-            raise ValueError(_beam_message(k, logits.size(-1)))
         lprobs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # fused; modified in place below
         per_row = min(2 * k, lprobs.size(1))
         lprobs.index_fill_(1, special, -math.inf)
@@ -238,11 +235,6 @@ def vocab_size(model) -> int | None:
     return None if size is None else int(size)
 
 
-def _beam_message(beam: int, vocab: int) -> str:
-    return (f"beam size {beam} is larger than the vocabulary size - 1 ({vocab - 1}): a beam cannot hold more "
-            "distinct hypotheses than there are tokens; use a smaller --beam")
-
-
 def check_beam(model, beam: int) -> None:
     """Refuse a beam wider than ``vocab_size(model) - 1`` (fairseq's cap) before any decoding.
 
@@ -251,7 +243,8 @@ def check_beam(model, beam: int) -> None:
     """
     vocab = vocab_size(model)
     if vocab is not None and beam > vocab - 1:
-        raise ValueError(_beam_message(beam, vocab))
+        raise ValueError(f"beam size {beam} is larger than the vocabulary size - 1 ({vocab - 1}), fairseq's "
+                         "limit: the search would only get slower; use a smaller --beam")
 
 
 def translate(
