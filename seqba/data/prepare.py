@@ -85,7 +85,7 @@ _MOSES_UNESCAPE = (("&bar;", "|"), ("&#124;", "|"), ("&lt;", "<"), ("&gt;", ">")
 _BOM = b"\xef\xbb\xbf"
 # spm_input_sentence_size=None: every sentence up to this many (source + target), else a seeded sample of this many.
 SPM_AUTO_SENTENCES = 2_000_000
-BLOCK_BYTES = 4 << 20  # text read, cleaned and encoded per block (about 25k WMT sentences)
+BLOCK_BYTES = 1 << 20  # text read, cleaned and encoded per block (about 7k WMT sentences)
 # Options that change how a corpus is built, never what is built: outside the fingerprint and the manifest.
 _RUN_OPTIONS = ("overwrite", "workers")
 
@@ -417,6 +417,7 @@ def _build(config: PrepareConfig, inputs: dict[str, dict[str, _Input]], tmp: Pat
     import sentencepiece as spm
 
     counts, texts = {}, {}  # texts: split -> (source text file, target text file) to encode
+    started = time.perf_counter()
     for split, sides in inputs.items():
         if split == "train":
             texts[split] = (tmp / ".train.src.clean", tmp / ".train.tgt.clean")
@@ -424,6 +425,7 @@ def _build(config: PrepareConfig, inputs: dict[str, dict[str, _Input]], tmp: Pat
         else:
             texts[split] = (tmp / f"{split}.{config.src_lang}.txt", tmp / f"{split}.{config.tgt_lang}.txt")
             counts[split] = _copy_split(split, sides["src"], sides["tgt"], texts[split])
+    logger.info("read and cleaned every split in %.1f s", time.perf_counter() - started)
     vocab_size = config.vocab_size or PRESET_VOCAB_SIZE[config.preset]
     spm_options = dict(model_type="bpe", vocab_size=vocab_size, character_coverage=config.character_coverage,
                        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, num_threads=config.num_threads,
@@ -435,23 +437,32 @@ def _build(config: PrepareConfig, inputs: dict[str, dict[str, _Input]], tmp: Pat
     # A sample of more than a million sentences makes SentencePiece warn "Too many sentences are loaded! ...
     # Consider using --input_sentence_size": it is one already, so warnings are muted for it.
     quiet = {"minloglevel": 2} if len(sentences) < 2 * counts["train"]["sentences"] else {}
+    started = time.perf_counter()
     model = train_sentencepiece(sentences, seed=config.seed, **spm_options, **quiet)
+    logger.info("trained SentencePiece in %.1f s", time.perf_counter() - started)
     (tmp / SPM_MODEL).write_bytes(model)
     processor = spm.SentencePieceProcessor(model_proto=model)
     with open(tmp / "spm.vocab", "w", encoding="utf-8") as f:
         f.writelines(f"{processor.id_to_piece(i)}\t{processor.get_score(i)}\n" for i in range(len(processor)))
     dtype = token_dtype(len(processor))
     workers = _encoding_workers(config, sum(path.stat().st_size for pair in texts.values() for path in pair))
+    started = time.perf_counter()
+    files = [(split, side, lang, path) for split, paths in texts.items()
+             for side, lang, path in (("src", config.src_lang, paths[0]), ("tgt", config.tgt_lang, paths[1]))]
+    # One stream of blocks over every file, so that the processes stay busy from one file to the next.
+    blocks = ((i, block) for i, (*_, path) in enumerate(files) for block in _line_blocks(path))
+    writers = [IndexedWriter(tmp / f"{split}.{lang}", dtype) for split, _, lang, _ in files]
+    unk = [0] * len(files)
     with _Encoder(model, dtype, workers) as encoder:
-        for split, paths in texts.items():
-            for side, lang, path in (("src", config.src_lang, paths[0]), ("tgt", config.tgt_lang, paths[1])):
-                writer, unk = IndexedWriter(tmp / f"{split}.{lang}", dtype), 0
-                for flat, lengths, chunk_unk in encoder.map(_line_blocks(path)):
-                    writer.append(flat, lengths)
-                    unk += chunk_unk
-                counts[split][f"{side}_tokens"] = int(writer.close().sum())
-                counts[split][f"{side}_unk"] = unk
-            logger.info("encoded %s: %s", split, counts[split])
+        for i, (flat, lengths, block_unk) in encoder.map(blocks):
+            writers[i].append(flat, lengths)
+            unk[i] += block_unk
+    for (split, side, _, _), writer, n_unk in zip(files, writers, unk):
+        counts[split][f"{side}_tokens"] = int(writer.close().sum())
+        counts[split][f"{side}_unk"] = n_unk
+    for split in texts:
+        logger.info("encoded %s: %s", split, counts[split])
+    logger.info("encoded every split in %.1f s with %d process(es)", time.perf_counter() - started, workers)
     for path in texts["train"]:
         path.unlink()
     return {"src_lang": config.src_lang, "tgt_lang": config.tgt_lang, "vocab_size": len(processor),
@@ -703,7 +714,7 @@ def _init_worker(model: bytes, dtype: str) -> None:
 
 def _encode_block(lines: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
     """Encode one block of lines: (flat ids in the corpus dtype, int64 lengths, unknown-piece count)."""
-    ids = _WORKER_STATE["processor"].encode(lines, out_type=int)
+    ids = _WORKER_STATE["processor"].encode(lines, out_type=int, num_threads=1)  # processes are the parallelism
     lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
     flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=_WORKER_STATE["dtype"], count=int(lengths.sum()))
     return flat, lengths, int(np.count_nonzero(flat == UNK_ID))
@@ -736,18 +747,22 @@ class _Encoder:
             self.pool.join()
         _WORKER_STATE.clear()
 
-    def map(self, blocks: Iterable[list[str]]) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-        """``_encode_block`` of every block, in order."""
+    def map(self, blocks: Iterable[tuple[int, list[str]]]) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray,
+                                                                                       int]]]:
+        """``(key, _encode_block(lines))`` for every ``(key, lines)`` of ``blocks``, in order."""
         if self.pool is None:
-            yield from map(_encode_block, blocks)
+            for key, lines in blocks:
+                yield key, _encode_block(lines)
             return
         in_flight: collections.deque = collections.deque()
-        for block in blocks:
-            in_flight.append(self.pool.apply_async(_encode_block, (block,)))
+        for key, lines in blocks:
+            in_flight.append((key, self.pool.apply_async(_encode_block, (lines,))))
             if len(in_flight) >= 2 * self.workers:
-                yield in_flight.popleft().get()
+                key, result = in_flight.popleft()
+                yield key, result.get()
         while in_flight:
-            yield in_flight.popleft().get()
+            key, result = in_flight.popleft()
+            yield key, result.get()
 
 
 def _display_path(path: Path, tmp: Path) -> str:
