@@ -41,6 +41,7 @@ from seqba.data.prepare import PrepareConfig, prepare_translation, read_lines
 from seqba.data.translation import (BOS_ID, EOS_ID, MANIFEST, PAD_ID, TranslationDataset, collate,
                                     corpus_fingerprint, load_tokenizer, read_manifest, read_raw_lines, record_user)
 from seqba.losses import consistency_loss, label_smoothed_cross_entropy, label_smoothed_nll_loss
+from seqba.distributed import main_process_first
 from seqba.errors import ConfigError, FieldError, SeqbaError
 from seqba.metrics import perplexity
 from seqba.models.transformer import Transformer, TransformerConfig
@@ -134,7 +135,7 @@ class TranslationTask(Task):
     def __init__(self, cfg, accelerator) -> None:
         super().__init__(cfg, accelerator)
         data = cfg.data
-        with accelerator.main_process_first():
+        with main_process_first(accelerator):  # an error on the main process (a refused rebuild) stops every rank
             if accelerator.is_main_process and (data.prepare.preset or data.prepare.train_src):
                 prepare_translation(data.prepared_dir, data.prepare, user=cfg.output_dir)  # records this run
             elif accelerator.is_main_process and (Path(data.prepared_dir) / MANIFEST).is_file():
