@@ -36,7 +36,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Hypothesis", "beam_search", "translate", "check_beam", "vocab_size", "RecomputePrefix", "DEFAULT_MAX_LEN_A", "DEFAULT_MAX_LEN_B"]
+__all__ = ["Hypothesis", "beam_search", "translate", "check_beam", "vocab_size", "RecomputePrefix",
+           "DEFAULT_MAX_LEN_A", "DEFAULT_MAX_LEN_B"]
 
 # Output length cap: at most int(a * source tokens + b) tokens before eos (source tokens counting its eos).
 # fairseq's generate defaults are a=0, b=200: a model that rarely emits eos (untrained, or diverging) then decodes
