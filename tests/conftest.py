@@ -28,3 +28,14 @@ def _fresh_accelerate_state():
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+# `accelerate launch` listens on one fixed port (29500): under pytest-xdist (`-n 2 --dist loadgroup`, the README's
+# test command) every test that launches processes runs on the same worker, one after another.
+LAUNCHING_MODULES = {"test_multiprocess.py", "test_multiprocess_errors.py", "test_integrations_accelerate.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in LAUNCHING_MODULES or "two_processes" in item.name:
+            item.add_marker(pytest.mark.xdist_group("accelerate_launch"))
