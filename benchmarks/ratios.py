@@ -71,6 +71,14 @@ def malloc(setting: str) -> dict:
     return summarize(per_round_ratios(rows[setting]["runs"], rows["default"]["runs"]))
 
 
+def stored(name: str, *keys: str) -> dict:
+    """A per-round summary a benchmark already stored (``{"per_round", "median", "min", "max"}``) under ``keys``."""
+    node = load(name)
+    for key in keys:
+        node = node[key]
+    return summarize(node["per_round"])
+
+
 # README text -> how its figure is derived. Each string is what the README prints for it (fmt of the summary).
 HEADLINES: dict[str, Callable[[], dict]] = {
     "recipe speed: 361bed0 bf16 / 361bed0 fp32": lambda: recipe_speed("recipe_speed", "ref_bf16",
@@ -96,6 +104,21 @@ HEADLINES: dict[str, Callable[[], dict]] = {
     "decode: bf16 / fp32 beam 4": lambda: decode_speed("decode", "bf16", "cached"),
     "decode: untrained, length cap 1.2x+10 / 0x+200": lambda: decode_speed("decode_maxlen_untrained", "cached",
                                                                            "cached_a0_b200"),
+    "batching: fairseq / seqba, full pipeline": lambda: stored("batching", "fairseq_over_seqba", "full_pipeline"),
+    "batching: fairseq / seqba, batching step": lambda: stored("batching", "fairseq_over_seqba", "batching"),
+    "train: seqba M=1 / bare loop": lambda: stored("train", "ratio_seqba_over_bare"),
+    "train: seqba M=4 / seqba M=1 (tokens/s)": lambda: stored("train", "ratio_m4_over_m1"),
+    **{f"train settings: seqba / bare, {setting}": (lambda s=setting: stored(
+        "train_settings", "settings", s, "per_round", "seqba_over_bare"))
+       for setting in ("fp32_eager", "bf16_eager", "fp32_compiled", "bf16_compiled")},
+    **{f"train settings: seqba {setting} / seqba fp32_eager": (lambda s=setting: stored(
+        "train_settings", "settings", s, "per_round", "seqba_over_fp32_eager"))
+       for setting in ("bf16_eager", "fp32_compiled", "bf16_compiled")},
+    **{f"kernels: {case}": (lambda c=case: stored("kernels", "cases", c, "speedup"))
+       for case in ("attention causal 352x11 bfloat16", "attention padded 352x11 bfloat16",
+                    "attention causal 64x60 bfloat16", "attention padded 64x60 bfloat16",
+                    "attention causal 64x60 float32", "loss 3872x8000 bfloat16", "loss 3872x8000 float32",
+                    "dropout 3872x256 float32", "dropout 3872x256 bfloat16")},
     "allocator: mallopt / glibc defaults": lambda: malloc("mallopt"),
     "allocator: env variables": lambda: malloc("env"),
     "allocator: tcmalloc": lambda: malloc("tcmalloc"),
