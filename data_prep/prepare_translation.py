@@ -19,7 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from seqba.data.prepare import PRESETS, PrepareConfig, prepare_translation  # noqa: E402
+from seqba.data.prepare import PrepareConfig, prepare_translation  # noqa: E402
+from seqba.errors import SeqbaError  # noqa: E402
 
 
 def _parse_bool(text: str) -> bool:
@@ -40,20 +41,31 @@ def build_parser() -> argparse.ArgumentParser:
         kind = next((t for t in typing.get_args(hints[field.name]) if t is not type(None)), hints[field.name])
         kwargs = {"type": _parse_bool if kind is bool else kind, "default": field.default,
                   "help": f"PrepareConfig.{field.name}"}
-        if field.name == "preset":
-            kwargs["choices"] = PRESETS
+        if typing.get_origin(kind) is typing.Literal:  # Optional[Literal[...]]: a string out of the literal's values
+            kwargs.update(type=str, choices=typing.get_args(kind))
         parser.add_argument(f"--{field.name.replace('_', '-')}", **kwargs)
     return parser
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> int:
+    """Prepare the corpus the flags describe and print its folder. Bad options, missing or unreadable inputs and a
+    folder in use end in one ``error:`` line on stderr with exit status 2 (a bad option) or 1 (the run failed)."""
     args = vars(build_parser().parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out_dir = args.pop("out_dir")
-    out = prepare_translation(out_dir, PrepareConfig(**args))
+    try:
+        config = PrepareConfig(**args)
+    except (SeqbaError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        out = prepare_translation(out_dir, config)
+    except (SeqbaError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(out)
-    return out
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

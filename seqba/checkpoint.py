@@ -202,7 +202,7 @@ def latest_checkpoint(output_dir: str | Path, repair: bool = True) -> Path | Non
         return complete[-1]
     if steps:
         raise CheckpointError(f"{root} holds {len(steps)} checkpoint folder(s) but none is complete; refusing to "
-                              "train from update 0 over them. Move the folder away or set train.resume=none")
+                              "train from update 0 over them. Move the folder away, or set another output_dir")
     return None
 
 

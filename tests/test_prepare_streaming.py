@@ -163,3 +163,40 @@ def test_default_sample_size_is_resolved_and_recorded(tmp_path, monkeypatch, cap
     assert manifest["config"]["spm_input_sentence_size"] == 150
     assert manifest["sentencepiece"]["input_sentence_size"] == 150
     assert "overwrite" not in manifest["config"] and "workers" not in manifest["config"]
+
+
+def _prepare_cli():
+    """data_prep/prepare_translation.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "data_prep" / "prepare_translation.py"
+    spec = importlib.util.spec_from_file_location("prepare_translation_cli", script)
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
+
+
+def test_prepare_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    """data_prep/prepare_translation.py: a bad option (status 2) and a missing input file (status 1) are one
+    ``error:`` line each, never a traceback."""
+    cli = _prepare_cli()
+    assert cli.main(["--out-dir", str(tmp_path / "a"), "--preset", "synthetic", "--vocab-size", "-3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: vocab_size")
+    missing = str(tmp_path / "missing.en")
+    assert cli.main(["--out-dir", str(tmp_path / "b"), "--train-src", missing, "--train-tgt", missing,
+                     "--valid-src", missing, "--valid-tgt", missing, "--vocab-size", "100"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "missing.en" in err[0]
+    assert not (tmp_path / "b").exists()
+
+
+def test_prepare_cli_preset_flag(tmp_path, capsys):
+    """``--preset NAME`` (a Literal field) parses as one of the presets, as data_prep/README.md shows."""
+    cli = _prepare_cli()
+    out = tmp_path / "syn"
+    assert cli.main(["--preset", "synthetic", "--synthetic-train", "200", "--vocab-size", "100",
+                     "--out-dir", str(out)]) == 0
+    assert (out / "manifest.json").exists() and capsys.readouterr().out.strip() == str(out)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["--out-dir", str(out), "--preset", "nope"])
