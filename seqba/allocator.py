@@ -15,11 +15,9 @@ that, as the environment variables ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=.
 The constants are glibc's ``malloc.h`` (``M_TRIM_THRESHOLD -1``, ``M_MMAP_MAX -4``). The cost: the process's
 resident memory stays at its peak until it exits (no trimming), which suits a training or evaluation process.
 
-Measured with ``benchmarks/bench_train.py --small --steps 8 --malloc-compare --rounds 3 --threads 1`` (d256 3+3
-Transformer, 32k vocabulary, 4096 tokens; five settings interleaved per round on 2 CPU cores shared with other
-jobs; ``benchmarks/results/malloc.json``), target tokens/s as a ratio to glibc's defaults (median of runs; per
-round): in-process ``mallopt`` 1.96x (1.32-1.96), the environment variables 1.86x (1.32-1.86), tcmalloc preloaded
-1.29x (1.02-1.30), jemalloc preloaded 1.07x (0.92-1.07). The price is memory: peak RSS 4.1 GB vs 2.7 GB.
+``benchmarks/bench_train.py --malloc-compare`` measures training throughput and peak memory under glibc's
+defaults, this function, the environment variables, and preloaded tcmalloc/jemalloc; the figures are in README.md
+(Benchmarks) and ``benchmarks/results/malloc.json``.
 
 Usage (what ``python -m seqba.train`` / ``python -m seqba.eval`` do first)::
 

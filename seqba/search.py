@@ -284,8 +284,9 @@ def translate(
         device: where to decode; the model must already be there.
         progress: show a tqdm bar over batches.
         autocast_dtype: e.g. ``torch.bfloat16``: decode under ``torch.autocast`` with that dtype (log-probs and
-            scores stay float32). Measured on the Multi30k M=1 checkpoint, CPU, beam 4: 1.36x the fp32 speed,
-            BLEU 20.79 vs 20.70, 89% identical hypotheses (``benchmarks/results/decode.json``). Off by default.
+            scores stay float32; on the CPU attention runs in float32, ``seqba.models.transformer.attention``). Off by
+            default. Hypotheses may differ from fp32 decoding; its speed and BLEU against fp32 are in README.md
+            (Benchmarks) and ``benchmarks/results/decode.json``.
         bos, eos, pad: special ids (seqba's SentencePiece ids by default).
 
     Returns:

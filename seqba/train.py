@@ -54,7 +54,7 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> int:
     """``python -m seqba.train``; returns the exit status. ``callbacks`` are extra observers of the loop."""
-    configure_malloc()  # glibc: no mmap/trim churn, ~2x on CPU (seqba.allocator); SEQBA_MALLOC=default turns it off
+    configure_malloc()  # glibc: no mmap/trim churn per step (seqba.allocator); SEQBA_MALLOC=default turns it off
     parser = _Parser(prog="python -m seqba.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", help="YAML recipe, e.g. recipes/transformer_wmt16_m4.yaml")
     parser.add_argument("overrides", nargs="*", default=[],
