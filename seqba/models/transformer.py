@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from seqba.errors import FieldError
 from seqba.models.dropout import Dropout
+from seqba.models.fork import Fork
 
 __all__ = ["Transformer", "TransformerConfig", "EncoderOut", "DecoderCache", "KVCache", "sinusoidal_table"]
 
@@ -356,15 +357,20 @@ class Transformer(nn.Module):
         x = self.embed_scale * table(tokens) + pos.to(table.weight.dtype)
         return self.dropout(x)
 
-    def encode(self, src_tokens: Tensor, src_lengths: Tensor | None = None) -> EncoderOut:
+    def encode(self, src_tokens: Tensor, src_lengths: Tensor | None = None, fork: Fork | None = None) -> EncoderOut:
         """src_tokens (B, S) int64, padded with pad_idx -> EncoderOut(out (B, S, D), padding_mask (B, S)).
 
-        ``src_lengths`` (B,) is accepted for interface compatibility; padding is read from the tokens.
+        ``src_lengths`` (B,) is accepted for interface compatibility; padding is read from the tokens. With a
+        ``fork`` at layer k < ``encoder_layers``, the first k layers run on the B rows and the rest on the M·B
+        copies (``fork.copy``): the output has M·B rows. A fork at or above ``encoder_layers`` leaves B rows.
         """
         padding_mask = src_tokens.eq(self.pad_idx)  # (B, S)
         x = self._embed(src_tokens, self.encoder_embed)
         mask = _key_mask(padding_mask)
-        for layer in self.encoder_layers:
+        for i, layer in enumerate(self.encoder_layers):
+            if fork is not None and i == fork.layer:  # (B, S, D) -> (M·B, S, D)
+                x, padding_mask = fork.copy(x), fork.copy(padding_mask)
+                mask = _key_mask(padding_mask)
             x = layer(x, mask)
         return EncoderOut(self.encoder_norm(x), padding_mask)
 
@@ -412,9 +418,48 @@ class Transformer(nn.Module):
         x = self.decoder_norm(x)
         return F.linear(x, self.decoder_embed.weight)  # (B, T, V), tied output projection
 
-    def forward(self, src_tokens: Tensor, src_lengths: Tensor, prev_output_tokens: Tensor) -> Tensor:
-        """Teacher-forced logits (B, T, V) for src_tokens (B, S) and prev_output_tokens (B, T)."""
-        return self.decode(prev_output_tokens, self.encode(src_tokens, src_lengths))
+    def forward(self, src_tokens: Tensor, src_lengths: Tensor, prev_output_tokens: Tensor,
+                fork: Fork | None = None) -> Tensor:
+        """Teacher-forced logits (B, T, V) for src_tokens (B, S) and prev_output_tokens (B, T).
+
+        With a ``fork`` (:class:`seqba.models.fork.Fork`, layer k counted over the encoder's layers, then the
+        decoder's), the inputs hold B distinct samples and the logits are (M·B, T, V), rows in ``fork.layout``: the
+        first k layers run once per sample, the layers above once per copy. Raises ``ValueError`` for k >=
+        ``encoder_layers + decoder_layers`` (no layer, hence no dropout mask, would tell the copies apart).
+        """
+        if fork is None:
+            return self.decode(prev_output_tokens, self.encode(src_tokens, src_lengths))
+        layers = len(self.encoder_layers) + len(self.decoder_layers)
+        if fork.layer >= layers:
+            raise ValueError(f"Transformer: fork layer {fork.layer} leaves no layer to tell the copies apart "
+                             f"(the model has {layers}); use at most {layers - 1}")
+        return self._decode_forked(prev_output_tokens, self.encode(src_tokens, src_lengths, fork), fork)
+
+    def _decode_forked(self, prev_output_tokens: Tensor, encoder_out: EncoderOut, fork: Fork) -> Tensor:
+        """Teacher-forced decoder of a forked batch: prev_output_tokens (B, T); encoder_out with M·B rows (fork
+        inside the encoder) or B rows (fork at or above its top) -> logits (M·B, T, V).
+
+        The decoder's first ``fork.layer - encoder_layers`` layers run on the B rows; the copies' cross-attention
+        reads the B rows of encoder output once per sample when the layout keeps copies adjacent (``beam = M``,
+        as beam search does), else a repeated copy.
+        """
+        shared = fork.layer - len(self.encoder_layers)  # decoder layers run once per sample (<= 0: none)
+        memory, padding_mask = encoder_out
+        if shared < 0:  # the encoder made the copies: an ordinary decoder over M·B rows
+            return self.decode(fork.copy(prev_output_tokens), encoder_out)
+        x = self._embed(prev_output_tokens if shared else fork.copy(prev_output_tokens), self.decoder_embed)
+        memory_mask, beam = _key_mask(padding_mask), 1
+        for i, layer in enumerate(self.decoder_layers):
+            if i == shared:  # (B, T, D) -> (M·B, T, D); at i = 0 the embedding was repeated above
+                if i:
+                    x = fork.copy(x)
+                if fork.shares_rows:  # M adjacent rows per sample read its one row of memory
+                    beam = fork.repeats
+                else:
+                    memory, memory_mask = fork.copy(memory), fork.copy(memory_mask)
+            x = layer(x, memory, memory_mask, None, True, beam=beam)
+        x = self.decoder_norm(x)
+        return F.linear(x, self.decoder_embed.weight)  # (M·B, T, V), tied output projection
 
     @staticmethod
     def reorder_encoder_out(encoder_out: EncoderOut, new_order: Tensor) -> EncoderOut:
