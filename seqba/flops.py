@@ -1,0 +1,124 @@
+"""Model FLOPs of a training step, and the peak matmul FLOP/s of the machine, for "MFU on this CPU".
+
+FLOPs are counted the standard way (Kaplan et al. 2020; PaLM, Chowdhery et al. 2022, appendix B; nanoGPT's
+``estimate_mfu``): a training step costs 6 FLOPs per parameter per token that the parameter's matmul sees
+(2 forward, 4 backward), plus attention's two matmuls, 12 · d_model FLOPs per query per key per layer (forward +
+backward; PaLM's 6 · n_layer · 2 · d_model · T per token). Causal attention is counted over the full square, as
+those references do. Biases, LayerNorms, softmax, dropout and the optimizer are left out; embedding lookups are
+not matmuls and cost nothing here, but the tied output projection (V · d_model per target token) counts.
+
+For the encoder-decoder Transformer (:class:`seqba.models.transformer.Transformer`), with d = d_model,
+f = ffn_dim, a sentence pair of s source and t target tokens::
+
+    encoder layer   6 · (4d² + 2df) · s  +  12 · d · s²
+    decoder layer   6 · (4d² + 2df) · t  +  6 · 2d² · t  (cross q, out)  +  6 · 2d² · s  (cross k, v)
+                    +  12 · d · t²  +  12 · d · t · s
+    output head     6 · V · d · t
+
+With BA's M copies each copy is computed, so a step of B samples costs M times one of B rows; with a fork at layer
+k (:class:`seqba.models.fork.Fork`) the layers below k cost once per sample, the layers above and the head M
+times, and the cross-attention keys and values of copies made at or above the encoder's top are computed once per
+sample when the copies are adjacent (they read one memory row).
+
+The peak: :func:`matmul_peak` times ``torch.matmul`` on the given shapes (the step's own GEMMs) in the given
+dtype and thread count and keeps the fastest; "MFU on this CPU" is the step's model FLOP/s over that measured peak,
+not over a vendor figure.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["transformer_step_flops", "matmul_peak"]
+
+
+def transformer_step_flops(src_lengths: Sequence[int] | np.ndarray, tgt_lengths: Sequence[int] | np.ndarray, *,
+                           d_model: int, ffn_dim: int, encoder_layers: int, decoder_layers: int, vocab_size: int,
+                           repeats: int = 1, fork_layer: int = 0, memory_shared: bool = True) -> float:
+    """Model FLOPs (forward + backward) of one training step over the given sentence pairs.
+
+    Args:
+        src_lengths, tgt_lengths: (B,) tokens of each distinct sample (without padding).
+        d_model, ffn_dim, encoder_layers, decoder_layers, vocab_size: the model's sizes.
+        repeats: M, copies of each sample.
+        fork_layer: k, layers (encoder's, then decoder's) run once per sample; 0: BA at the input.
+        memory_shared: with a fork at or above the encoder's top, the copies' cross-attention keys and values come
+            from one memory row per sample (adjacent layout) rather than a repeated one.
+
+    Returns:
+        FLOPs as a float (about 1e12 for a Transformer-base batch of 4,096 tokens).
+
+    Raises:
+        ValueError: lengths of different sizes, ``repeats`` < 1, or ``fork_layer`` outside
+            [0, encoder_layers + decoder_layers).
+    """
+    s = np.asarray(src_lengths, dtype=np.float64)
+    t = np.asarray(tgt_lengths, dtype=np.float64)
+    if s.shape != t.shape:
+        raise ValueError(f"{s.shape} source lengths against {t.shape} target lengths")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if not 0 <= fork_layer < encoder_layers + decoder_layers:
+        raise ValueError(f"fork_layer must be in [0, {encoder_layers + decoder_layers}), got {fork_layer}")
+    d, f = float(d_model), float(ffn_dim)
+    enc_layer = 6 * (4 * d * d + 2 * d * f) * s.sum() + 12 * d * (s * s).sum()
+    dec_layer_rows = 6 * (6 * d * d + 2 * d * f) * t.sum() + 12 * d * ((t * t).sum() + (t * s).sum())
+    cross_kv = 6 * 2 * d * d * s.sum()
+    head = 6 * vocab_size * d * t.sum()
+    shared_enc = min(fork_layer, encoder_layers)
+    shared_dec = max(fork_layer - encoder_layers, 0)
+    kv_once = fork_layer >= encoder_layers and memory_shared
+    total = shared_enc * enc_layer + (encoder_layers - shared_enc) * enc_layer * repeats
+    total += shared_dec * (dec_layer_rows + cross_kv)
+    total += (decoder_layers - shared_dec) * (dec_layer_rows * repeats + cross_kv * (1 if kv_once else repeats))
+    return float(total + head * repeats)
+
+
+def matmul_peak(shapes: Iterable[tuple[int, int, int]], dtype: torch.dtype = torch.float32, threads: int | None = None,
+                repeat: int = 5, min_seconds: float = 0.2) -> dict:
+    """The fastest ``torch.matmul`` FLOP/s over ``shapes`` on this machine's CPU.
+
+    Args:
+        shapes: (m, k, n) GEMMs, (m, k) @ (k, n), e.g. a step's (tokens, d_model) @ (d_model, ffn_dim).
+        dtype: ``torch.float32`` or ``torch.bfloat16``.
+        threads: ``torch.set_num_threads`` for the timing (restored after); None keeps the current setting.
+        repeat: timed rounds per shape (the best is kept: a peak, not a typical figure).
+        min_seconds: each round repeats the product until at least this long has passed.
+
+    Returns:
+        ``{"flops_per_s": best, "shape": (m, k, n) of the best, "per_shape": {"mxkxn": flops_per_s}, "dtype",
+        "threads"}``.
+
+    Raises:
+        ValueError: no shapes.
+    """
+    shapes = list(shapes)
+    if not shapes:
+        raise ValueError("matmul_peak: no shapes to time")
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    per_shape = {}
+    try:
+        for m, k, n in shapes:
+            a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+            torch.matmul(a, b)  # warm-up (oneDNN primitive creation)
+            best = 0.0
+            for _ in range(repeat):
+                calls, start = 0, time.perf_counter()
+                while True:
+                    torch.matmul(a, b)
+                    calls += 1
+                    elapsed = time.perf_counter() - start
+                    if elapsed >= min_seconds:
+                        break
+                best = max(best, 2.0 * m * k * n * calls / elapsed)
+            per_shape[f"{m}x{k}x{n}"] = best
+    finally:
+        torch.set_num_threads(before)
+    name = max(per_shape, key=per_shape.get)
+    return {"flops_per_s": per_shape[name], "shape": tuple(int(v) for v in name.split("x")), "per_shape": per_shape,
+            "dtype": str(dtype).removeprefix("torch."), "threads": threads or before}
