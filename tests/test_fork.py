@@ -107,3 +107,63 @@ def test_fork_refuses_the_head_and_bad_arguments():
     for bad in ({"layer": 0, "repeats": 2}, {"layer": 1, "repeats": 1}, {"layer": 1, "repeats": 2, "layout": "x"}):
         with pytest.raises(ValueError):
             Fork(**bad)
+
+
+# -- AWD-LSTM ----------------------------------------------------------------------------------------------------
+def _lstm(per_copy_masks: bool = False, p: float = 0.3):
+    from seqba.models.awd_lstm import AWDLSTM
+
+    torch.manual_seed(0)
+    return AWDLSTM(29, emb_size=6, hidden_size=10, num_layers=3, dropout=p, dropouth=p, dropouti=p, dropoute=p,
+                   wdrop=p, per_copy_masks=per_copy_masks)
+
+
+def lstm_reference(model, x, hidden, k: int, m: int):
+    """The obvious forked AWD-LSTM: embedding and layers below k on B columns, layer k-1's output repeated
+    copy-major (tiled) before its locked dropout, every layer from k on over the M·B columns."""
+    copies = m if model.per_copy_masks else 1
+    h = model.lockdrop_i(model._embed(x, 1))
+    for i, rnn in enumerate(model.rnns):
+        raw, _ = model._run_layer(rnn, h, hidden[i], 1 if i < k else copies)
+        if i == k - 1:
+            raw = raw.repeat(1, m, 1)  # (T, B, H) -> (T, M·B, H), column c·B + b is copy c of stream b
+        h = model.lockdrop_o(raw) if i == len(model.rnns) - 1 else model.lockdrop_h(raw)
+    return model.decoder(h)
+
+
+@pytest.mark.parametrize("per_copy_masks", [False, True])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_lstm_fork_equals_hand_written_repeat(k, per_copy_masks):
+    model = _lstm(per_copy_masks).train()
+    fork = Fork(k, 2, "tiled")
+    x = torch.randint(0, 29, (5, 3))
+    hidden = model.init_hidden(3, fork)
+    assert [h.size(1) for h, _ in hidden] == [3 if i < k else 6 for i in range(3)]
+    torch.manual_seed(3)
+    logits, new_hidden, raw, dropped = model(x, hidden, fork=fork)
+    torch.manual_seed(3)
+    ref = lstm_reference(model, x, hidden, k, 2)
+    torch.testing.assert_close(logits, ref)
+    assert logits.shape == (5, 6, 29) and [h.size(1) for h, _ in new_hidden] == [h.size(1) for h, _ in hidden]
+    g = torch.autograd.grad(logits.sum(), list(model.parameters()))
+    g_ref = torch.autograd.grad(ref.sum(), list(model.parameters()))
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(logits[:, :3], logits[:, 3:])  # the copies differ by their masks above the fork
+
+
+def test_lstm_fork_without_dropout_repeats_m1():
+    model = _lstm(p=0.0).train()
+    x = torch.randint(0, 29, (5, 3))
+    single, *_ = model(x, model.init_hidden(3))
+    forked, *_ = model(x, model.init_hidden(3, Fork(2, 3, "tiled")), fork=Fork(2, 3, "tiled"))
+    torch.testing.assert_close(forked, single.repeat(1, 3, 1))
+
+
+def test_lstm_fork_refuses_bad_combinations():
+    model = _lstm(per_copy_masks=True)
+    x = torch.randint(0, 29, (5, 3))
+    with pytest.raises(ValueError, match="tiled"):
+        model(x, model.init_hidden(3, Fork(1, 2, "adjacent")), fork=Fork(1, 2, "adjacent"))
+    with pytest.raises(ValueError, match="layer"):
+        model(x, model.init_hidden(3), fork=Fork(4, 2, "tiled"))

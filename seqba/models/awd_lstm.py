@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqba.errors import FieldError
+from seqba.models.fork import Fork
 
 Hidden = list[tuple[Tensor, Tensor]]
 
@@ -240,13 +241,19 @@ class AWDLSTM(nn.Module):
         nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
         nn.init.zeros_(self.decoder.bias)
 
-    def init_hidden(self, num_columns: int) -> Hidden:
-        """Zero states: a list with one ``(h, c)`` per layer, each (1, N, H_layer), on the model's device/dtype."""
+    def init_hidden(self, num_columns: int, fork: Fork | None = None) -> Hidden:
+        """Zero states: a list with one ``(h, c)`` per layer, each (1, N, H_layer), on the model's device/dtype.
+
+        With a ``fork`` at layer k, ``num_columns`` is B (distinct streams): layers below k get B columns, the
+        layers from k on M·B (:meth:`forward` with the same fork).
+        """
         w = self.encoder.weight
-        return [
-            (w.new_zeros(1, num_columns, rnn.hidden_size), w.new_zeros(1, num_columns, rnn.hidden_size))
-            for rnn in self.rnns
-        ]
+
+        def columns(i: int) -> int:
+            return num_columns * fork.repeats if fork is not None and i >= fork.layer else num_columns
+
+        return [(w.new_zeros(1, columns(i), rnn.hidden_size), w.new_zeros(1, columns(i), rnn.hidden_size))
+                for i, rnn in enumerate(self.rnns)]
 
     def _copies(self, repeats: int) -> int:
         """Number of independent weight-drop / embedding-dropout masks for this forward."""
@@ -272,51 +279,63 @@ class AWDLSTM(nn.Module):
             cs.append(c)
         return torch.cat(outs, 1), (torch.cat(hs, 1), torch.cat(cs, 1))
 
-    def _check_inputs(self, input: Tensor, hidden: Hidden, repeats: int) -> None:
+    def _check_inputs(self, input: Tensor, hidden: Hidden, repeats: int, fork: Fork | None) -> None:
         if input.dim() != 2 or input.dtype != torch.long:
             raise ValueError(f"AWDLSTM input must be (T, N) int64, got {tuple(input.shape)} {input.dtype}")
         n = input.size(1)
         if repeats < 1 or n % repeats:
             raise ValueError(f"AWDLSTM repeats={repeats!r} must be >= 1 and divide the N={n} columns")
+        if fork is not None and (repeats != 1 or fork.layer > len(self.rnns)):
+            raise ValueError(f"AWDLSTM fork at layer {fork.layer} with repeats={repeats}: a fork takes the B "
+                             f"distinct columns (repeats=1) and a layer in 1..{len(self.rnns)}")
+        if fork is not None and self.per_copy_masks and fork.layout != "tiled":
+            raise ValueError("AWDLSTM per_copy_masks slices copies as column blocks: a fork needs layout 'tiled'")
         if len(hidden) != len(self.rnns):
             raise ValueError(f"AWDLSTM hidden has {len(hidden)} layers, model has {len(self.rnns)}")
         for i, ((h, c), rnn) in enumerate(zip(hidden, self.rnns)):
-            want = (1, n, rnn.hidden_size)
+            want = (1, n * fork.repeats if fork is not None and i >= fork.layer else n, rnn.hidden_size)
             if tuple(h.shape) != want or tuple(c.shape) != want:
                 raise ValueError(
                     f"AWDLSTM hidden[{i}] must be two {want} tensors, got {tuple(h.shape)} and {tuple(c.shape)}"
                 )
 
     def forward(
-        self, input: Tensor, hidden: Hidden, repeats: int = 1
+        self, input: Tensor, hidden: Hidden, repeats: int = 1, fork: Fork | None = None
     ) -> tuple[Tensor, Hidden, list[Tensor], list[Tensor]]:
         """Run the language model on one BPTT window.
 
         Args:
-            input: (T, N) int64 token ids, N = B * M columns in copy-major layout.
+            input: (T, N) int64 token ids, N = B * M columns in copy-major layout (N = B with a ``fork``).
             hidden: per-layer ``(h, c)``, each (1, N, H_layer) (from :meth:`init_hidden` or the previous call;
                 detach it between windows with :func:`detach_hidden`).
             repeats: M, the number of BA copies among the N columns. Only changes the computation when
                 ``per_copy_masks`` is set and the model is training.
+            fork: BA's copies made inside the model (:class:`seqba.models.fork.Fork`, layer k in 1..num_layers):
+                the embedding and the first k LSTM layers run on the B columns, layer k's output is repeated
+                to M·B columns (``fork.layout``, along dim 1) before its locked dropout, and everything above
+                runs per copy. ``repeats`` must then be 1 (the copies are the fork's).
 
         Returns:
-            ``(logits, new_hidden, raw_outputs, dropped_outputs)``: logits (T, N, V) float; new_hidden like
-            ``hidden``; raw_outputs[l] (T, N, H_l) the LSTM outputs before locked dropout (TAR uses the last,
-            beta=1); dropped_outputs[l] the same after locked dropout (AR uses the last, alpha=2), as
-            ``RNNModel.forward(return_h=True)`` of the reference.
+            ``(logits, new_hidden, raw_outputs, dropped_outputs)``: logits (T, N, V) float (N = M·B with a
+            fork); new_hidden like ``hidden``; raw_outputs[l] (T, N, H_l) the LSTM outputs before locked dropout
+            (TAR uses the last, beta=1; a fork's layer is given repeated); dropped_outputs[l] the same after
+            locked dropout (AR uses the last, alpha=2), as ``RNNModel.forward(return_h=True)`` of the reference.
 
         Raises:
             ValueError: wrong input shape/dtype, repeats not dividing N, or hidden of the wrong shape.
         """
-        self._check_inputs(input, hidden, repeats)
-        copies = self._copies(repeats)
-        x = self.lockdrop_i(self._embed(input, copies))  # (T, N, E)
+        self._check_inputs(input, hidden, repeats, fork)
+        copies = self._copies(fork.repeats if fork is not None else repeats)
+        shared = 0 if fork is None else fork.layer  # layers run once per stream
+        x = self.lockdrop_i(self._embed(input, 1 if shared else copies))  # (T, N, E)
         new_hidden: Hidden = []
         raw_outputs: list[Tensor] = []
         dropped_outputs: list[Tensor] = []
         last = len(self.rnns) - 1
         for i, rnn in enumerate(self.rnns):
-            raw, hx = self._run_layer(rnn, x, hidden[i], copies)  # (T, N, H_i)
+            raw, hx = self._run_layer(rnn, x, hidden[i], 1 if i < shared else copies)  # (T, N, H_i)
+            if i == shared - 1:  # (T, B, H_i) -> (T, M·B, H_i): the copies start here
+                raw = fork.copy(raw, dim=1)
             new_hidden.append(hx)
             raw_outputs.append(raw)
             x = self.lockdrop_o(raw) if i == last else self.lockdrop_h(raw)
