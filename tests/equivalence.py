@@ -36,6 +36,11 @@ def parameters(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {name: p.detach().to("cpu", torch.float64).clone() for name, p in model.named_parameters()}
 
 
+def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Whether two :func:`parameters` snapshots are bit for bit equal."""
+    return a.keys() == b.keys() and all(a[name].equal(b[name]) for name in a)
+
+
 def sample_ids(batch: dict) -> list[int]:
     """Dataset indices of a batch's distinct sentences, in order (the batch is before BA expansion)."""
     return batch["sample_id"].tolist()
