@@ -1,5 +1,7 @@
-"""Image classification task: both per-copy augmentation paths, micro-batch splits, and the image recipes end to end
-(MNIST on the shared digits, CIFAR-10 on a tiny fake folder of python batches) through seqba.train and seqba.eval."""
+"""Image classification task: both per-copy augmentation paths, micro-batch splits, values checked against hand
+computations (the loss over the M·B rows, each copy's crop/flip, ghost batch norm statistics, validation accuracy),
+and the image recipes end to end (MNIST on the shared digits, CIFAR-10 on a tiny fake folder of python batches)
+through seqba.train and seqba.eval."""
 import copy
 import json
 import math
@@ -13,6 +15,8 @@ import torch
 from seqba import config as config_lib
 from seqba import eval as eval_cli
 from seqba import train as train_cli
+from seqba.data.transforms import CIFAR10_MEAN, CIFAR10_STD
+from seqba.models.ghost_bn import GhostBatchNorm2d
 from seqba.tasks.image_classification import ImageClassificationTask, ImageDataConfig, load_split
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -130,6 +134,110 @@ def test_mixup_and_label_smoothing(fake_cifar):
     torch.testing.assert_close(soft.sum(1), torch.ones(16))
     loss, logs = task.loss(task.build_model(), expanded)
     assert torch.isfinite(loss) and 0 <= float(logs["correct_sum"]) <= 16
+
+
+def first_expanded(task, seed=0):
+    """The first training batch of epoch 0, expanded to M·B augmented rows."""
+    torch.manual_seed(seed)
+    return task.expand(next(iter(task.epoch_iterator(0))))
+
+
+def normalized(images: torch.Tensor) -> torch.Tensor:
+    """CIFAR-10 uint8 (N, C, H, W) -> float64 scaled to [0, 1] and normalized per channel, written out by hand."""
+    mean, std = torch.tensor(CIFAR10_MEAN, dtype=torch.float64), torch.tensor(CIFAR10_STD, dtype=torch.float64)
+    return (images.double() / 255.0 - mean[:, None, None]) / std[:, None, None]
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_loss_is_the_cross_entropy_of_the_rows(fake_cifar, eps):
+    """The loss of an expanded batch is the (label-smoothed) cross-entropy summed over its M·B rows, computed here
+    from the model's logits; every row keeps the label of its own image; correct_sum is the top-1 hit count."""
+    m, b = 3, 8
+    task = make_task(fake_cifar, f"ba.repeats={m}", f"criterion.label_smoothing={eps}")
+    expanded = first_expanded(task)
+    _, labels = load_split(task.cfg.data, "train")
+    assert torch.equal(expanded["label"], labels[expanded["sample_id"]])
+    assert task.sample_size(expanded) == m * b
+    model = task.build_model()  # training mode: BN on the batch's statistics, the same for both forwards
+    loss, logs = task.loss(model, expanded)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(expanded["image"]).double(), dim=-1)  # (M·B, K)
+    nll = -logp.gather(1, expanded["label"][:, None]).squeeze(1)  # (M·B,)
+    hand = ((1 - eps) * nll - eps * logp.mean(-1)).sum()
+    assert float(loss.detach()) == pytest.approx(float(hand), rel=1e-5)
+    assert float(logs["loss_sum"]) == float(loss.detach())
+    assert int(logs["correct_sum"]) == int((logp.argmax(-1) == expanded["label"]).sum())
+
+
+def test_each_copy_is_its_own_crop_and_flip_of_its_image(fake_cifar):
+    """Per-copy augmentation: every row is one of the 81 x 2 zero-padded crops / flips of its own image
+    (normalized), and the M copies of an image are different ones; evaluation rows are only normalized."""
+    m, b, pad = 3, 8, 4
+    task = make_task(fake_cifar, f"ba.repeats={m}", "data.cutout_size=0")
+    expanded = first_expanded(task)
+    images, _ = load_split(task.cfg.data, "train")
+    padded = torch.nn.functional.pad(images[expanded["sample_id"]], (pad, pad, pad, pad))  # uint8 zeros outside
+    side = images.shape[-1]
+    chosen = []
+    for row, image in enumerate(expanded["image"].double()):
+        views = torch.stack([padded[row, :, y:y + side, x:x + side] for y in range(2 * pad + 1)
+                             for x in range(2 * pad + 1)])  # (81, C, H, W)
+        candidates = normalized(torch.cat([views, views.flip(-1)]))  # (162, C, H, W)
+        match = torch.isclose(candidates, image, atol=1e-5).flatten(1).all(1).nonzero().flatten().tolist()
+        assert match, f"row {row} is no crop/flip of image {int(expanded['sample_id'][row])}"
+        chosen.append(match[0])
+    by_copy = torch.tensor(chosen).view(m, b)  # layout tiled: copy c is rows [c·B, (c+1)·B)
+    assert all(len(set(by_copy[:, j].tolist())) > 1 for j in range(b)), "copies of an image share their view"
+    valid = task.valid_images[:5]
+    torch.testing.assert_close(task.augment(valid, train=False).double(), normalized(valid), rtol=0, atol=1e-5)
+
+
+def test_ghost_batch_norm_normalizes_each_copy_with_its_own_statistics(fake_cifar):
+    """M=4 copies of B=8 images, ghost batches of 8, layout tiled: each ghost batch is one augmented copy of the
+    batch, normalized with its own mean and biased variance; the running statistics move by one momentum step
+    towards the mean of the ghost means and of the ghost unbiased variances."""
+    m, b, ghost = 4, 8, 8
+    task = make_task(fake_cifar, f"ba.repeats={m}", f"model.ghost_batch_size={ghost}")
+    expanded = first_expanded(task)
+    ids = expanded["sample_id"].view(m, b)
+    assert all(sorted(row.tolist()) == sorted(ids[0].tolist()) for row in ids)  # each ghost batch: B distinct
+    model = task.build_model()
+    bn = next(module for module in model.modules() if isinstance(module, GhostBatchNorm2d))  # the stem's BN
+    assert bn.ghost_batch_size == ghost
+    seen = {}
+    bn.register_forward_hook(lambda module, args, out: seen.update(x=args[0].detach(), out=out.detach()))
+    task.loss(model, expanded)
+    x = seen["x"].double().view(m, ghost, *seen["x"].shape[1:])  # (G, n, C, H, W)
+    mean = x.mean(dim=(1, 3, 4), keepdim=True)  # (G, 1, C, 1, 1)
+    var = x.var(dim=(1, 3, 4), unbiased=False, keepdim=True)
+    weight, bias = bn.weight.double()[:, None, None], bn.bias.double()[:, None, None]
+    hand = (x - mean) / torch.sqrt(var + bn.eps) * weight + bias
+    torch.testing.assert_close(seen["out"].double(), hand.view_as(seen["out"]), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(mean[0], mean[1]), "two copies with the same statistics: no per-copy augmentation?"
+    count = x[0].numel() / x.shape[2]  # values per channel in a ghost batch
+    means, unbiased = mean.flatten(1).mean(0), (var * count / (count - 1)).flatten(1).mean(0)  # (C,)
+    momentum = bn.momentum  # from the initial running mean 0 and variance 1
+    torch.testing.assert_close(bn.running_mean.double(), momentum * means, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(bn.running_var.double(), 1 - momentum + momentum * unbiased, rtol=1e-4, atol=1e-6)
+    assert int(bn.num_batches_tracked) == 1
+
+
+def test_validation_counts_hits_on_the_unaugmented_split(fake_cifar):
+    """validate() reports the top-1 accuracy and mean cross-entropy of the test split computed from the model's
+    logits on the normalized (unaugmented) images, in batches of 5 that do not divide the 16 images. The labels are
+    set from those logits so that exactly 10 of 16 are hits."""
+    task = make_task(fake_cifar, "data.eval_batch_size=5")
+    model = task.build_model().eval()
+    with torch.no_grad():
+        logits = model(normalized(task.valid_images).float()).double()  # (16, K)
+    predicted = logits.argmax(-1)
+    assert len(predicted) == 16
+    task.valid_labels = torch.where(torch.arange(16) < 10, predicted, (predicted + 1) % 10)
+    with torch.no_grad():
+        metrics = task.validate(model)
+    assert metrics["accuracy"] == 10 / 16
+    assert metrics["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, task.valid_labels)),
+                                            rel=1e-5)
 
 
 def run_recipe_and_eval(recipe, tmp_path, capsys, *overrides):
