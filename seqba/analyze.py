@@ -1,34 +1,24 @@
-"""BA analysis tools: ``python -m seqba.analyze {grad-correlation, grad-norm} ...`` (Hoffer et al. 2020, Table 1, Fig. 1).
+"""BA analysis tools: ``python -m seqba.analyze {grad-correlation, grad-norm} ...`` (Hoffer et al. 2020, Table 1,
+Fig. 1).
 
 ``grad-correlation`` (Table 1): per-sample gradients of ``--samples`` samples of ``--split``, each in ``--copies`` M
 copies, and the Pearson ρ (:func:`seqba.gradstats.pearson`, over all parameter entries, or per named parameter
 with ``--by-layer``) between
 
-* ``copies``: two copies of one sample (all M(M-1)/2 pairs per sample): augmentations for images (the ResNet has
-  no dropout), dropout masks for text;
-* ``clean_vs_copy`` (images): the unaugmented image x and each of its M augmented copies T(x), the paper's
-  ρ(x, T(x));
-* ``different``: copy 0 of a sample and copy 0 of the previous one (text), or for images ``same_class`` /
-  ``different_class``: the unaugmented image and the unaugmented last earlier image of the same / of another
-  class (the paper's ρ(z, w) is two different images).
+* ``copies``: two copies of one sample (all M(M-1)/2 pairs per sample): they differ by augmentation, by dropout
+  masks, or both, as the family makes them;
+* ``clean_vs_copy`` (adapters with ``clean_first``, e.g. images): the unaugmented sample x and each of its M
+  augmented copies T(x), the paper's ρ(x, T(x));
+* ``different``: copy 0 of a sample and copy 0 of the previous one (samples without classes), or for samples with
+  classes ``same_class`` / ``different_class``: the unaugmented sample and the unaugmented last earlier sample of
+  the same / of another class (the paper's ρ(z, w) is two different images).
 
 Prints the median and interquartile range per relation, Table-1 style, and writes JSON (``--out``; default beside
 the checkpoint). ``--init`` measures a freshly initialised model (the recipe's seed), as Table 1's first column.
 
-How each model's per-sample gradients are computed (:func:`seqba.gradstats.per_sample_grads`):
-
-* Transformer (translation): ``torch.func.vmap(grad)`` over the M copies of a sentence, ``randomness="different"``
-  (every copy its own dropout masks), training mode; loss = label-smoothed CE summed over the target tokens.
-  (torch 2.13 has no batching rule for CPU ``scaled_dot_product_attention``; vmap falls back to a loop there.)
-* ResNet (images): ``vmap(grad)`` over the M augmented views (the recipe's crop/flip/cutout); BatchNorm in eval
-  mode (running statistics) so that samples do not interact through batch statistics. With ``--init`` the running
-  statistics are first estimated on ``--bn-batches`` augmented training batches (cumulative average), since a
-  fresh model's (0, 1) would leave the activations unnormalised.
-* AWD-LSTM (language modelling): a loop of backward passes. (``vmap(grad)`` gives the same gradients, tested, but
-  torch 2.13 has no batching rule for the fused LSTM kernel behind ``torch._VF.lstm``, ``aten::mkldnn_rnn_layer``
-  on CPU, so vmap itself falls back to a per-sample loop with a warning.) A sample is a ``bptt``-word window of the split, started from the hidden state of the ``bptt``
-  words before it (eval mode); each copy is its own forward, so copies differ by every mask (locked dropout,
-  weight drop and embedding dropout: the recipe's ``per_copy_masks: true`` behaviour).
+A family provides its model, samples and per-copy gradients as a :class:`~seqba.tasks.base.GradAdapter`
+(``TaskSpec.analysis``), computed with :func:`seqba.gradstats.per_sample_grads` (``vmap(grad)`` or a loop of
+backward passes); each adapter's docstring (the ``analysis`` of a task module's ``SPEC``) says how.
 
 ``grad-norm`` (Figure 1): the gradient L2 norm (``gnorm`` of metrics.jsonl, or any ``--key``) against updates for
 several runs, smoothed over ``--smooth`` logged points, one line per run labelled by its M (``config.yaml``).
@@ -50,148 +40,21 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.func import functional_call
+from torch import Tensor
 
 from seqba import config as config_lib
 from seqba.checkpoint import load_model_file
 from seqba.errors import SeqbaError
 from seqba.eval import check_output
-from seqba.gradstats import centred_unit, flatten_grads, per_sample_grads
+from seqba.gradstats import centred_unit, flatten_grads
+from seqba.tasks import TASKS
+from seqba.tasks.base import GradAdapter
 
 __all__ = ["main", "grad_correlation", "summarise", "read_series"]
-
-
-# -- per-task samples and copy gradients ------------------------------------------------------------------------
-
-
-class _Adapter:
-    """One task's model, samples and per-copy gradients. ``samples`` yields ``(label, sample)`` (label: class id
-    for images, else None); ``copy_grads(sample, M)`` returns name -> (M, *shape), or (1 + M, *shape) with the
-    unaugmented sample first when ``clean_first``."""
-
-    clean_first = False
-
-    def __init__(self, cfg: Any, state: dict | None, device: torch.device) -> None:
-        self.cfg, self.device = cfg, device
-        torch.manual_seed(cfg.seed)  # --init: the weights training would start from
-        self.model = self.build().to(device)
-        if state is not None:
-            self.model.load_state_dict(state)
-        self.params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
-
-    def build(self) -> nn.Module:
-        raise NotImplementedError
-
-
-class _Translation(_Adapter):
-    def build(self) -> nn.Module:
-        from seqba.data.translation import read_manifest
-        from seqba.tasks.translation import build_transformer
-        return build_transformer(self.cfg.model, int(read_manifest(self.cfg.data.prepared_dir)["vocab_size"]))
-
-    def samples(self, split: str, n: int, rng: np.random.Generator) -> Iterator[tuple[None, dict]]:
-        from seqba.data.translation import TranslationDataset, collate
-        data = TranslationDataset(self.cfg.data.prepared_dir, split)
-        for i in rng.choice(len(data), size=min(n, len(data)), replace=False):
-            batch = collate([data[int(i)]])
-            yield None, {k: v[0].to(self.device) for k, v in batch.items() if torch.is_tensor(v)}
-
-    def copy_grads(self, s: dict, copies: int) -> dict[str, Tensor]:
-        from seqba.losses import label_smoothed_nll_loss
-        from seqba.tasks.translation import PAD_ID
-        eps = self.cfg.criterion.label_smoothing
-
-        def loss_fn(params, src, src_len, prev, target):  # one sentence: (S,), (), (T,), (T,)
-            logits = functional_call(self.model, params, (src[None], src_len[None], prev[None]))  # (1, T, V)
-            return label_smoothed_nll_loss(F.log_softmax(logits[0], -1, dtype=torch.float32), target, eps, PAD_ID)[0]
-
-        self.model.train()  # dropout on: the copies differ by their masks
-        rep = [s[k].expand(copies, *s[k].shape) for k in ("src_tokens", "src_lengths", "prev_output_tokens", "target")]
-        return per_sample_grads(loss_fn, self.params, *rep, method="vmap")
-
-
-class _Images(_Adapter):
-    def build(self) -> nn.Module:
-        from seqba.tasks.image_classification import build_augment, build_model
-        self.augment = build_augment(self.cfg.data)
-        return build_model(self.cfg)
-
-    def calibrate_bn(self, batches: int, rng: np.random.Generator) -> None:
-        """Running BN statistics of a fresh model: cumulative average over ``batches`` augmented training batches."""
-        from seqba.tasks.image_classification import load_split
-        images, _ = load_split(self.cfg.data, "train")
-        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        momenta = [m.momentum for m in bns]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-        self.model.train()
-        with torch.no_grad():
-            for _ in range(batches):
-                idx = torch.from_numpy(rng.choice(len(images), size=self.cfg.data.batch_size, replace=False))
-                self.model(self.augment(images[idx].to(self.device)))
-        for m, momentum in zip(bns, momenta):
-            m.momentum = momentum
-
-    def samples(self, split: str, n: int, rng: np.random.Generator) -> Iterator[tuple[int, dict]]:
-        from seqba.tasks.image_classification import load_split
-        if split not in ("train", "valid", "test"):
-            raise ValueError(f"--split must be train, valid or test (the held-out digits/images), got {split!r}")
-        images, labels = load_split(self.cfg.data, "train" if split == "train" else "test")
-        for i in rng.choice(len(labels), size=min(n, len(labels)), replace=False):
-            yield int(labels[i]), {"image": images[int(i)].to(self.device), "label": labels[int(i)].to(self.device)}
-
-    #: row 0 of copy_grads is the unaugmented image, rows 1..M its augmented copies
-    clean_first = True
-
-    def copy_grads(self, s: dict, copies: int) -> dict[str, Tensor]:
-        def loss_fn(params, image, label):  # one view (C, H, W), label ()
-            return F.cross_entropy(functional_call(self.model, params, (image[None],)).float(), label[None],
-                                   label_smoothing=self.cfg.criterion.label_smoothing)
-
-        self.model.eval()  # BN on running statistics: the views do not interact
-        image = s["image"][None]  # (1, C, H, W) uint8
-        views = torch.cat([self.augment(image, train=False),  # x, then M views T(x) with their own crop/cutout
-                           self.augment(image.expand(copies, *image.shape[1:]))])  # (1 + M, C, H, W)
-        return per_sample_grads(loss_fn, self.params, views, s["label"].expand(copies + 1), method="vmap")
-
-
-class _LanguageModel(_Adapter):
-    def build(self) -> nn.Module:
-        from seqba.tasks.language_modeling import build_lm, load_lm_corpus
-        self.corpus = load_lm_corpus(self.cfg.data)
-        return build_lm(self.cfg.model, len(self.corpus.dictionary))
-
-    def samples(self, split: str, n: int, rng: np.random.Generator) -> Iterator[tuple[None, dict]]:
-        if split not in ("train", "valid", "test"):
-            raise ValueError(f"--split must be train, valid or test for language modelling, got {split!r}")
-        stream, bptt = getattr(self.corpus, split), self.cfg.data.bptt
-        if len(stream) < 2 * bptt + 2:
-            raise ValueError(f"the {split} split has {len(stream)} words, fewer than 2 * bptt + 2")
-        for p in rng.choice(np.arange(bptt, len(stream) - bptt - 1), size=n, replace=False):
-            window = stream[p - bptt:p + bptt + 1].to(self.device)
-            self.model.eval()
-            with torch.no_grad():  # the state after the bptt words before the window
-                _, hidden, _, _ = self.model(window[:bptt, None], self.model.init_hidden(1))
-            yield None, {"x": window[bptt:-1], "y": window[bptt + 1:], "hidden": hidden}
-
-    def copy_grads(self, s: dict, copies: int) -> dict[str, Tensor]:
-        def loss_fn(params, x, y):  # one window (T,), (T,)
-            logits = functional_call(self.model, params, (x[:, None], s["hidden"]))[0]  # (T, 1, V)
-            return F.cross_entropy(logits[:, 0].float(), y, reduction="sum")
-
-        self.model.train()
-        return per_sample_grads(loss_fn, self.params, s["x"].expand(copies, -1), s["y"].expand(copies, -1),
-                                method="loop")
-
-
-ADAPTERS = {"translation": _Translation, "image_classification": _Images, "language_modeling": _LanguageModel}
 
 
 #: the relations of grad-correlation, in table order
@@ -211,7 +74,7 @@ def summarise(values: list[float]) -> dict[str, float | int | None]:
             "mean": float(v.mean())}
 
 
-def grad_correlation(adapter: _Adapter, split: str, samples: int, copies: int, by_layer: bool = False,
+def grad_correlation(adapter: GradAdapter, split: str, samples: int, copies: int, by_layer: bool = False,
                      seed: int = 0) -> dict[str, Any]:
     """Pearson ρ per relation (module docstring) over ``samples`` samples in ``copies`` copies each.
 
@@ -227,7 +90,7 @@ def grad_correlation(adapter: _Adapter, split: str, samples: int, copies: int, b
     torch.manual_seed(seed)  # dropout masks and augmentations
     rho: dict[str, dict[str, list[float]]] = {}
     previous: dict[str, Tensor] = {}  # group -> centred unit gradient of the previous sample's copy 0
-    by_class: dict[int, dict[str, Tensor]] = {}  # images: class -> that of the last image of the class
+    by_class: dict[int, dict[str, Tensor]] = {}  # class -> that of the last sample of the class
 
     def add(group: str, relation: str, a: Tensor, b: Tensor) -> None:
         rho.setdefault(group, {}).setdefault(relation, []).append(float((a * b).sum().clamp(-1, 1)))
@@ -368,9 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--init", action="store_true", help="freshly initialised weights (the recipe's seed)")
     c.add_argument("--samples", type=_positive, default=100)
     c.add_argument("--copies", type=_positive, default=None, help="M (default: the recipe's ba.repeats, at least 2)")
-    c.add_argument("--split", default="valid", help="valid/test (images: the held-out split) or train")
+    c.add_argument("--split", default="valid", help="split of the recipe's data: valid, test or train")
     c.add_argument("--by-layer", action="store_true", help="also ρ per named parameter")
-    c.add_argument("--bn-batches", type=_positive, default=20, help="images with --init: BN calibration batches")
+    c.add_argument("--bn-batches", type=_positive, default=20,
+                   help="with --init: training batches that calibrate the fresh model (BatchNorm statistics)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     c.add_argument("--out", help="JSON output (default: grad_correlation_<split>[_init].json beside the checkpoint)")
@@ -414,9 +278,12 @@ def _correlation(args: argparse.Namespace) -> int:
                                           if path else None)
     if out is not None:
         check_output(out, "--out")  # before the gradients, not after
-    adapter = ADAPTERS[cfg.task](cfg, None if init else state, torch.device(args.device))
-    if init and isinstance(adapter, _Images):
-        adapter.calibrate_bn(args.bn_batches, np.random.default_rng(args.seed + 1))
+    adapter_class = TASKS[cfg.task].analysis
+    if adapter_class is None:
+        raise SeqbaError(f"task {cfg.task!r} has no gradient analysis (its TaskSpec.analysis is None)")
+    adapter = adapter_class(cfg, None if init else state, torch.device(args.device))
+    if init:
+        adapter.calibrate(args.bn_batches, np.random.default_rng(args.seed + 1))
     copies = args.copies or max(cfg.ba.repeats, 2)
     result = grad_correlation(adapter, args.split, args.samples, copies, args.by_layer, args.seed)
     step = 0 if init else extra.get("step")

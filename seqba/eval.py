@@ -1,45 +1,43 @@
 """Evaluate a trained checkpoint: ``python -m seqba.eval --checkpoint RUN/checkpoint_best.pt [options]``.
 
-The checkpoint file (written by ``seqba.train``) holds the model weights and the recipe's config; the task named
-in that config evaluates it:
-
-* translation: batched beam search with the KV cache (``--beam 4``, greedy with ``--beam 1``), SentencePiece
-  decoding, sacreBLEU on the detokenized references; hypotheses are written in input order to ``--output``
-  (default: ``hyp.<split>.txt`` beside the checkpoint file). Source: ``--split test`` of the prepared corpus, or
-  explicit ``--src``/``--ref`` text files.
-* language_modeling: perplexity and bits per word (eval batch size 1 for test, 10 for valid, as awd-lstm-lm).
-* image_classification: top-1 accuracy, with ``--tta N`` averaging the softmax over N augmented copies.
+The checkpoint file (written by ``seqba.train``) holds the model weights and the recipe's config; the task family
+named in that config evaluates it (``TaskSpec.evaluate``) with its own options: every field of the family's
+``TaskSpec.eval_options`` dataclass is an option here (``--help`` lists them per family, e.g. beam search for a
+text generator, test-time augmentation for an image classifier), on top of the common ``--checkpoint``, ``--split``,
+``--device`` and ``--metrics-out``.
 
 Prints a JSON line with the metrics (and writes it to ``--metrics-out`` when given). Every option is checked
-before any work: numbers, output files (their folder must exist and be writable), options of another task (e.g.
-``--tta`` for a translation checkpoint) and, when the checkpoint recorded the fingerprint of its corpus, that the
-corpus on disk today is the same one. A bad one, or an unreadable checkpoint, is one ``error:`` line and exit
-status 2.
+before any work: numbers, files to read (they exist) and to write (their folder must exist and be writable),
+options of another family (e.g. ``--tta`` for a checkpoint whose family has no such option) and, when the
+checkpoint recorded the fingerprint of its corpus, that the corpus on disk today is the same one. A bad one, or an
+unreadable checkpoint, is one ``error:`` line and exit status 2.
+
+Options are parsed in two steps: the options of every built-in family are known before the checkpoint is read (so
+their values are checked first); the family a checkpoint names then takes its own, and a family outside seqba (a
+``task:`` module path) has its options parsed once its checkpoint has named it.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import math
 import os
 import sys
+import typing
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import Any, Callable, Iterable, NoReturn
 
 import torch
 
 from seqba.allocator import configure_malloc
 from seqba.checkpoint import load_model_file
 from seqba.errors import SeqbaError, UsageError
-from seqba.search import DEFAULT_MAX_LEN_A, DEFAULT_MAX_LEN_B
 from seqba.tasks import TASKS
-from seqba.tasks.base import EvalOptions
+from seqba.tasks.spec import TaskSpec
 
 __all__ = ["main", "build_parser", "check_args", "check_output", "load_model_file"]
-
-#: argparse group title -> the task whose checkpoints its options apply to
-GROUP_TASKS = {"translation": "translation", "images": "image_classification"}
 
 
 def _number(kind: type, low: float | None = None, *, allow_none: bool = False, strict: bool = False) -> Callable:
@@ -65,22 +63,36 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-#: Options that ``seqba.compare`` sets per run; its ``--eval-args`` may not set them.
-PER_RUN_OPTIONS = ("checkpoint", "split", "src", "ref", "output", "metrics_out")
+#: Common options that ``seqba.compare`` sets per run (with a family's test-set files and outputs file); its
+#: ``--eval-args`` may not set them.
+PER_RUN_OPTIONS = ("checkpoint", "split", "metrics_out")
 
 
-def check_args(argv: list[str]) -> None:
-    """Check extra ``seqba.eval`` options (``seqba.compare --eval-args``) without running anything.
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def per_run_options(spec: TaskSpec) -> tuple[str, ...]:
+    """The options ``seqba.compare`` sets per run of family ``spec``: :data:`PER_RUN_OPTIONS`, the raw test-set
+    files (``spec.test_set_options``) and the outputs file (``spec.outputs_option``)."""
+    return (*PER_RUN_OPTIONS, *(spec.test_set_options or ()), *((spec.outputs_option,) if spec.outputs_option else ()))
+
+
+def check_args(argv: list[str], task: str) -> None:
+    """Check extra ``seqba.eval`` options for checkpoints of ``task`` (``seqba.compare --eval-args``) without
+    running anything.
 
     Raises:
-        UsageError: an unknown option or a bad value (argparse's message), or one of :data:`PER_RUN_OPTIONS`.
+        UsageError: an unknown option (another family's too) or a bad value (argparse's message), or one of
+            :func:`per_run_options`.
     """
     sentinel = "\0checkpoint"
-    args = build_parser().parse_args(["--checkpoint", sentinel, *argv])
-    defaults = build_parser().parse_args(["--checkpoint", sentinel])
-    taken = [name for name in PER_RUN_OPTIONS if getattr(args, name) != getattr(defaults, name)]
+    parser = build_parser([task])
+    args = vars(parser.parse_args(["--checkpoint", sentinel, *argv]))
+    defaults = vars(parser.parse_args(["--checkpoint", sentinel]))
+    taken = [name for name in per_run_options(TASKS[task]) if name in args and args[name] != defaults.get(name, args)]
     if taken:
-        raise UsageError(f"--{taken[0].replace('_', '-')} is set per run by seqba.compare")
+        raise UsageError(f"{_flag(taken[0])} is set per run by seqba.compare")
 
 
 def check_output(path: str | Path, option: str, make_folder: bool = False) -> None:
@@ -111,26 +123,6 @@ def check_output(path: str | Path, option: str, make_folder: bool = False) -> No
         raise UsageError(f"{option} {out}: cannot write there ({err.strerror or err})") from None
 
 
-def _option_owners() -> dict[str, tuple[str, str]]:
-    """dest -> (option string, task) for the options that apply to one task only (see :data:`GROUP_TASKS`)."""
-    owners = {}
-    for group in build_parser()._action_groups:  # noqa: SLF001 - argparse keeps its groups there
-        task = GROUP_TASKS.get(group.title)
-        if task is not None:
-            owners.update({a.dest: (a.option_strings[0], task) for a in group._group_actions})  # noqa: SLF001
-    return owners
-
-
-def _foreign_options(args: argparse.Namespace, task: str) -> list[str]:
-    """The options set in ``args`` that apply to another task only (``--tta`` for translation, ...).
-
-    ``--src``/``--ref`` are left to each task's ``evaluate``, which refuses them naming what it evaluates instead.
-    """
-    defaults = build_parser().parse_args(["--checkpoint", "x"])
-    return [f"{option} (a {owner} option)" for dest, (option, owner) in _option_owners().items()
-            if owner != task and dest not in ("src", "ref") and getattr(args, dest) != getattr(defaults, dest)]
-
-
 def _check_corpus(spec, cfg, meta: dict, checkpoint: Path) -> None:
     """Refuse a checkpoint whose recorded corpus fingerprint (``meta["corpus"]``) differs from today's.
 
@@ -148,77 +140,164 @@ def _check_corpus(spec, cfg, meta: dict, checkpoint: Path) -> None:
                          "the run's data.prepare options")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m seqba.eval", description=__doc__.split("\n\n")[0])
+
+class _EvalParser(_Parser):
+    """The parser with, for every family option, the families that own it and its field (for file checks)."""
+
+    owners: dict[str, list[str]]
+    fields: dict[str, dataclasses.Field]
+
+
+def _base_type(hint: Any, where: str) -> type:
+    """``int`` of ``int``, ``int | None`` or ``Optional[int]``.
+
+    Raises:
+        TypeError: a union of several types, or a type other than bool, int, float and str.
+    """
+    kinds = [k for k in typing.get_args(hint) if k is not type(None)] or [hint]
+    if len(kinds) != 1 or kinds[0] not in (bool, int, float, str):
+        raise TypeError(f"{where}: an eval option is a bool, int, float or str (or None), got {hint}")
+    return kinds[0]
+
+
+def _argument(options: type, f: dataclasses.Field, hint: Any) -> dict[str, Any]:
+    """``add_argument`` keywords of the option of field ``f`` of an ``EvalOptions`` subclass.
+
+    The default is not put in the namespace (``argparse.SUPPRESS``): an option absent there was not given, and the
+    family's dataclass supplies its default.
+    """
+    where = f"{options.__name__}.{f.name}"
+    if f.default is dataclasses.MISSING:
+        raise TypeError(f"{where}: an eval option needs a default (use seqba.tasks.spec.option)")
+    kind, meta = _base_type(hint, where), f.metadata
+    text = meta.get("help", "").replace("%", "%%")
+    if f.default not in (None, False):
+        text += f" (default: {f.default})"
+    out: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": text}
+    if kind is bool:
+        out["action"] = "store_true"
+    elif kind is str:
+        out.update(type=str, metavar="FILE" if meta.get("file") else "TEXT")
+    else:
+        out.update(type=_number(kind, meta.get("low"), strict=meta.get("strict", False)), metavar=kind.__name__.upper())
+    return out
+
+
+def build_parser(tasks: Iterable[str] | None = None) -> _EvalParser:
+    """``seqba.eval``'s parser: the common options, then one group per family of ``tasks`` (default: the built-in
+    families), generated from its ``TaskSpec.eval_options``.
+
+    An option that several families declare is added once (its first declaration parses it) and belongs to each
+    of them (``parser.owners``: dest -> families).
+
+    Raises:
+        TypeError: a family's options dataclass with a field that cannot be an option, or a field another family
+            declares with another type.
+    """
+    p = _EvalParser(prog="python -m seqba.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint_best.pt / checkpoint_last.pt, or a run directory")
     p.add_argument("--split", default="test", help="split of the recipe's data to evaluate (default: test)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--metrics-out", help="also write the metrics JSON here")
-    t = p.add_argument_group("translation")
-    t.add_argument("--beam", type=_number(int, 1), default=4, help="beam size (1: greedy)")
-    t.add_argument("--lenpen", type=_number(float), default=1.0, help="length penalty exponent (fairseq semantics)")
-    t.add_argument("--max-len-a", type=_number(float, 0), default=DEFAULT_MAX_LEN_A,
-                   help=f"max output length = a * src_len + b (default {DEFAULT_MAX_LEN_A})")
-    t.add_argument("--max-len-b", type=_number(int, 1), default=DEFAULT_MAX_LEN_B,
-                   help=f"(default {DEFAULT_MAX_LEN_B}; fairseq's 0 / 200 lets an undertrained model decode 200 tokens)")
-    t.add_argument("--max-tokens", type=_number(int, 1), default=None, help="source tokens per decoding batch")
-    t.add_argument("--batch-size", type=_number(int, 1), default=None, help="sentences per decoding batch")
-    t.add_argument("--src", help="raw source text file (one segment per line) instead of --split")
-    t.add_argument("--ref", help="raw reference text file for --src")
-    t.add_argument("--output", help="hypotheses file (default: next to the checkpoint, hyp.<split>.txt)")
-    t.add_argument("--bf16", action="store_true", help="decode under bf16 autocast (faster on CPUs with bf16)")
-    i = p.add_argument_group("images")
-    i.add_argument("--tta", type=_number(int, 0), default=0, help="average over N augmented copies per image (0: off)")
+    p.owners, p.fields = {}, {}
+    kinds: dict[str, type] = {}
+    for name in list(TASKS) if tasks is None else tasks:
+        options = TASKS[name].eval_options
+        hints = typing.get_type_hints(options)
+        group = None
+        for f in options.task_fields():
+            kind = _base_type(hints[f.name], f"{options.__name__}.{f.name}")
+            if f.name not in p.owners:
+                group = group or p.add_argument_group(name, f"options of {name} checkpoints")
+                group.add_argument(_flag(f.name), **_argument(options, f, hints[f.name]))
+                p.owners[f.name], p.fields[f.name], kinds[f.name] = [], f, kind
+            elif kinds[f.name] is not kind:
+                raise TypeError(f"{options.__name__}.{f.name}: {_flag(f.name)} is a {kinds[f.name].__name__} option "
+                                f"of {p.owners[f.name][0]}, not a {kind.__name__}")
+            p.owners[f.name].append(name)
     return p
+
+
+def _check_files(values: dict[str, Any], fields: Iterable[dataclasses.Field]) -> None:
+    """Files named by options: ``file="read"`` ones exist, ``file="write"`` ones can be written (:func:`check_output`).
+
+    Raises:
+        UsageError: naming the option and the file.
+    """
+    for f in fields:
+        path, kind = values.get(f.name), f.metadata.get("file")
+        if not path or kind is None:
+            continue
+        if kind == "read" and not Path(path).is_file():
+            raise UsageError(f"{_flag(f.name)} file not found: {path}")
+        if kind == "write":
+            check_output(path, _flag(f.name))
+
+
+def _foreign_options(args: argparse.Namespace, owners: dict[str, list[str]], task: str, checkpoint: Path) -> str | None:
+    """The error for options given in ``args`` that belong to other families only, or None.
+
+    A family's raw test-set options (``--src``/``--ref``) are named as what they are; others one by one with
+    their families.
+    """
+    foreign = [dest for dest, families in owners.items() if dest in vars(args) and task not in families]
+    if not foreign:
+        return None
+    for dest in foreign:
+        for owner in owners[dest]:
+            files = TASKS[owner].test_set_options or ()
+            if dest in files:
+                return (f"{'/'.join(map(_flag, files))} apply to {owner}; a {task} checkpoint is evaluated on "
+                        "--split of its data")
+    named = [f"{_flag(dest)} (a {'/'.join(owners[dest])} option)" for dest in foreign]
+    return f"{', '.join(named)} does not apply to {checkpoint}, a {task} checkpoint"
 
 
 def main(argv: list[str] | None = None) -> int:
     configure_malloc()  # glibc: no mmap/trim churn (seqba.allocator); SEQBA_MALLOC=default turns it off
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()  # the built-in families' options; the rest may be a family module's (below)
+        args, rest = parser.parse_known_args(argv)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         return _error(f"--device {args.device}: this torch build sees no CUDA device (use --device cpu)")
     try:
-        for option, path in (("--metrics-out", args.metrics_out), ("--output", args.output)):
-            if path:
-                check_output(path, option)
+        if args.metrics_out:
+            check_output(args.metrics_out, "--metrics-out")
+        _check_files(vars(args), parser.fields.values())
     except UsageError as err:
         return _error(err)
-    if args.ref and not args.src:
-        return _error("--ref needs --src (the references of --split are read from the prepared corpus)")
-    for name in ("src", "ref"):
-        path = getattr(args, name)
-        if path and not Path(path).is_file():
-            return _error(f"--{name} file not found: {path}")
     checkpoint = Path(args.checkpoint)
     if checkpoint.is_dir():
         checkpoint = checkpoint / "checkpoint_best.pt"
     try:
         cfg, state, meta = load_model_file(checkpoint)
+        spec = TASKS[cfg.task]
+        if cfg.task not in list(TASKS):
+            parser = build_parser([*TASKS, cfg.task])  # a family module: its options are known now
+            args = parser.parse_args(argv)
+            _check_files(vars(args), parser.fields.values())
+        elif rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
     except SeqbaError as err:
         return _error(err)
-    spec = TASKS[cfg.task]
     if spec.evaluate is None:
         return _error(f"task {cfg.task!r} has no evaluation")
-    foreign = _foreign_options(args, cfg.task)
+    foreign = _foreign_options(args, parser.owners, cfg.task, checkpoint)
     if foreign:
-        return _error(f"{', '.join(foreign)} does not apply to {checkpoint}, a {cfg.task} checkpoint")
-    options = EvalOptions(checkpoint=str(checkpoint), **{k: v for k, v in vars(args).items()
-                                                          if k not in ("checkpoint", "metrics_out")})
-    if _option_owners()["output"][1] == cfg.task and not options.output:  # the default, checked before decoding
-        options.output = str(checkpoint.parent / f"hyp.{Path(args.src).name if args.src else args.split}.txt")
+        return _error(foreign)
+    own = {f.name: getattr(args, f.name) for f in spec.eval_options.task_fields() if f.name in vars(args)}
     try:
-        if options.output:
-            check_output(options.output, "--output")
+        options = spec.eval_options(checkpoint=str(checkpoint), split=args.split, device=args.device, **own)
+        _check_files(dataclasses.asdict(options), spec.eval_options.task_fields())  # defaults resolved
         _check_corpus(spec, cfg, meta, checkpoint)
     except (SeqbaError, OSError) as err:
         return _error(err)
-    evaluate = spec.evaluate
     try:
-        metrics = evaluate(cfg, state, options)
+        metrics = spec.evaluate(cfg, state, options)
     except (FileNotFoundError, ValueError, SeqbaError, RuntimeError) as err:
         return _error(err)
     line = json.dumps({"task": cfg.task, "checkpoint": str(checkpoint), **metrics})

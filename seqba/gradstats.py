@@ -24,16 +24,15 @@ Training-time statistics (:class:`GradStats`, a :class:`~seqba.callbacks.Callbac
 batch in training mode and M extra backward passes (``torch.autograd.grad`` of each copy's summed loss, graph
 retained). Every one of those backward passes traverses the whole M·B-row graph (rows of other copies get zero
 gradients but are still computed, and BatchNorm couples them), so a measured update costs about ``(1 + 2M) / 3``
-updates more (3 at M = 4), i.e. that divided by the interval per update on average. Measured on 2 shared CPU
-cores at M = 4 (``benchmarks/bench_gradstats.py``, ``benchmarks/results/gradstats.json``): 4.2 updates' time for
-the MNIST ResNet-8 (6.5 s for a 1.5 s update), 2.0 for the synthetic-corpus Transformer (6.2 s for 3.0 s). Use an interval of 50-100 for long runs.
+updates more, i.e. that divided by the interval per update on average. Measured costs are in
+``benchmarks/results/gradstats.json`` (``benchmarks/bench_gradstats.py``); use a large interval for long runs.
 
-The extra passes leave the training trajectory exactly as it was (tested bit for bit on CPU): they write no ``.grad``, do not touch the optimizer, restore the torch (and CUDA) RNG state that dropout draws
-from, the model's buffers (BatchNorm running statistics) and the language model's carried hidden state. They see
-the parameters after the step and fresh dropout masks, so ``grad_norm_full`` estimates ``gnorm`` (logged before
-the step, with the regularisers of the loss) rather than repeating it. The loss is the task's data term:
-label-smoothed cross-entropy (translation), cross-entropy with the recipe's label smoothing / mixup targets
-(images), next-word NLL (language modelling; AR/TAR and ``ba.consistency`` are left out, they are not sums over
+The extra passes leave the training trajectory exactly as it was (tested bit for bit on CPU): they write no
+``.grad``, do not touch the optimizer, restore the torch (and CUDA) RNG state that dropout draws from, the model's
+buffers (BatchNorm running statistics) and a recurrent task's carried hidden state. They see the parameters after
+the step and fresh dropout masks, so ``grad_norm_full`` estimates ``gnorm`` (logged before the step, with the
+regularisers of the loss) rather than repeating it. The loss is the task's data term, per row
+(:meth:`seqba.tasks.base.Task.row_losses`; regularisers and ``ba.consistency`` are left out, they are not sums over
 copies).
 
 Keys written to ``metrics.jsonl`` (one record per measured update, with ``step`` and ``epoch``):
@@ -48,7 +47,6 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from seqba.callbacks import Callback, MetricsLogger
@@ -204,48 +202,17 @@ def copy_of_rows(rows: int, copies: int, layout: str, device: torch.device | str
 
 
 def row_losses(task: Any, model: nn.Module, batch: Any, hidden: Any = None) -> tuple[Tensor, Tensor]:
-    """Per-row data loss of an expanded training batch, in one training-mode forward, and each row's copy.
-
-    Rows are sentences (translation: label-smoothed CE summed over target tokens), images (CE, soft targets with
-    mixup) or stream columns (language modelling: NLL summed over the T words; ``hidden`` is the state before the
-    window, (h, c) per layer of (1, N, H)).
+    """Per-row data loss of an expanded training batch, in one training-mode forward, and each row's copy: the
+    task's :meth:`~seqba.tasks.base.Task.row_losses` (``hidden``: the state before the window for tasks that carry
+    one).
 
     Returns:
         ``(losses, copy_index)``: float (N,) with a graph, int64 (N,).
 
     Raises:
-        TypeError: a task this module does not know.
+        NotImplementedError: a task without per-row losses.
     """
-    # Imported here, not at the top: seqba.tasks is a lazy registry and the trainer imports this module for every
-    # task, so a run loads only its own task's modules (no import cycle is involved).
-    from seqba.tasks.image_classification import NUM_CLASSES, ImageClassificationTask
-    from seqba.tasks.language_modeling import LanguageModelingTask
-    from seqba.tasks.translation import PAD_ID, TranslationTask
-    from seqba.losses import label_smoothed_nll_loss
-
-    ba = task.cfg.ba
-    if isinstance(task, TranslationTask):
-        logits = model(batch["src_tokens"], batch["src_lengths"], batch["prev_output_tokens"])  # (N, T, V)
-        lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
-        eps = task.cfg.criterion.label_smoothing
-        losses = torch.vmap(lambda lp, t: label_smoothed_nll_loss(lp, t, eps, ignore_index=PAD_ID)[0])(
-            lprobs, batch["target"])  # (N,)
-        return losses, copy_of_rows(len(losses), ba.repeats, ba.layout, losses.device)
-    if isinstance(task, ImageClassificationTask):
-        logits = model(batch["image"]).float()  # (N, K)
-        eps = task.cfg.criterion.label_smoothing
-        if "soft_target" in batch:
-            target = batch["soft_target"] * (1.0 - eps) + eps / NUM_CLASSES
-            losses = -(target * F.log_softmax(logits, dim=-1)).sum(-1)
-        else:
-            losses = F.cross_entropy(logits, batch["label"], reduction="none", label_smoothing=eps)
-        return losses, copy_of_rows(len(losses), ba.repeats, ba.layout, losses.device)
-    if isinstance(task, LanguageModelingTask):
-        logits, _, _, _ = model(batch.x, hidden, repeats=batch.copies)  # (T, N, V)
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.y.flatten(), reduction="none")
-        losses = nll.view(batch.x.shape).sum(0)  # (N,)
-        return losses, copy_of_rows(len(losses), batch.copies, "tiled", losses.device)  # columns are copy-major
-    raise TypeError(f"no per-row loss for task {type(task).__name__}")
+    return task.row_losses(model, batch, hidden)
 
 
 class GradStats(Callback):

@@ -267,7 +267,7 @@ def test_slurm_launcher_local_executor_with_significance(recipe, tmp_path):
 def test_paired_bootstrap_identical_hypotheses_are_not_significant():
     """sacreBLEU's test gives 1/(n+1) for a system identical to the baseline; seqba reports 1.0 there, and the
     library's p-value otherwise (small for a system that matches every reference)."""
-    from seqba.compare.significance import paired_bootstrap
+    from seqba.tasks.translation import paired_bootstrap
 
     refs = [f"the cat number {i} sat on the mat near door {i % 7}" for i in range(60)]
     base = [f"a dog {i} sat on a rug" for i in range(60)]

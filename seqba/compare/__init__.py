@@ -10,7 +10,7 @@ with seeds, an equal-wall-clock arm, significance, a table and plots. Modules, i
     runs.py          one run: seqba.train then seqba.eval per test set, as subprocesses; skips what is done
     launchers.py     local (in sequence) or submitit/Slurm (one job per run); progress lines with an ETA
     records.py       a run's metrics.jsonl -> updates, samples seen, rows computed, training seconds, curves
-    significance.py  sacreBLEU paired bootstrap of each arm against fixed_steps, per seed (translation)
+    significance.py  the task's paired test of each arm against fixed_steps, per seed (TaskSpec.significance)
     report.py        results.csv and table.md;  curves.py: curves.png
     cli.py           the command line
 

@@ -1,8 +1,8 @@
 """The arms of a study, derived mechanically from ONE BA recipe (Hoffer et al. 2020, Table 2).
 
-With M = ``ba.repeats`` and B = the batch key of the task (translation ``data.max_tokens``, distinct tokens per
-batch; language modelling ``data.batch_size``, streams; images ``data.batch_size``, images), U = the recipe's
-number of updates::
+With M = ``ba.repeats`` and B = the batch key of the task (its ``TaskSpec.batch_key``: e.g. ``data.max_tokens``,
+distinct tokens per batch, or ``data.batch_size``, distinct streams or images), U = the recipe's number of
+updates::
 
     arm             M   batch   updates   what it tests
     ba              M   B       U         the recipe itself
@@ -37,15 +37,26 @@ import torch
 
 from seqba import config as config_lib
 from seqba.errors import ConfigError
+from seqba.tasks import TASKS
 
-__all__ = ["BUILTIN", "BATCH_KEY", "Arm", "derive_arms", "parse_arm", "count_updates", "equal_time_overrides"]
+__all__ = ["BUILTIN", "batch_key", "Arm", "derive_arms", "parse_arm", "count_updates", "equal_time_overrides"]
 
 #: The arms the command knows by name.
 BUILTIN = ("fixed_steps", "fixed_samples", "ba", "equal_time")
 
-#: The batch-size key of each task: what ``fixed_samples`` multiplies by M.
-BATCH_KEY = {"translation": "data.max_tokens", "language_modeling": "data.batch_size",
-             "image_classification": "data.batch_size"}
+
+def batch_key(task: str) -> str:
+    """The batch-size key of ``task`` (``TaskSpec.batch_key``): what ``fixed_samples`` multiplies by M.
+
+    Raises:
+        ConfigError: the family declares none (it has no compare arms).
+    """
+    key = TASKS[task].batch_key
+    if key is None:
+        raise ConfigError(f"task {task!r} declares no batch key (TaskSpec.batch_key): seqba.compare cannot derive "
+                          "its arms")
+    return key
+
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
 
@@ -129,15 +140,14 @@ class _CountingProcess:
 def count_updates(cfg: config_lib.Config, num_processes: int = 1) -> tuple[int, int]:
     """Updates of run ``cfg`` as the trainer runs them, and the updates of its first epoch.
 
-    Builds the task's training data (translation prepares its corpus if needed) on rank 0 of ``num_processes``
-    and sums ``ceil(batches of epoch e / train.update_freq)`` over the epochs (language modelling with variable
-    BPTT has a different number of windows each epoch); ``train.max_updates`` caps the total when set.
+    Builds the task's training data (a task that prepares its corpus on first use does so now) on rank 0 of
+    ``num_processes`` and sums ``ceil(batches of epoch e / train.update_freq)`` over the epochs (a task may have a
+    different number of batches each epoch, e.g. variable BPTT windows); ``train.max_updates`` caps the total
+    when set.
 
     Returns:
         ``(updates, updates_per_epoch)``; ``updates_per_epoch`` is that of epoch 0.
     """
-    from seqba.tasks import TASKS
-
     task = TASKS[cfg.task].task_class(cfg, _CountingProcess(num_processes))
     per_epoch = [math.ceil(task.num_batches(e) / cfg.train.update_freq) for e in range(max(cfg.train.max_epochs, 1))]
     total = sum(per_epoch) if cfg.train.max_epochs else math.inf
@@ -184,7 +194,7 @@ def derive_arms(recipe: str | Path, overrides: list[str], names: list[str], cust
     derived = [n for n in names if n in BUILTIN and n != "ba"]
     if derived and m < 2:
         raise ConfigError(f"{recipe} has ba.repeats=1: give the BA recipe (M >= 2); the baselines are derived from it")
-    key = BATCH_KEY[cfg.task]
+    key = batch_key(cfg.task)
     batch = _get(cfg, key)
     tc = cfg.train
     schedule: list[str] = []

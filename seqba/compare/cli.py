@@ -27,6 +27,7 @@ from seqba.compare.significance import study_pvalues
 from seqba.compare.study import check_unchanged, make_study, parse_test_set, plan_runs, save_study
 from seqba.errors import ConfigError, RunLockedError, SeqbaError, UsageError
 from seqba.runlock import RunLock
+from seqba.tasks import TASKS
 
 __all__ = ["main", "build_parser", "write_report"]
 
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a custom arm: the recipe plus these overrides (e.g. ba_symkl:ba.consistency=sym_kl,"
                         "ba.consistency_alpha=10); list NAME in --arms")
     p.add_argument("--test-set", action="append", default=[], metavar="NAME=SRC,REF",
-                   help="translation: also evaluate on these raw source/reference files")
+                   help="also evaluate on these raw source/reference files (tasks whose spec has test_set_options)")
     p.add_argument("--launcher", choices=("local", "slurm"), default="local",
                    help="local: one run after another here; slurm: one submitit job per run")
     p.add_argument("--launch-args", default="",
@@ -62,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--submitit-cluster", choices=("slurm", "local", "debug"), default="slurm",
                    help="submitit executor of --launcher slurm (local: jobs as local processes, for testing)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved arms and runs, train nothing (a translation corpus is still prepared "
-                        "if it is not yet: an epoch's updates are counted from it)")
+                   help="print the resolved arms and runs, train nothing (a task that prepares its corpus on first "
+                        "use still prepares it: an epoch's updates are counted from it)")
     p.add_argument("--report-only", action="store_true", help="rewrite results.csv, table.md, curves.png only")
     return p
 
@@ -122,17 +123,18 @@ def _study(args: argparse.Namespace):
             raise ConfigError(f"--arm {arm.name} is defined twice")
         if arm.name not in names:
             raise ConfigError(f"--arm {arm.name} is defined but not listed in --arms {args.arms!r}")
+    cfg = config_lib.load(args.recipe, args.overrides)
     eval_args = shlex.split(args.eval_args)
     try:
-        eval_cli.check_args(eval_args)
+        eval_cli.check_args(eval_args, cfg.task)
     except UsageError as err:
         raise ConfigError(f"--eval-args {args.eval_args!r}: {err}") from None
     if args.report_only and not (Path(args.out) / "study.json").is_file():
         raise ConfigError(f"--report-only: no study at {args.out} (no study.json)")
-    cfg = config_lib.load(args.recipe, args.overrides)
     test_sets = [parse_test_set(spec) for spec in args.test_set]
-    if test_sets and cfg.task != "translation":
-        raise ConfigError(f"--test-set applies to translation; {args.recipe} is {cfg.task} (its test split is used)")
+    if test_sets and TASKS[cfg.task].test_set_options is None:
+        families = ", ".join(name for name, spec in TASKS.items() if spec.test_set_options is not None)
+        raise ConfigError(f"--test-set applies to {families}; {args.recipe} is {cfg.task} (its test split is used)")
     launch_args = shlex.split(args.launch_args)
     processes = _num_processes(launch_args)
     if launch_args and processes is None and cfg.train.max_epochs:

@@ -27,7 +27,7 @@ def arm_curves(study, arm: str) -> tuple[str, int, list[tuple[int, float, float,
     for seed in study.seeds:
         if not is_trained(study.run_dir(arm, seed)):
             continue
-        curve = validation_curve(read_records(study.run_dir(arm, seed)), study.unit)
+        curve = validation_curve(read_records(study.run_dir(arm, seed)), study.unit, study.spec.curve_metric)
         if curve is not None and curve[1]:
             metric = curve[0]
             curves.append(curve[1])

@@ -3,11 +3,9 @@
 A training record (``seqba.callbacks.MetricsLogger``) covers the updates since the previous one and holds, for
 every counter of the task, ``<name>_per_step`` (mean per update) and ``<name>_per_s`` (per second of update wall
 time, data loading included, validation and checkpointing excluded). So a window of ``n`` updates took
-``n * per_step / per_s`` seconds, and its counts are ``n * per_step``. Counters per task::
-
-    translation           tokens (target tokens of the M·B rows)   distinct_tokens   (also sentences)
-    language_modeling     words                                    distinct_words
-    image_classification  images                                   distinct_images
+``n * per_step / per_s`` seconds, and its counts are ``n * per_step``. The counters read here are the task's
+unit (``TaskSpec.batch_unit``: e.g. tokens, words, images): ``UNIT`` (rows computed, M·B per update) and
+``distinct_UNIT`` (distinct samples, B per update).
 
 Training time here is that sum (the runs carry no time stamps; see :func:`summarise`). Updates after the last
 training record (when ``train.log_interval`` does not divide the run) are counted at the last record's rates.
@@ -18,18 +16,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["UNITS", "RunSummary", "read_records", "summarise", "validation_curve", "validation_losses"]
+__all__ = ["RunSummary", "read_records", "summarise", "validation_curve", "validation_losses"]
 
-#: Counter name of the rows computed per task (``distinct_<unit>`` is the distinct samples).
-UNITS = {"translation": "tokens", "language_modeling": "words", "image_classification": "images"}
-
-#: Validation metric plotted per task (the first found), and whether lower is better.
-CURVE_METRICS = (("valid_accuracy", False), ("valid_ppl", True), ("valid_loss", True))
 
 
 @dataclass
 class RunSummary:
-    """Totals of one run (units: the task's, see :data:`UNITS`; seconds of training updates)."""
+    """Totals of one run (units: the task's ``batch_unit``; seconds of training updates)."""
 
     updates: int
     distinct_seen: float
@@ -78,7 +71,7 @@ def _timeline(records: list[dict], unit: str) -> list[tuple[int, float, float, f
 
 
 def summarise(records: list[dict], unit: str) -> RunSummary:
-    """Totals of a run from its records (``unit`` from :data:`UNITS`).
+    """Totals of a run from its records (``unit``: the task's ``batch_unit``).
 
     ``updates`` is the largest ``step`` of any record (the final validation record carries the last update).
     """
@@ -94,12 +87,14 @@ def summarise(records: list[dict], unit: str) -> RunSummary:
     return RunSummary(int(updates), distinct, computed, seconds)
 
 
-def validation_curve(records: list[dict], unit: str) -> tuple[str, list[tuple[int, float, float]]] | None:
-    """``(metric, [(update, training seconds, value), ...])`` of the task's validation metric, or None.
+def validation_curve(records: list[dict], unit: str, metric: str = "loss"
+                     ) -> tuple[str, list[tuple[int, float, float]]] | None:
+    """``(valid_METRIC, [(update, training seconds, value), ...])`` of the validation ``metric`` (the task's
+    ``curve_metric``; ``valid_loss`` when the records have no such key), or None.
 
     The seconds at a validation are interpolated linearly between the training records around it.
     """
-    metric = next((m for m, _ in CURVE_METRICS if any(m in r for r in records)), None)
+    metric = next((m for m in (f"valid_{metric}", "valid_loss") if any(m in r for r in records)), None)
     if metric is None:
         return None
     line = _timeline(records, unit)
@@ -114,8 +109,8 @@ def validation_losses(records: list[dict]) -> dict[str, float | int]:
     """The run's validation loss: ``best_valid_loss``, the ``best_valid_update`` that reached it (the first, on a
     tie) and ``final_valid_loss`` (the last validation); ``{}`` when it never validated.
 
-    The loss is the task's ``valid_loss`` (translation: label-smoothed cross-entropy per target token; language
-    modelling: NLL per word; images: cross-entropy per image), the curve a regulariser study reads first.
+    The loss is the task's ``valid_loss`` (its ``validate``'s ``loss``: e.g. label-smoothed cross-entropy per
+    target token, NLL per word, cross-entropy per image), the curve a regulariser study reads first.
     """
     points = [(r["step"], r["valid_loss"]) for r in records if "valid_loss" in r]
     if not points:

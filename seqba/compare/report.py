@@ -1,6 +1,6 @@
 """A study's ``results.csv`` (one row per run) and ``table.md`` (Table 2 of Hoffer et al. 2020: arms x metrics).
 
-``results.csv`` columns (``UNIT`` = tokens, words or images, see :data:`seqba.compare.records.UNITS`)::
+``results.csv`` columns (``UNIT`` = the task's ``TaskSpec.batch_unit``: tokens, words, images, ...)::
 
     arm, seed
     updates                       optimizer updates of the run
@@ -12,8 +12,10 @@
     UNIT_per_s                    UNIT_computed / train_seconds
     best_valid_loss               lowest validation loss of the run, and best_valid_update where it was reached
     final_valid_loss              the last validation loss (see :func:`seqba.compare.records.validation_losses`)
-    SET_METRIC                    every test metric on every test set (``test`` = the recipe's test split)
-    SET_bleu_p                    translation: paired-bootstrap p-value against fixed_steps of the same seed
+    SET_METRIC                    every test metric (``TaskSpec.test_metrics``) on every test set (``test`` = the
+                                  recipe's test split)
+    SET_METRIC_p                  the family's significance test (``TaskSpec.significance``, on its METRIC): p-value
+                                  against fixed_steps of the same seed
 
 ``table.md``: per arm, ``n`` (finished runs), mean updates / epochs seen / training seconds, the best validation
 loss (mean ± std), and for every test
@@ -30,13 +32,13 @@ from pathlib import Path
 
 from seqba.compare.records import read_records, summarise, validation_losses
 from seqba.compare.runs import is_trained, read_done
+from seqba.compare.significance import BASELINE
+from seqba.tasks.spec import Metric
 
-__all__ = ["PAPER", "METRICS", "collect_rows", "write_csv", "format_table"]
+__all__ = ["PAPER", "collect_rows", "write_csv", "format_table"]
 
-#: Test metrics reported per task (those the evaluation returned).
-METRICS = {"translation": ("bleu",), "language_modeling": ("ppl", "bpw"),
-           "image_classification": ("accuracy", "tta_accuracy")}
-LOWER_IS_BETTER = {"ppl", "bpw", "loss"}
+#: How the table shows the best validation loss (beside the task's test metrics).
+VALID_LOSS = Metric("best_valid_loss", higher_is_better=False, digits=4)
 
 #: Hoffer et al. 2020, Table 2 (fixed #steps / fixed #samples / BA), keyed by the BA recipe's file name:
 #: (metric on the test split, {arm: figure}, how the table names the figure).
@@ -73,14 +75,15 @@ def collect_rows(study, arms: list[str], pvalues: dict | None = None) -> list[di
                    "wall_seconds": read_done(run_dir).get("wall_seconds", ""),
                    f"{unit}_per_s": round(s.throughput, 1)}
             row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in validation_losses(records).items()})
+            significance = study.spec.significance
             for test in study.test_sets:
                 metrics = _eval(run_dir, test.name)
-                for metric in METRICS[study.task]:
-                    if metric in metrics:
-                        row[f"{test.name}_{metric}"] = metrics[metric]
-                if study.task == "translation" and "fixed_steps" in arms:
+                for metric in study.spec.test_metrics:
+                    if metric.name in metrics:
+                        row[f"{test.name}_{metric.name}"] = metrics[metric.name]
+                if significance is not None and BASELINE in arms:
                     p = pvalues.get((test.name, arm, seed))
-                    row[f"{test.name}_bleu_p"] = round(p, 4) if p is not None else ""
+                    row[f"{test.name}_{significance.metric}_p"] = round(p, 4) if p is not None else ""
             rows.append(row)
     return rows
 
@@ -105,34 +108,31 @@ def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> tuple
 
 def format_table(study, rows: list[dict], arms: list[str], recipe_name: str) -> str:
     """The Markdown of ``table.md`` for ``rows`` (from :func:`collect_rows`)."""
-    unit = study.unit
+    unit, spec = study.unit, study.spec
     by_arm = {arm: [r for r in rows if r["arm"] == arm] for arm in arms}
-    columns = [c for c in dict.fromkeys(k for r in rows for k in r)
-               if c == "best_valid_loss" or any(c == f"{t.name}_{m}" for t in study.test_sets
-                                                for m in METRICS[study.task])]
+    shown = {VALID_LOSS.name: VALID_LOSS, **{f"{t.name}_{m.name}": m for t in study.test_sets
+                                             for m in spec.test_metrics}}
+    columns = [c for c in dict.fromkeys(k for r in rows for k in r) if c in shown]
     paper = PAPER.get(recipe_name)
     header = ["arm", "n", "updates", "epochs seen", "train s"]
     for c in columns:
-        percent = c.endswith("accuracy")
-        header.append(c.replace("_", " ") + (" (%)" if percent else ""))
-        if study.task == "translation" and any(r.get(f"{c}_p", "") != "" for r in rows):
-            header.append(f"p vs fixed_steps ({c.rsplit('_', 1)[0]}, per seed)")
+        header.append(c.replace("_", " ") + (" (%)" if shown[c].percent else ""))
+        if any(r.get(f"{c}_p", "") != "" for r in rows):
+            header.append(f"p vs {BASELINE} ({c.rsplit('_', 1)[0]}, per seed)")
     if paper:
         header.append(f"paper ({paper[2]})")
     cells: dict[str, dict[str, str]] = {arm: {} for arm in arms}
     best: dict[str, float] = {}
     means: dict[tuple[str, str], float] = {}
     for c in columns:
-        scale = 100.0 if c.endswith("accuracy") else 1.0
-        digits = 4 if c.endswith(("bpw", "loss")) else 2
+        metric = shown[c]
         for arm, runs in by_arm.items():
             values = [r[c] for r in runs if r.get(c, "") != ""]
             if values:
-                means[arm, c], cells[arm][c] = _mean_std(values, scale, digits)
+                means[arm, c], cells[arm][c] = _mean_std(values, 100.0 if metric.percent else 1.0, metric.digits)
         arm_means = [means[a, c] for a in arms if (a, c) in means]
         if arm_means:
-            lower = c.rsplit("_", 1)[-1] in LOWER_IS_BETTER
-            best[c] = min(arm_means) if lower else max(arm_means)
+            best[c] = max(arm_means) if metric.higher_is_better else min(arm_means)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm in arms:
         runs = by_arm[arm]
@@ -149,7 +149,7 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str) -> 
             row.append(text)
             if f"{c}_p" in header_keys(header, c):
                 ps = [r.get(f"{c}_p", "") for r in runs]
-                row.append("—" if arm == "fixed_steps" else ", ".join(f"{p:.3f}" for p in ps if p != ""))
+                row.append("—" if arm == BASELINE else ", ".join(f"{p:.3f}" for p in ps if p != ""))
         if paper:
             row.append(f"{paper[1][arm]}" if arm in paper[1] else "")
         lines.append("| " + " | ".join(row) + " |")
@@ -157,8 +157,10 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str) -> 
              f"standard deviation over seeds (n runs), best mean in bold. `train s`: seconds of training updates "
              f"(from the logged {unit}/s; no validation); `epochs seen`: passes over the distinct training data."]
     if any("p vs" in h for h in header):
-        notes.append("p: sacreBLEU paired bootstrap resampling (1000 resamples) of the arm's BLEU against "
-                     "fixed_steps of the same seed, one value per seed.")
+        notes.append(spec.significance.description)
+    elif spec.significance is None:
+        notes.append(f"No significance test: the {study.task} task defines none for its test metrics "
+                     "(TaskSpec.significance).")
     if paper:
         notes.append("paper: Hoffer et al., \"Augment your batch\", CVPR 2020, Table 2 (full-scale training; compare "
                      "the ordering, not the values, unless this study ran the recipe at full scale).")

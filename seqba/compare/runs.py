@@ -7,7 +7,7 @@ The same code path as a user's own run: each step is a subprocess ``python -m se
     train.log            stdout and stderr of seqba.train (appended on every attempt)
     train.done           {"wall_seconds", "finished"}: written after seqba.train exited 0 -> training is skipped
     eval.NAME.json       seqba.eval's metrics for test set NAME (renamed into place on success) -> eval skipped
-    eval.NAME.log        its output;  hyp.NAME.txt: hypotheses (translation)
+    eval.NAME.log        its output;  hyp.NAME.txt: per-example outputs (tasks with TaskSpec.outputs_option)
 
 A killed run resumes itself (``train.resume=auto`` is part of every train command). Children get
 ``PR_SET_PDEATHSIG`` (Linux), so killing the study kills its training process too and releases the run lock.

@@ -1,48 +1,21 @@
-"""Paired bootstrap resampling of every arm's BLEU against the ``fixed_steps`` arm of the same seed (translation).
+"""Significance of every arm against the ``fixed_steps`` arm of the same seed, by the task's own paired test.
 
-The test is sacreBLEU's own (``sacrebleu.significance.PairedTest`` with ``test_type="bs"``, the library behind
-``sacrebleu REF -i BASE SYS --paired-bs``; Koehn 2004, "Statistical significance tests for machine translation
-evaluation"): 1000 resamples of the test sentences, seeded by ``SACREBLEU_SEED`` (default 12345), so the p-values
-are reproducible. The p-value is the probability, under resampling, that the arm's BLEU advantage over
-fixed_steps (or disadvantage) arises by chance; the table reports one per seed.
+The test is the family's ``TaskSpec.significance`` (e.g. sacreBLEU's paired bootstrap resampling of BLEU; see each
+task module), run on the per-example outputs each run's evaluation wrote (:func:`seqba.compare.study.outputs_file`)
+against the references of the test set: the ``--test-set`` reference file, or the recipe's test split. A family
+without one gets no p-values, and the study's table says so. The table reports one p-value per seed.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["paired_bootstrap", "study_pvalues"]
+from seqba import config as config_lib
+from seqba.compare.study import outputs_file
+from seqba.data.prepare import read_lines
+
+__all__ = ["BASELINE", "study_pvalues"]
 
 BASELINE = "fixed_steps"
-
-
-def paired_bootstrap(baseline: list[str], systems: dict[str, list[str]], references: list[str],
-                     n_samples: int = 1000) -> dict[str, float]:
-    """p-values of each system's corpus BLEU against ``baseline`` (detokenized sacreBLEU defaults).
-
-    Args:
-        baseline, systems: hypotheses, one string per test sentence, in reference order.
-        references: one reference per sentence.
-        n_samples: bootstrap resamples (sacreBLEU's default is 1000).
-
-    Returns:
-        system name -> p-value; 1.0 for a system whose hypotheses are the baseline's (sacreBLEU's test would give
-        1 / (n_samples + 1) there: every resampled difference is 0 and none exceeds the real one, 0).
-
-    Raises:
-        ValueError: hypotheses and references of different lengths.
-    """
-    from sacrebleu.metrics import BLEU
-    from sacrebleu.significance import PairedTest
-
-    for name, hyps in [(BASELINE, baseline), *systems.items()]:
-        if len(hyps) != len(references):
-            raise ValueError(f"{name}: {len(hyps)} hypotheses for {len(references)} references")
-    out = {name: 1.0 for name, hyps in systems.items() if list(hyps) == list(baseline)}
-    named = [(BASELINE, baseline), *((name, hyps) for name, hyps in systems.items() if name not in out)]
-    if len(named) > 1:
-        _, scores = PairedTest(named, {"BLEU": BLEU()}, [references], test_type="bs", n_samples=n_samples)()
-        out.update({name: result.p_value for name, result in zip(scores["System"][1:], scores["BLEU"][1:])})
-    return {name: out[name] for name in systems}
 
 
 def _lines(path: Path) -> list[str]:
@@ -50,26 +23,27 @@ def _lines(path: Path) -> list[str]:
 
 
 def study_pvalues(study, arms: list[str]) -> dict[tuple[str, str, int], float]:
-    """``(test set, arm, seed) -> p`` for every arm with hypotheses on a set where ``fixed_steps`` of that seed
-    has them too (translation only; {} otherwise or without a fixed_steps arm)."""
-    if study.task != "translation" or BASELINE not in arms:
+    """``(test set, arm, seed) -> p`` for every arm with outputs on a set where ``fixed_steps`` of that seed has
+    them too ({} for a family without a significance test, or without a fixed_steps arm)."""
+    test = study.spec.significance
+    if test is None or BASELINE not in arms:
         return {}
-    from seqba.data.prepare import read_lines
-    from seqba.data.translation import read_raw_lines
-
     out = {}
-    for test in study.test_sets:
-        refs = read_lines(test.ref) if test.src else read_raw_lines(study.prepared_dir, "test", "target")
+    for test_set in study.test_sets:
+        if test_set.src:
+            refs = read_lines(test_set.ref)
+        else:
+            refs = test.references(config_lib.load(study.recipe, study.overrides), "test")
         for seed in study.seeds:
-            base = study.run_dir(BASELINE, seed) / f"hyp.{test.name}.txt"
+            base = outputs_file(study.run_dir(BASELINE, seed), test_set.name)
             if not base.is_file():
                 continue
             systems = {}
             for arm in arms:
-                hyp = study.run_dir(arm, seed) / f"hyp.{test.name}.txt"
+                hyp = outputs_file(study.run_dir(arm, seed), test_set.name)
                 if arm != BASELINE and hyp.is_file():
                     systems[arm] = _lines(hyp)
             if systems:
-                for arm, p in paired_bootstrap(_lines(base), systems, refs).items():
-                    out[(test.name, arm, seed)] = p
+                for arm, p in test.paired(_lines(base), systems, refs).items():
+                    out[(test_set.name, arm, seed)] = p
     return out

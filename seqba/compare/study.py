@@ -17,19 +17,22 @@ import yaml
 
 from seqba import config as config_lib
 from seqba.compare.arms import Arm, equal_time_overrides
-from seqba.compare.records import UNITS, read_records, summarise
+from seqba.compare.records import read_records, summarise
 from seqba.compare.runs import RunSpec
 from seqba.errors import ConfigError
+from seqba.tasks import TASKS
+from seqba.tasks.spec import TaskSpec
 
-__all__ = ["EvalSet", "Study", "check_unchanged", "config_changes", "parse_test_set", "plan_runs", "resolve_pending",
-           "save_study", "load_study"]
+__all__ = ["EvalSet", "Study", "check_unchanged", "outputs_file", "config_changes", "parse_test_set", "plan_runs",
+           "resolve_pending", "save_study", "load_study"]
 
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass
 class EvalSet:
-    """A test set: ``test`` is the recipe's own test split; others are raw ``src``/``ref`` files (translation)."""
+    """A test set: ``test`` is the recipe's own test split; others are raw ``src``/``ref`` files (families with
+    ``TaskSpec.test_set_options``)."""
 
     name: str
     src: str | None = None
@@ -64,7 +67,6 @@ class Study:
         arms: arm name -> its overrides; ``pending``: arms whose updates are set per seed (``equal_time``).
         updates_per_epoch: arm name -> updates of its first epoch (for ``epochs_seen``).
         test_sets: the recipe's ``test`` split first, then ``--test-set`` files.
-        prepared_dir: translation's prepared corpus (the test split's references for significance).
     """
 
     out: str
@@ -79,14 +81,19 @@ class Study:
     notes: dict[str, str] = field(default_factory=dict)
     launch_args: list[str] = field(default_factory=list)
     eval_args: list[str] = field(default_factory=list)
-    prepared_dir: str | None = None
 
     def run_dir(self, arm: str, seed: int) -> Path:
         return Path(self.out) / "runs" / arm / f"seed_{seed}"
 
     @property
+    def spec(self) -> TaskSpec:
+        """The task family's spec (what the study asks about the task)."""
+        return TASKS[self.task]
+
+    @property
     def unit(self) -> str:
-        return UNITS[self.task]
+        """What the task's rows count in (``TaskSpec.batch_unit``)."""
+        return self.spec.batch_unit
 
 
 def save_study(study: Study) -> None:
@@ -108,7 +115,8 @@ def save_study(study: Study) -> None:
                 raise ConfigError(f"{study.out}: arm {arm} was run with {old['arms'][arm]}, now {overrides}; use "
                                   "another arm name or --out")
         if old.get("eval_args", []) != study.eval_args and _any_evaluated(study):
-            raise ConfigError(f"{study.out}: runs were evaluated with --eval-args {' '.join(old.get('eval_args', []))!r}"
+            before = " ".join(old.get("eval_args", []))
+            raise ConfigError(f"{study.out}: runs were evaluated with --eval-args {before!r}"
                               f", now {' '.join(study.eval_args)!r}; use the same --eval-args or another --out")
         study.arms = {**old.get("arms", {}), **study.arms}
         study.updates_per_epoch = {**old.get("updates_per_epoch", {}), **study.updates_per_epoch}
@@ -124,6 +132,7 @@ def _any_evaluated(study: Study) -> bool:
 def load_study(out: str | Path) -> Study:
     """Read ``OUT/study.json`` (raises ``FileNotFoundError`` if absent)."""
     data = json.loads((Path(out) / "study.json").read_text())
+    data.pop("prepared_dir", None)  # written by studies before the task spec held what significance reads
     data["test_sets"] = [EvalSet(**t) for t in data["test_sets"]]
     return Study(**data)
 
@@ -135,21 +144,26 @@ def make_study(out: str | Path, recipe: str | Path, overrides: list[str], arms: 
     return Study(out=str(Path(out).resolve()), recipe=str(Path(recipe).resolve()), task=cfg.task,
                  overrides=list(overrides), arms={a.name: a.overrides for a in arms}, seeds=list(seeds),
                  test_sets=[EvalSet("test"), *test_sets], pending=[a.name for a in arms if a.pending],
-                 notes={a.name: a.note for a in arms}, launch_args=list(launch_args), eval_args=list(eval_args),
-                 prepared_dir=cfg.data.prepared_dir if cfg.task == "translation" else None)
+                 notes={a.name: a.note for a in arms}, launch_args=list(launch_args), eval_args=list(eval_args))
 
 
-def _checkpoint(study: Study, run_dir: Path) -> Path:
-    """Images report the last checkpoint (their validation split IS the test split); others the best."""
-    name = "checkpoint_last.pt" if study.task == "image_classification" else "checkpoint_best.pt"
-    return run_dir / name
+def outputs_file(run_dir: str | Path, test_set: str) -> Path:
+    """The per-example outputs (hypotheses) of a run on a test set, where ``TaskSpec.outputs_option`` writes them."""
+    return Path(run_dir) / f"hyp.{test_set}.txt"
 
 
 def _eval_args(study: Study, run_dir: Path, test: EvalSet) -> list[str]:
-    args = ["--checkpoint", str(_checkpoint(study, run_dir)), *study.eval_args]
-    args += ["--src", test.src, "--ref", test.ref] if test.src else ["--split", "test"]
-    if study.task == "translation":
-        args += ["--output", str(run_dir / f"hyp.{test.name}.txt")]
+    """``seqba.eval`` arguments of one run on one test set: the family's ``report_checkpoint``, its raw test-set
+    options for ``--test-set`` files, its outputs file."""
+    spec = study.spec
+    args = ["--checkpoint", str(run_dir / spec.report_checkpoint), *study.eval_args]
+    if test.src:
+        src, ref = spec.test_set_options
+        args += [f"--{src.replace('_', '-')}", test.src, f"--{ref.replace('_', '-')}", test.ref]
+    else:
+        args += ["--split", "test"]
+    if spec.outputs_option:
+        args += [f"--{spec.outputs_option.replace('_', '-')}", str(outputs_file(run_dir, test.name))]
     return args
 
 

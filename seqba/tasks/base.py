@@ -15,48 +15,22 @@ A task owns its data iteration (so that it can resume mid-epoch exactly) and wha
 restart (``state_dict``), and validates a model (``validate``, called with the model already in eval mode and
 gradients off). Everything else (devices, processes, train/eval mode, mixed precision, accumulation, clipping,
 checkpoints, logging) belongs to the loop.
+
+What the rest of seqba asks about a family (evaluation, studies, analysis) is its :class:`~seqba.tasks.spec.TaskSpec`;
+:class:`GradAdapter` is the part of ``python -m seqba.analyze grad-correlation`` a family provides.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from seqba.data.batch_seeds import NumberedBatches, SeededBatchFetch
 from seqba.distributed import worker_seed
 from seqba.samplers import RepeatBatchSampler, repeat_batch
-from seqba.search import DEFAULT_MAX_LEN_A, DEFAULT_MAX_LEN_B
-
-
-def _no_checks(cfg: Any, where: Callable[[tuple[str, ...]], str]) -> None:
-    """The default ``TaskSpec.check``: nothing beyond the per-field checks."""
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """Dataclasses of a task's recipe sections, the class that builds it, and its checks and evaluation.
-
-    Attributes:
-        check: ``check(cfg, where)`` raises :class:`~seqba.errors.ConfigError` for an invalid combination of
-            fields; ``where(("ba", "layout"))`` formats a key's location (recipe line or override). Runs at
-            ``seqba.config.load``.
-        evaluate: ``evaluate(cfg, model_state, options: EvalOptions) -> dict`` (``python -m seqba.eval``).
-        fingerprint: ``fingerprint(cfg) -> str | None``: what identifies the data a run of ``cfg`` reads today
-            (translation: the prepared corpus's manifest hash; None when the task has nothing to fingerprint).
-            The trainer records it in every checkpoint and model file; a resume and ``seqba.eval`` refuse a
-            checkpoint whose recorded fingerprint differs from the current one.
-    """
-
-    data_config: type
-    model_config: type
-    criterion_config: type
-    task_class: type
-    evaluate: Callable[..., dict] | None = None
-    check: Callable[[Any, Callable[[tuple[str, ...]], str]], None] = _no_checks
-    fingerprint: Callable[[Any], str | None] | None = None
 
 
 def sample_chunks(rows: int, repeats: int, layout: str, chunks: int,
@@ -89,40 +63,6 @@ def sample_chunks(rows: int, repeats: int, layout: str, chunks: int,
         else:
             raise ValueError(f"layout must be 'adjacent' or 'tiled', got {layout!r}")
     return out
-
-
-@dataclass
-class EvalOptions:
-    """What ``python -m seqba.eval`` asks of a task (validated by the CLI before a task sees it).
-
-    Attributes:
-        checkpoint: the model file evaluated (outputs default to its folder).
-        split: split of the recipe's data (``test``, ``valid``, ...).
-        device: torch device string.
-        beam: beam size (translation; 1 is greedy).
-        lenpen: length penalty exponent (fairseq semantics), finite.
-        max_len_a, max_len_b: a hypothesis has at most ``a * src_len + b`` tokens (translation).
-        max_tokens, batch_size: source tokens / sentences per decoding batch (``None``: task default).
-        src, ref: raw text files to translate and score instead of ``split`` (translation only).
-        output: hypotheses file (default: ``hyp.<split or src name>.txt`` beside ``checkpoint``).
-        tta: test-time augmentation views per image (images; 0 = off).
-        bf16: decode under bf16 autocast (translation; opt-in: measured within 0.1 BLEU on Multi30k).
-    """
-
-    checkpoint: str
-    split: str = "test"
-    device: str = "cpu"
-    beam: int = 4
-    lenpen: float = 1.0
-    max_len_a: float = DEFAULT_MAX_LEN_A
-    max_len_b: int = DEFAULT_MAX_LEN_B
-    max_tokens: int | None = None
-    batch_size: int | None = None
-    src: str | None = None
-    ref: str | None = None
-    output: str | None = None
-    tta: int = 0
-    bf16: bool = False
 
 
 class Task:
@@ -220,8 +160,23 @@ class Task:
         raise NotImplementedError
 
     def step_logs(self, batch: Any, expanded: Any) -> dict[str, float]:
-        """Per-step counters such as distinct and total tokens (summed over ranks by the loop)."""
+        """Per-step counters such as distinct and total tokens (summed over ranks by the loop): ``<unit>_count``
+        and ``distinct_<unit>_count`` for the spec's ``batch_unit`` at least."""
         return {}
+
+    def row_losses(self, model: nn.Module, batch: Any, hidden: Any = None) -> tuple[Tensor, Tensor]:
+        """Per-row data loss of an expanded training batch, in one forward of ``model`` as it is (training mode),
+        and the copy each row belongs to: what gradient statistics (:mod:`seqba.gradstats`) differentiate per copy.
+
+        Args:
+            batch: an expanded batch (``expand``'s output), N rows.
+            hidden: the recurrent state before the batch, for tasks that carry one (None otherwise).
+
+        Returns:
+            ``(losses, copy_index)``: float (N,) with a graph to the parameters, whose sum is the data term of
+            ``loss`` (without regularisers or consistency terms); int64 (N,) in 0 .. M-1.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no per-row losses (gradient statistics)")
 
     # -- hooks --------------------------------------------------------------------------------------------
     def lr_scale(self, batch: Any) -> float:
@@ -252,3 +207,42 @@ class Task:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+class GradAdapter:
+    """One family's model, samples and per-copy gradients for ``python -m seqba.analyze grad-correlation``
+    (``TaskSpec.analysis``).
+
+    ``samples(split, n, rng)`` yields ``(label, sample)`` (label: a class id when samples have classes, which adds
+    the same-class / different-class relations; else None); ``copy_grads(sample, M)`` returns name -> (M, *shape)
+    per-copy gradients, or (1 + M, *shape) with the unaugmented sample first when ``clean_first``.
+
+    Attributes:
+        cfg: the run's config; ``device``: where the model is; ``model``: built by :meth:`build`, with ``state``
+            loaded (None: freshly initialised from the recipe's seed, as training starts);
+        params: name -> parameter that requires gradients.
+    """
+
+    #: row 0 of ``copy_grads`` is the unaugmented sample, rows 1..M its copies
+    clean_first = False
+
+    def __init__(self, cfg: Any, state: dict | None, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        torch.manual_seed(cfg.seed)  # --init: the weights training would start from
+        self.model = self.build().to(device)
+        if state is not None:
+            self.model.load_state_dict(state)
+        self.params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
+
+    def build(self) -> nn.Module:
+        raise NotImplementedError
+
+    def samples(self, split: str, n: int, rng: np.random.Generator) -> Iterator[tuple[int | None, Any]]:
+        raise NotImplementedError
+
+    def copy_grads(self, sample: Any, copies: int) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def calibrate(self, batches: int, rng: np.random.Generator) -> None:
+        """Prepare a freshly initialised model for measurement (``--init``), e.g. BatchNorm running statistics
+        from ``batches`` training batches; the default does nothing."""

@@ -53,7 +53,8 @@ from typing import Any, Iterator, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+from torch.func import functional_call
 from torch.utils.data import Dataset
 
 from seqba.errors import ConfigError, FieldError
@@ -62,8 +63,10 @@ from seqba.data.paths import data_root
 from seqba.data.transforms import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, Augment, mixup
 from seqba.models.resnet import CifarResNet, ResNetConfig, param_groups
 from seqba.samplers import TokenBudgetBatchSampler, repeat_batch
+from seqba.gradstats import copy_of_rows, per_sample_grads
 from seqba.losses import consistency_loss
-from seqba.tasks.base import EvalOptions, Task, TaskSpec, sample_chunks
+from seqba.tasks.base import GradAdapter, Task, sample_chunks
+from seqba.tasks.spec import EvalOptions, Metric, TaskSpec, option
 
 logger = logging.getLogger(__name__)
 
@@ -329,6 +332,19 @@ class ImageClassificationTask(Task):
         logs["loss_sum"] = loss.detach()
         return loss, logs
 
+    def row_losses(self, model: nn.Module, batch: dict[str, torch.Tensor], hidden: Any = None
+                   ) -> tuple[Tensor, Tensor]:
+        """Per image: cross-entropy with the recipe's label smoothing (soft targets with mixup); copies in
+        ``ba.layout``."""
+        logits = model(batch["image"]).float()  # (N, K)
+        eps, ba = self.cfg.criterion.label_smoothing, self.cfg.ba
+        if "soft_target" in batch:
+            target = batch["soft_target"] * (1.0 - eps) + eps / NUM_CLASSES
+            losses = -(target * F.log_softmax(logits, dim=-1)).sum(-1)
+        else:
+            losses = F.cross_entropy(logits, batch["label"], reduction="none", label_smoothing=eps)
+        return losses, copy_of_rows(len(losses), ba.repeats, ba.layout, losses.device)
+
     # -- evaluation ---------------------------------------------------------------------------------------
     def validate(self, model: nn.Module) -> dict[str, float]:
         """Top-1 accuracy and cross-entropy on the held-out split, unaugmented (sharded over ranks, then summed)."""
@@ -345,16 +361,21 @@ class ImageClassificationTask(Task):
         return {"accuracy": correct / max(count, 1), "loss": loss / max(count, 1)}
 
 
-def evaluate(cfg: Any, model_state: dict, args: EvalOptions) -> dict[str, float]:
+@dataclass
+class ImageEvalOptions(EvalOptions):
+    """``python -m seqba.eval`` options of an image checkpoint (``split``: ``train`` or ``test``)."""
+
+    tta: int = option(0, "average over N augmented copies per image (0: off)", low=0)
+
+
+def evaluate(cfg: Any, model_state: dict, args: ImageEvalOptions) -> dict[str, float]:
     """Top-1 accuracy (and cross-entropy) on ``args.split``; with ``args.tta = n > 0`` also the accuracy of the
     softmax averaged over n random crop/flip views per image (no cutout), drawn with a generator seeded by
     ``cfg.seed`` (so repeated evaluations agree).
 
     Raises:
-        ValueError: ``--src/--ref`` (translation only) or an unknown split.
+        ValueError: an unknown split.
     """
-    if args.src or args.ref:
-        raise ValueError("--src/--ref apply to translation; images are evaluated on --split train or test")
     device = torch.device(args.device)
     images, labels = load_split(cfg.data, args.split)
     model = build_model(cfg)
@@ -393,5 +414,61 @@ def check_config(cfg, where) -> None:
                           "the copies' distributions are not meant to agree; set data.mixup_alpha: 0")
 
 
+class ImageGradients(GradAdapter):
+    """Per-sample gradients of an image x and its M augmented views T(x) (``seqba.analyze grad-correlation``).
+
+    ``vmap(grad)`` over the views (the recipe's crop/flip/cutout); BatchNorm in eval mode (running statistics) so
+    that samples do not interact through batch statistics. With ``--init`` the running statistics are first
+    estimated on ``--bn-batches`` augmented training batches (:meth:`calibrate`), since a fresh model's (0, 1) would
+    leave the activations unnormalised. Samples carry their class (same-class / different-class relations).
+    """
+
+    #: row 0 of copy_grads is the unaugmented image, rows 1..M its augmented copies
+    clean_first = True
+
+    def build(self) -> nn.Module:
+        self.augment = build_augment(self.cfg.data)
+        return build_model(self.cfg)
+
+    def calibrate(self, batches: int, rng: np.random.Generator) -> None:
+        """Running BN statistics of a fresh model: cumulative average over ``batches`` augmented training batches."""
+        images, _ = load_split(self.cfg.data, "train")
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        self.model.train()
+        with torch.no_grad():
+            for _ in range(batches):
+                idx = torch.from_numpy(rng.choice(len(images), size=self.cfg.data.batch_size, replace=False))
+                self.model(self.augment(images[idx].to(self.device)))
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+
+    def samples(self, split: str, n: int, rng: np.random.Generator) -> Iterator[tuple[int, dict]]:
+        if split not in ("train", "valid", "test"):
+            raise ValueError(f"--split must be train, valid or test (the held-out digits/images), got {split!r}")
+        images, labels = load_split(self.cfg.data, "train" if split == "train" else "test")
+        for i in rng.choice(len(labels), size=min(n, len(labels)), replace=False):
+            yield int(labels[i]), {"image": images[int(i)].to(self.device), "label": labels[int(i)].to(self.device)}
+
+    def copy_grads(self, s: dict, copies: int) -> dict[str, Tensor]:
+        def loss_fn(params, image, label):  # one view (C, H, W), label ()
+            return F.cross_entropy(functional_call(self.model, params, (image[None],)).float(), label[None],
+                                   label_smoothing=self.cfg.criterion.label_smoothing)
+
+        self.model.eval()  # BN on running statistics: the views do not interact
+        image = s["image"][None]  # (1, C, H, W) uint8
+        views = torch.cat([self.augment(image, train=False),  # x, then M views T(x) with their own crop/cutout
+                           self.augment(image.expand(copies, *image.shape[1:]))])  # (1 + M, C, H, W)
+        return per_sample_grads(loss_fn, self.params, views, s["label"].expand(copies + 1), method="vmap")
+
+
+#: Validation is the test split (module docstring), so studies report the last checkpoint, not the best-of. No
+#: significance test is defined for accuracy (a paired one would need per-image predictions, which eval does not
+#: write).
 SPEC = TaskSpec(ImageDataConfig, ResNetConfig, ImageCriterionConfig, ImageClassificationTask, evaluate=evaluate,
-                check=check_config)
+                eval_options=ImageEvalOptions, check=check_config, batch_key="data.batch_size", batch_unit="images",
+                test_metrics=(Metric("accuracy", True, percent=True), Metric("tta_accuracy", True, percent=True)),
+                curve_metric="accuracy", report_checkpoint="checkpoint_last.pt", analysis=ImageGradients)

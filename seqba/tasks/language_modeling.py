@@ -41,9 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.optim.swa_utils import AveragedModel
 
 from seqba.errors import ConfigError, FieldError
@@ -51,10 +53,12 @@ from seqba.data.lm import (SPLITS, BPTTIterator, Corpus, batchify, load_corpus, 
                            split_path)
 from seqba.data.paths import data_root
 from seqba.distributed import rank_group
+from seqba.gradstats import copy_of_rows, per_sample_grads
 from seqba.losses import activation_regularization, consistency_loss, temporal_activation_regularization
 from seqba.metrics import perplexity
 from seqba.models.awd_lstm import AWDLSTM, AWDLSTMConfig, Hidden, detach_hidden
-from seqba.tasks.base import EvalOptions, Task, TaskSpec
+from seqba.tasks.base import GradAdapter, Task
+from seqba.tasks.spec import EvalOptions, Metric, TaskSpec
 
 logger = logging.getLogger("seqba.tasks.language_modeling")
 
@@ -311,6 +315,15 @@ class LanguageModelingTask(Task):
         self._store_hidden(detach_hidden(new_hidden), lo, hi)
         return loss, logs
 
+    def row_losses(self, model: nn.Module, batch: LMBatch, hidden: Hidden | None = None) -> tuple[Tensor, Tensor]:
+        """Per stream column: next-word NLL summed over the T words (AR/TAR and ``ba.consistency`` left out: they
+        are not sums over copies); ``hidden`` is the state before the window, (h, c) per layer of (1, N, H).
+        Columns are copy-major ("tiled")."""
+        logits, _, _, _ = model(batch.x, hidden, repeats=batch.copies)  # (T, N, V)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.y.flatten(), reduction="none")
+        losses = nll.view(batch.x.shape).sum(0)  # (N,)
+        return losses, copy_of_rows(len(losses), batch.copies, "tiled", losses.device)
+
     def _store_hidden(self, new: Hidden, lo: int, hi: int) -> None:
         if lo == 0 and hi == self.num_columns:
             self.hidden = new
@@ -381,13 +394,10 @@ def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, float]:
     """Perplexity and bits per word of a checkpoint on ``args.split`` (batch size 1 for test, as the reference).
 
     Raises:
-        ValueError: an unknown split, ``--src/--ref`` (translation only), or weights for another vocabulary.
+        ValueError: an unknown split, or weights for another vocabulary.
         FileNotFoundError: the corpus is missing.
         ConfigError: the split is too short for its batch size (see :func:`check_split_size`).
     """
-    if args.src or args.ref:
-        raise ValueError("--src/--ref apply to translation; a language model is evaluated on --split "
-                         f"({', '.join(SPLITS)}) of its corpus")
     if args.split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
     corpus = load_lm_corpus(cfg.data)
@@ -422,5 +432,47 @@ def check_config(cfg, where) -> None:
                           f"copies, which ba.consistency={ba.consistency} must compare; use micro_batches: 1")
 
 
+class LMGradients(GradAdapter):
+    """Per-sample gradients of the M copies of a text window (``seqba.analyze grad-correlation``).
+
+    A loop of backward passes (``vmap(grad)`` gives the same gradients, tested, but torch 2.13 has no batching rule
+    for the fused LSTM kernel behind ``torch._VF.lstm``, ``aten::mkldnn_rnn_layer`` on CPU, so vmap itself falls
+    back to a per-sample loop with a warning). A sample is a ``bptt``-word window of the split, started from the
+    hidden state of the ``bptt`` words before it (eval mode); each copy is its own forward, so copies differ by
+    every mask (locked dropout, weight drop and embedding dropout: the recipe's ``per_copy_masks: true``
+    behaviour).
+    """
+
+    def build(self) -> nn.Module:
+        self.corpus = load_lm_corpus(self.cfg.data)
+        return build_lm(self.cfg.model, len(self.corpus.dictionary))
+
+    def samples(self, split: str, n: int, rng: np.random.Generator) -> Iterator[tuple[None, dict]]:
+        if split not in ("train", "valid", "test"):
+            raise ValueError(f"--split must be train, valid or test for language modelling, got {split!r}")
+        stream, bptt = getattr(self.corpus, split), self.cfg.data.bptt
+        if len(stream) < 2 * bptt + 2:
+            raise ValueError(f"the {split} split has {len(stream)} words, fewer than 2 * bptt + 2")
+        for p in rng.choice(np.arange(bptt, len(stream) - bptt - 1), size=n, replace=False):
+            window = stream[p - bptt:p + bptt + 1].to(self.device)
+            self.model.eval()
+            with torch.no_grad():  # the state after the bptt words before the window
+                _, hidden, _, _ = self.model(window[:bptt, None], self.model.init_hidden(1))
+            yield None, {"x": window[bptt:-1], "y": window[bptt + 1:], "hidden": hidden}
+
+    def copy_grads(self, s: dict, copies: int) -> dict[str, Tensor]:
+        def loss_fn(params, x, y):  # one window (T,), (T,)
+            logits = functional_call(self.model, params, (x[:, None], s["hidden"]))[0]  # (T, 1, V)
+            return F.cross_entropy(logits[:, 0].float(), y, reduction="sum")
+
+        self.model.train()
+        return per_sample_grads(loss_fn, self.params, s["x"].expand(copies, -1), s["y"].expand(copies, -1),
+                                method="loop")
+
+
+#: No significance test is defined for perplexity (a paired test would need per-window losses, which eval does not
+#: write).
 SPEC = TaskSpec(LMDataConfig, AWDLSTMConfig, LMCriterionConfig, LanguageModelingTask, evaluate=evaluate,
-                check=check_config)
+                check=check_config, batch_key="data.batch_size", batch_unit="words",
+                test_metrics=(Metric("ppl", False), Metric("bpw", False, digits=4)), curve_metric="ppl",
+                analysis=LMGradients)

@@ -35,6 +35,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
 from torch.utils.data import DataLoader
 
 from seqba.data.prepare import PrepareConfig, prepare_translation, read_lines
@@ -42,12 +44,14 @@ from seqba.data.translation import (BOS_ID, EOS_ID, MANIFEST, PAD_ID, Translatio
                                     corpus_fingerprint, load_tokenizer, read_manifest, read_raw_lines, record_user)
 from seqba.losses import consistency_loss, label_smoothed_cross_entropy, label_smoothed_nll_loss
 from seqba.distributed import main_process_first
-from seqba.errors import ConfigError, FieldError, SeqbaError
+from seqba.errors import ConfigError, FieldError, SeqbaError, UsageError
+from seqba.gradstats import copy_of_rows, per_sample_grads
 from seqba.metrics import perplexity
 from seqba.models.transformer import Transformer, TransformerConfig
 from seqba.samplers import TokenBudgetBatchSampler
-from seqba.search import translate
-from seqba.tasks.base import EvalOptions, Task, TaskSpec, sample_chunks
+from seqba.search import DEFAULT_MAX_LEN_A, DEFAULT_MAX_LEN_B, translate
+from seqba.tasks.base import GradAdapter, Task, sample_chunks
+from seqba.tasks.spec import EvalOptions, Metric, SignificanceTest, TaskSpec, option
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +248,15 @@ class TranslationTask(Task):
         logs["loss_sum"] = loss.detach()
         return loss, logs
 
+    def row_losses(self, model: nn.Module, batch: dict[str, Any], hidden: Any = None) -> tuple[Tensor, Tensor]:
+        """Per sentence: label-smoothed cross-entropy summed over its target tokens; copies in ``ba.layout``."""
+        logits = model(batch["src_tokens"], batch["src_lengths"], batch["prev_output_tokens"])  # (N, T, V)
+        lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+        eps, ba = self.cfg.criterion.label_smoothing, self.cfg.ba
+        losses = torch.vmap(lambda lp, t: label_smoothed_nll_loss(lp, t, eps, ignore_index=PAD_ID)[0])(
+            lprobs, batch["target"])  # (N,)
+        return losses, copy_of_rows(len(losses), ba.repeats, ba.layout, losses.device)
+
     # -- evaluation ---------------------------------------------------------------------------------------
     def validate(self, model) -> dict[str, float]:
         """Label-smoothed loss, nll and perplexity on the valid split (sharded over ranks, then summed)."""
@@ -267,7 +280,38 @@ class TranslationTask(Task):
         return {"num_skipped": self.sampler.num_skipped}
 
 
-def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, Any]:
+@dataclass
+class TranslationEvalOptions(EvalOptions):
+    """``python -m seqba.eval`` options of a translation checkpoint: beam search, decoding batches, raw files.
+
+    ``output`` defaults to ``hyp.<src file name or split>.txt`` beside the checkpoint.
+
+    Raises:
+        UsageError: ``ref`` without ``src``.
+    """
+
+    beam: int = option(4, "beam size (1: greedy)", low=1)
+    lenpen: float = option(1.0, "length penalty exponent (fairseq semantics)")
+    max_len_a: float = option(DEFAULT_MAX_LEN_A, "max output length = a * src_len + b", low=0)
+    max_len_b: int = option(DEFAULT_MAX_LEN_B, "see --max-len-a (fairseq's 0 / 200 lets an undertrained model "
+                            "decode 200 tokens)", low=1)
+    max_tokens: int | None = option(None, "source tokens per decoding batch", low=1)
+    batch_size: int | None = option(None, "sentences per decoding batch", low=1)
+    src: str | None = option(None, "raw source text file (one segment per line) instead of --split", file="read")
+    ref: str | None = option(None, "raw reference text file for --src", file="read")
+    output: str | None = option(None, "hypotheses file (default: next to the checkpoint, hyp.<split>.txt)",
+                                file="write")
+    bf16: bool = option(False, "decode under bf16 autocast (opt-in; faster on CPUs with bf16)")
+
+    def __post_init__(self) -> None:
+        if self.ref and not self.src:
+            raise UsageError("--ref needs --src (the references of --split are read from the prepared corpus)")
+        if not self.output:
+            name = Path(self.src).name if self.src else self.split
+            self.output = str(Path(self.checkpoint).parent / f"hyp.{name}.txt")
+
+
+def evaluate(cfg, model_state: dict, args: TranslationEvalOptions) -> dict[str, Any]:
     """``python -m seqba.eval`` for translation: beam search + SentencePiece decoding + sacreBLEU.
 
     Reads ``args.split`` of the prepared corpus (source ids from the binary files, references from the raw text
@@ -307,7 +351,7 @@ def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, Any]:
                        bos=BOS_ID, eos=EOS_ID, pad=PAD_ID)
     seconds = time.perf_counter() - start
     hyps = [sp.decode(t) for t in tokens]
-    output = Path(args.output) if args.output else Path(args.checkpoint).parent / f"hyp.{name}.txt"
+    output = Path(args.output)
     output.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     result: dict[str, Any] = {"sentences": len(hyps), "seconds": round(seconds, 2), "beam": args.beam,
                               "max_len_a": args.max_len_a, "max_len_b": args.max_len_b, "hypotheses": str(output)}
@@ -325,5 +369,85 @@ def fingerprint(cfg) -> str | None:
     return corpus_fingerprint(cfg.data.prepared_dir)
 
 
+class TranslationGradients(GradAdapter):
+    """Per-sample gradients of the M copies of a sentence (``seqba.analyze grad-correlation``).
+
+    ``torch.func.vmap(grad)`` over the copies, ``randomness="different"`` (every copy its own dropout masks),
+    training mode; loss = label-smoothed CE summed over the target tokens. (torch 2.13 has no batching rule for CPU
+    ``scaled_dot_product_attention``; vmap falls back to a loop there.) Samples are sentences of a prepared split.
+    """
+
+    def build(self) -> nn.Module:
+        return build_transformer(self.cfg.model, int(read_manifest(self.cfg.data.prepared_dir)["vocab_size"]))
+
+    def samples(self, split: str, n: int, rng: np.random.Generator) -> Iterator[tuple[None, dict]]:
+        data = TranslationDataset(self.cfg.data.prepared_dir, split)
+        for i in rng.choice(len(data), size=min(n, len(data)), replace=False):
+            batch = collate([data[int(i)]])
+            yield None, {k: v[0].to(self.device) for k, v in batch.items() if torch.is_tensor(v)}
+
+    def copy_grads(self, s: dict, copies: int) -> dict[str, Tensor]:
+        eps = self.cfg.criterion.label_smoothing
+
+        def loss_fn(params, src, src_len, prev, target):  # one sentence: (S,), (), (T,), (T,)
+            logits = functional_call(self.model, params, (src[None], src_len[None], prev[None]))  # (1, T, V)
+            return label_smoothed_nll_loss(F.log_softmax(logits[0], -1, dtype=torch.float32), target, eps, PAD_ID)[0]
+
+        self.model.train()  # dropout on: the copies differ by their masks
+        rep = [s[k].expand(copies, *s[k].shape) for k in ("src_tokens", "src_lengths", "prev_output_tokens", "target")]
+        return per_sample_grads(loss_fn, self.params, *rep, method="vmap")
+
+
+_BASELINE = "<baseline>"  # no system (arm) name has brackets
+
+
+def paired_bootstrap(baseline: list[str], systems: dict[str, list[str]], references: list[str],
+                     n_samples: int = 1000) -> dict[str, float]:
+    """p-values of each system's corpus BLEU against ``baseline`` by paired bootstrap resampling (detokenized
+    sacreBLEU defaults).
+
+    The test is sacreBLEU's own (``sacrebleu.significance.PairedTest`` with ``test_type="bs"``, the library behind
+    ``sacrebleu REF -i BASE SYS --paired-bs``; Koehn 2004, "Statistical significance tests for machine translation
+    evaluation"): ``n_samples`` resamples of the test sentences, seeded by ``SACREBLEU_SEED`` (default 12345), so
+    the p-values are reproducible. The p-value is the probability, under resampling, that the system's BLEU
+    advantage over the baseline (or disadvantage) arises by chance.
+
+    Args:
+        baseline, systems: hypotheses, one string per test sentence, in reference order.
+        references: one reference per sentence.
+        n_samples: bootstrap resamples (sacreBLEU's default is 1000).
+
+    Returns:
+        system name -> p-value; 1.0 for a system whose hypotheses are the baseline's (sacreBLEU's test would give
+        1 / (n_samples + 1) there: every resampled difference is 0 and none exceeds the real one, 0).
+
+    Raises:
+        ValueError: hypotheses and references of different lengths.
+    """
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    for name, hyps in [(_BASELINE, baseline), *systems.items()]:
+        if len(hyps) != len(references):
+            raise ValueError(f"{name}: {len(hyps)} hypotheses for {len(references)} references")
+    out = {name: 1.0 for name, hyps in systems.items() if list(hyps) == list(baseline)}
+    named = [(_BASELINE, baseline), *((name, hyps) for name, hyps in systems.items() if name not in out)]
+    if len(named) > 1:
+        _, scores = PairedTest(named, {"BLEU": BLEU()}, [references], test_type="bs", n_samples=n_samples)()
+        out.update({name: result.p_value for name, result in zip(scores["System"][1:], scores["BLEU"][1:])})
+    return {name: out[name] for name in systems}
+
+
+def split_references(cfg, split: str) -> list[str]:
+    """The raw target sentences of ``split`` of the recipe's prepared corpus (the references BLEU scores)."""
+    return read_raw_lines(cfg.data.prepared_dir, split, "target")
+
+
 SPEC = TaskSpec(TranslationDataConfig, TransformerConfig, TranslationCriterionConfig, TranslationTask,
-                evaluate=evaluate, fingerprint=fingerprint)
+                evaluate=evaluate, eval_options=TranslationEvalOptions, fingerprint=fingerprint,
+                batch_key="data.max_tokens", batch_unit="tokens", test_metrics=(Metric("bleu", True),),
+                curve_metric="ppl", test_set_options=("src", "ref"), outputs_option="output",
+                significance=SignificanceTest(
+                    "bleu", "p: sacreBLEU paired bootstrap resampling (1000 resamples) of the arm's BLEU against "
+                    "fixed_steps of the same seed, one value per seed.", paired_bootstrap, split_references),
+                analysis=TranslationGradients)
