@@ -104,6 +104,7 @@ class Trainer:
         self._validated_finite_at: int | None = None  # update whose weights last validated to a finite loss
         self._exit = contextlib.ExitStack()
         self._callback_states: dict[str, dict] = {}  # from the checkpoint resumed, for the callbacks of setup()
+        self._tick = time.perf_counter()  # start of the current update's clock (train_step's `seconds`)
 
     # -- setup ----------------------------------------------------------------------------------------------------
     def setup(self) -> None:

@@ -8,7 +8,6 @@ it: its update is ``lr * g / |g|``).
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -26,7 +25,6 @@ def build_trainer(recipe: Path, *overrides: str) -> Trainer:
     """A set-up Trainer for ``recipe`` with :data:`EXACT` and ``overrides`` (later ones win)."""
     trainer = Trainer(config_lib.load(str(recipe), [*EXACT, *overrides]))
     trainer.setup()
-    trainer._tick = time.perf_counter()  # train() starts the step clock that train_step's logs read
     return trainer
 
 

@@ -65,6 +65,8 @@ def overrides_for(recipe: Path, work: Path) -> list[str] | None:
 
 def train(code: Path, recipe: Path, overrides: list[str], out: Path) -> tuple[list[dict], dict]:
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
+    if data_root() is not None:  # the old revision runs from a temporary folder: name the shared data explicitly
+        env.setdefault("SEQBA_DATA", str(data_root()))
     proc = subprocess.run([sys.executable, "-m", "seqba.train", str(recipe), *overrides, f"output_dir={out}"],
                           cwd=code, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
