@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import yaml
 
+from seqba.consistency import CONSISTENCY
 from seqba.errors import ConfigError, FieldError
 from seqba.overrides import apply_override, format_override, override_keys, override_value, parse_override
 from seqba.tasks import TASKS
@@ -53,7 +54,7 @@ FLOAT32_MAX = 3.4028234663852886e38
 #: Seeds go to ``torch.manual_seed`` (at most 2**64 - 1) with ``+ epoch`` added; numpy takes any int >= 0.
 MAX_SEED = 2**63 - 1
 
-#: How the M copies of a sample are laid out in the expanded batch (see ``seqba.samplers.repeat_batch``).
+#: How the M copies of a sample are laid out in the expanded batch (see :class:`seqba.layout.CopyLayout`).
 Layout = Literal["adjacent", "tiled"]
 
 
@@ -76,11 +77,12 @@ class BAConfig:
             batch up to float error): the paper's "evaluating on the whole M·B batch or accumulating M instances".
         expand_on_device: load B distinct samples and expand with ``repeat_batch`` on the device (no extra I/O);
             ``false`` repeats indices in the sampler instead (``RepeatBatchSampler``).
-        consistency: a loss across the M copies of every sample (:func:`seqba.losses.consistency_loss`):
-            ``sym_kl`` (mean pairwise symmetric KL; R-Drop at M=2), ``js`` (generalised Jensen-Shannon; AugMix,
-            timm ``JsdCrossEntropy``) or ``none``. Per target token (translation), per token of the copy columns
-            (language modelling) or per image (on class probabilities). Needs M > 1 and every copy of a sample on
-            one rank (``group_size: 1``: copies spread over ranks would need a gradient-correct all-gather).
+        consistency: a loss across the M copies of every sample, a kind registered in
+            :data:`seqba.consistency.CONSISTENCY`: ``sym_kl`` (mean pairwise symmetric KL; R-Drop at M=2), ``js``
+            (generalised Jensen-Shannon; AugMix, timm ``JsdCrossEntropy``), or ``none``. Per target token
+            (translation), per token of the copy columns (language modelling) or per image (on class
+            probabilities). Needs M > 1 and every copy of a sample on one rank (``group_size: 1``: copies spread
+            over ranks would need a gradient-correct all-gather).
         consistency_alpha: its weight: the update minimises (sum of CE over the M·B rows + alpha * consistency
             summed over the B distinct samples) / (target tokens of the M·B rows). R-Drop's ``reg_alpha`` at M
             copies corresponds to ``consistency_alpha = M / 2 * reg_alpha`` (the same number at M=2).
@@ -91,12 +93,14 @@ class BAConfig:
     group_size: int = 1
     micro_batches: int = 1
     expand_on_device: bool = True
-    consistency: Literal["none", "sym_kl", "js"] = "none"
+    consistency: str = "none"  # "none" or a key of seqba.consistency.CONSISTENCY
     consistency_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("repeats", "group_size", "micro_batches"):
             _require(name, getattr(self, name) >= 1, f"must be >= 1, got {getattr(self, name)}")
+        kinds = ("none", *CONSISTENCY)
+        _require("consistency", self.consistency in kinds, f"{self.consistency!r} is not one of {', '.join(kinds)}")
         _require("consistency_alpha", self.consistency_alpha >= 0, f"must be >= 0, got {self.consistency_alpha}")
 
 
@@ -185,13 +189,8 @@ class TrainConfig:
             logits, and on the CPU the Transformer's attention runs in float32
             (:func:`seqba.models.transformer.attention`).
         compile: compile the training model with ``torch.compile`` (inductor, ``dynamic=`` the task's
-            ``compile_dynamic``); validation, checkpoints and decoding (beam search) use the eager module. What
-            compiles: the Transformer's forward/backward as one graph (symbolic shapes); the ResNet's as one graph
-            per batch shape (``dynamic=False``: batches have one shape, and inductor fails on ghost batch norm's
-            symbolic shape arithmetic). The AWD-LSTM barely compiles: dynamo does not trace RNN
-            modules (``torch._dynamo.config.allow_rnn`` is off), so the graph break in its layer loop makes the
-            forward run eagerly; allowing RNNs instead specialises on every BPTT length (a full recompile per
-            length). The loss, repetition and optimizer step stay eager.
+            ``compile_dynamic``); the loss, repetition and optimizer step stay eager, and validation, checkpoints
+            and decoding use the eager module. Its speed per task: README and ``benchmarks/``.
         log_with: also send the metrics.jsonl records to an experiment tracker through Accelerate
             (``accelerator.log``): ``tensorboard`` (event files in ``output_dir/trackers``), ``wandb``, ``mlflow``
             (their clients must be installed and configured), or ``none``.

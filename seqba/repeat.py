@@ -9,10 +9,8 @@ in one batch. Three ways to get them, all with the same row order:
 * :func:`repeat_streams` adds the copies of ``(L, B)`` token streams as more columns (language models that carry
   a hidden state from one window to the next; the state is then sized ``B * M``).
 
-Layouts along the batch axis, for B = 2 samples ``a, b`` and M = 2::
-
-    adjacent   [a, a, b, b]      copy c of sample b is row b * M + c
-    tiled      [a, b, a, b]      copy c is the contiguous slice [c * B, (c + 1) * B)
+Layouts along the batch axis (``adjacent`` ``[a, a, b, b]`` or ``tiled`` ``[a, b, a, b]``) and all their index
+arithmetic live in :mod:`seqba.layout` (:class:`~seqba.layout.CopyLayout`); this module applies them.
 
 Only torch and numpy are needed here.
 """
@@ -23,32 +21,14 @@ import sys
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-import torch
 from torch import Tensor
 
-__all__ = ["RepeatBatchSampler", "repeat_batch", "repeat_streams", "LAYOUTS", "EPOCH_BUDGETS"]
+from seqba.layout import LAYOUTS, CopyLayout, check_layout, check_repeats
 
-LAYOUTS = ("adjacent", "tiled")
+__all__ = ["RepeatBatchSampler", "repeat_batch", "repeat_streams", "LAYOUTS", "EPOCH_BUDGETS", "check_layout",
+           "check_repeats"]
+
 EPOCH_BUDGETS = ("samples", "rows")
-
-
-def check_layout(layout: str) -> None:
-    """Raise ``ValueError`` unless ``layout`` is one of :data:`LAYOUTS`."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-
-
-def check_repeats(repeats: Any) -> None:
-    """Raise ``ValueError`` unless ``repeats`` is an int >= 1 (bools and floats are refused)."""
-    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
-
-
-def repeat_indices(indices: np.ndarray, repeats: int, layout: str) -> np.ndarray:
-    """(B,) indices -> (M * B,) in ``layout`` order."""
-    if layout == "adjacent":
-        return np.repeat(indices, repeats)
-    return np.tile(indices, repeats)
 
 
 def refuse_accelerate_reshard(sampler: Any, caller: Any) -> None:
@@ -56,8 +36,8 @@ def refuse_accelerate_reshard(sampler: Any, caller: Any) -> None:
 
     ``accelerator.prepare(DataLoader(..., batch_sampler=seqba_sampler))`` wraps the batch sampler in
     ``BatchSamplerShard``, which keeps every ``num_processes``-th batch of what it iterates: a seqba sampler built
-    with ``num_replicas=world_size`` has already done so, and the pair silently trains on ~1/world_size of the
-    data (3,830 of 8,000 samples per epoch with 2 processes). The check looks at the object whose code called
+    with ``num_replicas=world_size`` has already done so, and the pair silently trains on about 1/world_size of
+    the data. The check looks at the object whose code called
     ``iter(sampler)`` (``caller``: a frame), so it costs nothing per batch and needs no accelerate import.
 
     Raises:
@@ -114,8 +94,7 @@ class RepeatBatchSampler:
 
     def __init__(self, batch_sampler: Iterable[Sequence[int]], repeats: int, *, layout: str = "adjacent",
                  epoch_budget: str = "samples") -> None:
-        check_repeats(repeats)
-        check_layout(layout)
+        self.copy_layout = CopyLayout(repeats, layout)
         if epoch_budget not in EPOCH_BUDGETS:
             raise ValueError(f"epoch_budget must be one of {EPOCH_BUDGETS}, got {epoch_budget!r}")
         self.batch_sampler = batch_sampler
@@ -133,11 +112,11 @@ class RepeatBatchSampler:
             if limit is not None and k >= limit:
                 return
             if isinstance(batch, np.ndarray):
-                yield batch if self.repeats == 1 else repeat_indices(batch, self.repeats, self.layout)
+                yield batch if self.repeats == 1 else self.copy_layout.expand_indices(batch)
             elif self.repeats == 1:
                 yield list(batch)
             else:
-                yield repeat_indices(np.asarray(batch), self.repeats, self.layout).tolist()
+                yield self.copy_layout.expand_indices(np.asarray(batch)).tolist()
 
     def __len__(self) -> int:
         """Batches per epoch: ``len(batch_sampler)``, or ``ceil(len(batch_sampler) / M)`` for ``"rows"``."""
@@ -176,17 +155,6 @@ class RepeatBatchSampler:
         self._forward("load_state_dict")(state)
 
 
-def _repeat_tensor(x: Tensor, repeats: int, layout: str, dim: int) -> Tensor:
-    if not -x.dim() <= dim < x.dim():
-        raise ValueError(f"repeat_batch: dim={dim} is outside a tensor of shape {tuple(x.shape)}; a batch that "
-                         "mixes batch axes needs one repeat_batch call per axis")
-    if layout == "adjacent":
-        return x.repeat_interleave(repeats, dim=dim)
-    reps = [1] * x.dim()
-    reps[dim] = repeats
-    return x.repeat(*reps)
-
-
 def repeat_batch(
     batch: Any,
     repeats: int,
@@ -218,27 +186,7 @@ def repeat_batch(
         ValueError: for bad ``repeats``, ``layout`` or ``dim`` (not an int), or a tensor that has no axis ``dim``
             (naming its shape); a 1-D flattened target next to (T, B) data is such a tensor.
     """
-    check_repeats(repeats)
-    check_layout(layout)
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
-        raise ValueError(f"repeat_batch: dim must be an int, got {dim!r}")
-    if repeats == 1:
-        return batch
-
-    def expand(x: Any, key: str | None = None) -> Any:
-        if isinstance(x, torch.Tensor):
-            return x if x.dim() == 0 else _repeat_tensor(x, repeats, layout, int(dim))
-        if isinstance(x, Mapping):
-            return type(x)({k: expand(v, k) for k, v in x.items()})
-        if isinstance(x, tuple) and hasattr(x, "_fields"):  # namedtuple
-            return type(x)(*(expand(v) for v in x))
-        if isinstance(x, (tuple, list)):
-            return type(x)(expand(v) for v in x)
-        if key in count_keys and isinstance(x, (int, float)) and not isinstance(x, bool):
-            return x * repeats
-        return x
-
-    return expand(batch)
+    return CopyLayout(repeats, layout).expand_batch(batch, dim=dim, count_keys=count_keys)
 
 
 def repeat_streams(batched: Tensor, repeats: int) -> Tensor:
@@ -258,5 +206,4 @@ def repeat_streams(batched: Tensor, repeats: int) -> Tensor:
     """
     if batched.dim() != 2:
         raise ValueError(f"repeat_streams: batched must be 2-D (L, B), got shape {tuple(batched.shape)}")
-    check_repeats(repeats)
-    return batched.repeat(1, repeats)  # (L, M * B)
+    return CopyLayout(repeats, "tiled").expand(batched, dim=1)  # (L, M * B)

@@ -1,4 +1,4 @@
-"""Batch Augmentation (BA) batching core: token-budget batches, M-fold repetition, distributed groups.
+"""Batch Augmentation (BA) batching core: token-budget and fixed-size batches, distributed BA rank groups.
 
 Batch Augmentation (Hoffer et al., "Augment your batch: Improving generalization through instance repetition",
 CVPR 2020) fills one batch with M copies ("repeats") of each of B distinct samples; each copy gets its own
@@ -17,8 +17,8 @@ This module needs only torch and numpy, so other codebases can use it on its own
             ...
 
 For text, where the copies differ only by dropout, it is cheaper to load B distinct samples, move them to the
-device once, and expand there with :func:`repeat_batch`, which gives exactly what the index-level
-:class:`RepeatBatchSampler` gives after collation.
+device once, and expand there with :func:`seqba.repeat.repeat_batch`, which gives exactly what the index-level
+:class:`seqba.repeat.RepeatBatchSampler` gives after collation.
 
 Distributed BA: ``num_replicas`` ranks form ``num_replicas // group_size`` groups of ``group_size`` consecutive
 ranks; ranks of one group get identical batches (the paper's "every M nodes load the same batch") while
@@ -29,7 +29,8 @@ iterates them with ``num_replicas > 1``); :func:`seqba.integrations.accelerate.p
 on the device without re-sharding.
 
 Fixed-size batches (images, timm / DeiT style) need no lengths: :class:`FixedSizeBatchSampler`. The M-fold
-repetition (:class:`RepeatBatchSampler`, :func:`repeat_batch`, :func:`repeat_streams`) lives in :mod:`seqba.repeat`.
+repetition (:class:`~seqba.repeat.RepeatBatchSampler`, :func:`~seqba.repeat.repeat_batch`,
+:func:`~seqba.repeat.repeat_streams`) lives in :mod:`seqba.repeat`, the copy layouts in :mod:`seqba.layout`.
 """
 from __future__ import annotations
 
@@ -41,10 +42,11 @@ import numpy as np
 
 from seqba.boundaries import batch_boundaries
 from seqba.distributed import rank_group
-from seqba.repeat import LAYOUTS, RepeatBatchSampler, refuse_accelerate_reshard, repeat_batch
+from seqba.repeat import refuse_accelerate_reshard
+# Not this module's: kept importable from here until the last callers import them from seqba.repeat.
+from seqba.repeat import LAYOUTS, RepeatBatchSampler, repeat_batch  # noqa: F401
 
-__all__ = ["TokenBudgetBatchSampler", "FixedSizeBatchSampler", "RepeatBatchSampler", "repeat_batch",
-           "batch_boundaries", "LAYOUTS"]
+__all__ = ["TokenBudgetBatchSampler", "FixedSizeBatchSampler", "batch_boundaries"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +92,8 @@ class TokenBudgetBatchSampler:
         skip_invalid_size: drop samples longer than ``max_tokens`` (counted in ``num_skipped`` and logged once)
             instead of raising.
         yield_arrays: yield each batch as an int64 numpy array instead of a list of ints. ``DataLoader`` accepts
-            both (its fetcher iterates the batch); arrays skip the ``tolist()`` conversion, about half of the cost
-            of iterating an epoch (``benchmarks/bench_batching.py``). Off by default because code that treats a
+            both (its fetcher iterates the batch); arrays skip the ``tolist()`` conversion (its cost:
+            ``benchmarks/bench_batching.py``). Off by default because code that treats a
             batch as a list (``batch + other``, ``if batch:``, e.g. accelerate's ``BatchSamplerShard``) breaks.
 
     Raises:
@@ -286,7 +288,7 @@ class TokenBudgetBatchSampler:
         ``sum(num_tokens) / sum(len(batch) * max(num_tokens[batch]))``; the same for every epoch (ties only move
         between batches of equal length). For translation ``num_tokens = max(src_len, tgt_len)``, so this is NOT the
         efficiency of the padded source and target tensors, which pad each side to its own maximum: that one is
-        :meth:`padding_efficiency_of` ``(src_lengths, tgt_lengths)`` (0.941 against 0.998 here on WMT-like pairs).
+        :meth:`padding_efficiency_of` ``(src_lengths, tgt_lengths)`` (usually lower).
         """
         sorted_lengths = np.sort(self._lengths, kind="stable").astype(np.int64)
         offsets = self._offsets
