@@ -1,5 +1,6 @@
 """consistency_loss against explicit loops over samples, positions and copy pairs; R-Drop at M = 2 as fairseq
-writes it; the alpha correspondence; gradients; errors. copies_view as the inverse of repeat_batch."""
+writes it; the alpha correspondence; gradients; errors. copies_view as the inverse of repeat_batch. The kinds as
+components: the registry, ConsistencyTerm (what the tasks call), a test-only kind registered in one place."""
 
 import itertools
 import math
@@ -10,8 +11,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from seqba.config import BAConfig, from_dict
+from seqba.consistency import (CONSISTENCY, ConsistencyKind, ConsistencyTerm, consistency_kind,
+                               register_consistency)
+from seqba.errors import ConfigError
+from seqba.layout import CopyLayout
 from seqba.losses import CONSISTENCY_KINDS, consistency_loss, copies_view, label_smoothed_nll_loss
-from seqba.samplers import LAYOUTS, repeat_batch
+from seqba.repeat import LAYOUTS, repeat_batch
 
 PAD = 0
 
@@ -293,3 +299,95 @@ def test_gradient_matches_autograd_through_reference(kind, layout):
     consistency_loss(ours, 3, layout=layout, pad_mask=mask, kind=kind).backward()
     reference(ref, 3, layout, mask, kind).backward()
     torch.testing.assert_close(ours.grad, ref.grad)
+
+
+# -- components ----------------------------------------------------------------------------------------------
+
+
+def test_registry_is_the_config_choices():
+    assert tuple(CONSISTENCY) == CONSISTENCY_KINDS == ("sym_kl", "js")
+    with pytest.raises(ConfigError, match="ba.consistency: 'kl' is not one of none, sym_kl, js"):
+        from_dict(BAConfig, {"consistency": "kl"}, path=("ba",))
+    with pytest.raises(ValueError, match=r"kind must be one of \('sym_kl', 'js'\), got 'kl'"):
+        ConsistencyTerm("kl", 1.0)
+    with pytest.raises(ValueError, match="already registered"):
+        register_consistency("js")(ConsistencyKind)
+
+
+@pytest.fixture
+def mse_kind():
+    """A test-only kind: one class and one registration (a SimCSE-style term on hidden states), removed after."""
+
+    @register_consistency("mse_test")
+    class MSE(ConsistencyKind):
+        def forward(self, copies):  # (M, B, ..., D) -> (B, ...): mean squared distance to the copies' mean
+            return (copies - copies.mean(0)).pow(2).sum(-1).mean(0)
+
+    yield MSE
+    del CONSISTENCY["mse_test"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_new_kind_is_one_class_and_one_registration(mse_kind, layout):
+    cfg = from_dict(BAConfig, {"repeats": 3, "layout": layout, "consistency": "mse_test", "consistency_alpha": 2.0})
+    term = ConsistencyTerm.from_config(cfg)
+    assert isinstance(term.kind, mse_kind)
+    hidden = torch.randn(3 * 4, 5, 8, dtype=torch.float64, requires_grad=True)  # (M·B, T, D)
+    pad = repeat_batch(torch.rand(4, 5) < 0.3, 3, layout)
+    got = term(hidden, pad)
+    expected = hidden.new_zeros(())
+    for b in range(4):  # slow: one sample and position at a time
+        for t in range(5):
+            rows = [row(layout, b, c, 4, 3) for c in range(3)]
+            if not pad[rows[0], t]:
+                h = hidden[rows, t]  # (M, D)
+                expected = expected + (h - h.mean(0)).pow(2).sum(-1).mean()
+    torch.testing.assert_close(got, expected)
+    torch.autograd.gradcheck(lambda x: term(x, pad), (hidden,))
+
+
+def test_unregistered_kind_is_refused_by_the_config(mse_kind):
+    del CONSISTENCY["mse_test"]
+    with pytest.raises(ConfigError, match="'mse_test' is not one of none, sym_kl, js"):
+        from_dict(BAConfig, {"consistency": "mse_test"})
+    CONSISTENCY["mse_test"] = mse_kind  # for the fixture's teardown
+
+
+@pytest.mark.parametrize("kind", CONSISTENCY_KINDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_term_adds_alpha_times_the_function_and_logs_it(kind, layout):
+    """What a task gets from ConsistencyTerm.add is bit for bit what it computed with consistency_loss."""
+    lprobs, mask = make_batch(4, 3, (5,), 7, layout, seed=21)
+    loss = lprobs.sum() * 0.5
+    term = ConsistencyTerm(kind, 2.5, CopyLayout(4, layout))
+    logs = {}
+    got = term.add(loss, logs, lprobs, mask)
+    function = consistency_loss(lprobs, 4, layout=layout, pad_mask=mask, kind=kind)
+    assert torch.equal(got, loss + 2.5 * function)
+    assert torch.equal(logs["consistency_sum"], function * 4)
+    per_call = ConsistencyTerm(kind, 2.5)  # copies that change per batch: the layout comes with the call
+    assert torch.equal(per_call(lprobs, mask, layout=CopyLayout(4, layout)), function)
+    with pytest.raises(ValueError, match="no copy layout"):
+        per_call(lprobs, mask)
+    with pytest.raises(ValueError, match="repeats >= 2"):
+        per_call(lprobs, mask, layout=CopyLayout(1, layout))
+
+
+def test_from_config_without_consistency_is_none():
+    assert ConsistencyTerm.from_config(BAConfig(repeats=2)) is None
+
+
+@pytest.mark.parametrize("name", CONSISTENCY_KINDS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_hand_written_backward_equals_autograd_of_forward(name, layout):
+    """Each shipped kind's backward against autograd through the same kind's forward (the generic path a kind
+    without a backward takes)."""
+    kind = consistency_kind(name)
+    lprobs, mask = make_batch(3, 4, (6,), 9, layout, seed=22)
+    copy_layout = CopyLayout(3, layout)
+    keep = ~copy_layout.copies(mask)[0]
+    ours = lprobs.clone().requires_grad_(True)
+    auto = lprobs.clone().requires_grad_(True)
+    kind(ours, copy_layout, mask).backward()
+    ConsistencyKind.total(kind, auto, copy_layout, keep).backward()
+    torch.testing.assert_close(ours.grad, auto.grad)
