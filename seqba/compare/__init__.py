@@ -14,7 +14,7 @@ with seeds, an equal-wall-clock arm, significance, a table and plots. Modules, i
     report.py        results.csv and table.md;  curves.py: curves.png
     cli.py           the command line
 
-Tiny CPU run (a minute on 2 cores)::
+Tiny CPU run::
 
     python -m seqba.compare recipes/resnet_mnist_m4.yaml --seeds 1,2 --out studies/smoke_mnist \\
         train.max_updates=20 train.max_epochs=0

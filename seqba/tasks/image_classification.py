@@ -36,7 +36,7 @@ validates on the official test batch (as He et al. 2016 and the BA paper report)
 split, ``checkpoint_best.pt`` is selected on test data: report ``checkpoint_last.pt`` (the paper reports the final
 model).
 
-Run (2 CPU cores, a few minutes)::
+Run on CPU::
 
     accelerate launch --num_processes 1 -m seqba.train recipes/resnet_mnist_m4.yaml
     python -m seqba.eval --checkpoint runs/resnet_mnist_m4/checkpoint_last.pt --tta 10
