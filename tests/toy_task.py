@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from seqba.errors import FieldError
-from seqba.gradstats import copy_of_rows, per_sample_grads
+from seqba.gradstats import per_sample_grads
+from seqba.layout import CopyLayout
 from seqba.samplers import FixedSizeBatchSampler
 from seqba.tasks.base import GradAdapter, Task
 from seqba.tasks.spec import EvalOptions, Metric, TaskSpec, option
@@ -151,7 +152,7 @@ class ToyTask(Task):
         ba = self.cfg.ba
         losses = F.cross_entropy(model(batch["tokens"]).float(), batch["label"], reduction="none",
                                  label_smoothing=self.cfg.criterion.label_smoothing)  # (N,)
-        return losses, copy_of_rows(len(losses), ba.repeats, ba.layout, losses.device)
+        return losses, CopyLayout(ba.repeats, ba.layout).copy_of_rows(len(losses), losses.device)
 
     def validate(self, model: nn.Module) -> dict[str, float]:
         return accuracy_and_loss(model, self.test_tokens.to(self.device), self.test_labels.to(self.device))

@@ -63,7 +63,8 @@ from seqba.data.paths import data_root
 from seqba.data.transforms import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, Augment, mixup
 from seqba.models.resnet import CifarResNet, ResNetConfig, param_groups
 from seqba.samplers import TokenBudgetBatchSampler, repeat_batch
-from seqba.gradstats import copy_of_rows, per_sample_grads
+from seqba.gradstats import per_sample_grads
+from seqba.layout import CopyLayout
 from seqba.losses import consistency_loss
 from seqba.tasks.base import GradAdapter, Task, sample_chunks
 from seqba.tasks.spec import EvalOptions, Metric, TaskSpec, option
@@ -343,7 +344,7 @@ class ImageClassificationTask(Task):
             losses = -(target * F.log_softmax(logits, dim=-1)).sum(-1)
         else:
             losses = F.cross_entropy(logits, batch["label"], reduction="none", label_smoothing=eps)
-        return losses, copy_of_rows(len(losses), ba.repeats, ba.layout, losses.device)
+        return losses, CopyLayout(ba.repeats, ba.layout).copy_of_rows(len(losses), losses.device)
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def validate(self, model: nn.Module) -> dict[str, float]:

@@ -53,7 +53,8 @@ from seqba.data.lm import (SPLITS, BPTTIterator, Corpus, batchify, load_corpus, 
                            split_path)
 from seqba.data.paths import data_root
 from seqba.distributed import rank_group
-from seqba.gradstats import copy_of_rows, per_sample_grads
+from seqba.gradstats import per_sample_grads
+from seqba.layout import CopyLayout
 from seqba.losses import activation_regularization, consistency_loss, temporal_activation_regularization
 from seqba.metrics import perplexity
 from seqba.models.awd_lstm import AWDLSTM, AWDLSTMConfig, Hidden, detach_hidden
@@ -322,7 +323,7 @@ class LanguageModelingTask(Task):
         logits, _, _, _ = model(batch.x, hidden, repeats=batch.copies)  # (T, N, V)
         nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.y.flatten(), reduction="none")
         losses = nll.view(batch.x.shape).sum(0)  # (N,)
-        return losses, copy_of_rows(len(losses), batch.copies, "tiled", losses.device)
+        return losses, CopyLayout(batch.copies, "tiled").copy_of_rows(len(losses), losses.device)
 
     def _store_hidden(self, new: Hidden, lo: int, hi: int) -> None:
         if lo == 0 and hi == self.num_columns:

@@ -45,7 +45,8 @@ from seqba.data.translation import (BOS_ID, EOS_ID, MANIFEST, PAD_ID, Translatio
 from seqba.losses import consistency_loss, label_smoothed_cross_entropy, label_smoothed_nll_loss
 from seqba.distributed import main_process_first
 from seqba.errors import ConfigError, FieldError, SeqbaError, UsageError
-from seqba.gradstats import copy_of_rows, per_sample_grads
+from seqba.gradstats import per_sample_grads
+from seqba.layout import CopyLayout
 from seqba.metrics import perplexity
 from seqba.models.transformer import Transformer, TransformerConfig
 from seqba.samplers import TokenBudgetBatchSampler
@@ -255,7 +256,7 @@ class TranslationTask(Task):
         eps, ba = self.cfg.criterion.label_smoothing, self.cfg.ba
         losses = torch.vmap(lambda lp, t: label_smoothed_nll_loss(lp, t, eps, ignore_index=PAD_ID)[0])(
             lprobs, batch["target"])  # (N,)
-        return losses, copy_of_rows(len(losses), ba.repeats, ba.layout, losses.device)
+        return losses, CopyLayout(ba.repeats, ba.layout).copy_of_rows(len(losses), losses.device)
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def validate(self, model) -> dict[str, float]:
