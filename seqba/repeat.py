@@ -37,8 +37,8 @@ def refuse_accelerate_reshard(sampler: Any, caller: Any) -> None:
     ``accelerator.prepare(DataLoader(..., batch_sampler=seqba_sampler))`` wraps the batch sampler in
     ``BatchSamplerShard``, which keeps every ``num_processes``-th batch of what it iterates: a seqba sampler built
     with ``num_replicas=world_size`` has already done so, and the pair silently trains on about 1/world_size of
-    the data. The check looks at the object whose code called
-    ``iter(sampler)`` (``caller``: a frame), so it costs nothing per batch and needs no accelerate import.
+    the data. The check looks at the object whose code called ``iter(sampler)`` (``caller``: a frame), so it costs
+    nothing per batch and needs no accelerate import.
 
     Raises:
         RuntimeError: naming the sampler, its ``num_replicas`` and the two fixes.
