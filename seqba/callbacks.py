@@ -45,6 +45,10 @@ class Callback:
     def on_train_begin(self, trainer: Trainer) -> None:
         pass
 
+    def on_train_batch(self, trainer: Trainer, batch: Any, state: Any) -> None:
+        """Before the forward of each expanded batch of an update (``train.update_freq`` per update): ``batch`` as
+        ``task.expand`` made it, ``state`` what the task carries into it (:meth:`~seqba.tasks.base.Task.batch_state`)."""
+
     def on_update_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         pass
 

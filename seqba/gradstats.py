@@ -28,9 +28,9 @@ updates more, i.e. that divided by the interval per update on average. Measured 
 ``benchmarks/results/gradstats.json`` (``benchmarks/bench_gradstats.py``); use a large interval for long runs.
 
 The extra passes leave the training trajectory exactly as it was (tested bit for bit on CPU): they write no
-``.grad``, do not touch the optimizer, restore the torch (and CUDA) RNG state that dropout draws from, the model's
-buffers (BatchNorm running statistics) and a recurrent task's carried hidden state. They see the parameters after
-the step and fresh dropout masks, so ``grad_norm_full`` estimates ``gnorm`` (logged before the step, with the
+``.grad``, do not touch the optimizer, restore the torch (and CUDA) RNG state that dropout draws from and the
+model's buffers (BatchNorm running statistics), and only read the state a task carries between batches (a language
+model's hidden state before the window). They see the parameters after the step and fresh dropout masks, so ``grad_norm_full`` estimates ``gnorm`` (logged before the step, with the
 regularisers of the loss) rather than repeating it. The loss is the task's data term, per row
 (:meth:`seqba.tasks.base.Task.row_losses`; regularisers and ``ba.consistency`` are left out, they are not sums over
 copies).
@@ -44,18 +44,18 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from seqba.callbacks import Callback, MetricsLogger
 
-if TYPE_CHECKING:  # annotations only
-    from seqba.trainer import Trainer
+# The observed object is a seqba.trainer.Trainer; it is not imported here (the trainer builds this observer through
+# seqba.observers).
+Trainer = Any
 
-__all__ = ["per_sample_grads", "flatten_grads", "centred_unit", "pearson", "copy_grad_stats",
-           "row_losses", "copy_of_rows", "GradStats"]
+__all__ = ["per_sample_grads", "flatten_grads", "centred_unit", "pearson", "copy_grad_stats", "GradStats"]
 
 
 # -- per-sample gradients and Pearson correlation ---------------------------------------------------------------
@@ -187,43 +187,15 @@ def copy_grad_stats(losses: Tensor, copy_index: Tensor, copies: int, params: lis
     return stats
 
 
-def copy_of_rows(rows: int, copies: int, layout: str, device: torch.device | str = "cpu") -> Tensor:
-    """(rows,) int64 copy number of every row of an expanded batch laid out as ``repeat_batch`` does:
-    ``adjacent`` (row r is copy r % M) or ``tiled``/copy-major (row r is copy r // B). Raises ``ValueError``
-    for ``rows`` not a multiple of ``copies`` or an unknown layout."""
-    if rows % copies:
-        raise ValueError(f"{rows} rows are not a multiple of {copies} copies")
-    r = torch.arange(rows, device=device)
-    if layout == "adjacent":
-        return r % copies
-    if layout == "tiled":
-        return r // (rows // copies)
-    raise ValueError(f"layout must be 'adjacent' or 'tiled', got {layout!r}")
-
-
-def row_losses(task: Any, model: nn.Module, batch: Any, hidden: Any = None) -> tuple[Tensor, Tensor]:
-    """Per-row data loss of an expanded training batch, in one training-mode forward, and each row's copy: the
-    task's :meth:`~seqba.tasks.base.Task.row_losses` (``hidden``: the state before the window for tasks that carry
-    one).
-
-    Returns:
-        ``(losses, copy_index)``: float (N,) with a graph, int64 (N,).
-
-    Raises:
-        NotImplementedError: a task without per-row losses.
-    """
-    return task.row_losses(model, batch, hidden)
-
-
 class GradStats(Callback):
     """Training-time gradient statistics every ``interval`` updates (``train.grad_stats_interval``); see the
     module docstring for what is measured, what it costs and why the trajectory is unchanged.
 
-    Reads the update's last expanded batch from ``trainer.last_expanded`` (set by ``Trainer.train_step``); writes
-    through the run's :class:`~seqba.callbacks.MetricsLogger` (main process). Each rank measures its own batch on
-    the unwrapped model (no collective); the main process's numbers are logged. The language model's hidden state
-    before the window is the one this callback saw after the previous update (zeros at an epoch's start); with
-    ``train.update_freq > 1`` that is the state before the update's first batch, not its last (an approximation).
+    An ordinary observer: the ``on_train_batch`` event hands it every expanded batch of an update with the state
+    the task carried into it (:meth:`seqba.tasks.base.Task.batch_state`: a recurrent task's hidden state, else
+    None); it measures the update's last one after the update. Writes through the run's
+    :class:`~seqba.callbacks.MetricsLogger` (main process). Each rank measures its own batch on the unwrapped model
+    (no collective); the main process's numbers are logged.
 
     Raises:
         ValueError: ``interval`` < 1.
@@ -233,57 +205,53 @@ class GradStats(Callback):
         if interval < 1:
             raise ValueError(f"GradStats: interval must be >= 1, got {interval}")
         self.interval = interval
-        self._hidden: Any = None
+        self._last: tuple[Any, Any] | None = None  # (expanded batch, state before it) of the current update
 
     def on_train_begin(self, trainer: Trainer) -> None:
-        self._hidden = getattr(trainer.task, "hidden", None)
         self.logger = next((c for c in trainer.callbacks if isinstance(c, MetricsLogger)), None)
+
+    def on_train_batch(self, trainer: Trainer, batch: Any, state: Any) -> None:
+        self._last = (batch, state)
 
     def on_update_end(self, trainer: Trainer, logs: dict[str, float]) -> None:
         step = trainer.state["num_updates"]
-        if step % self.interval == 0 and getattr(trainer, "last_expanded", None) is not None:
-            stats = self.measure(trainer)
+        if step % self.interval == 0 and self._last is not None:
+            stats = self.measure(trainer, *self._last)
             if self.logger is not None:
                 self.logger.write({"step": step, "epoch": trainer.state["epoch"], **stats})
-        self._hidden = getattr(trainer.task, "hidden", None)  # the state the next window starts from
+        self._last = None
 
-    def measure(self, trainer: Trainer) -> dict[str, float]:
-        """The statistics of ``trainer.last_expanded`` on the current parameters; restores all state it touches."""
-        task, batch = trainer.task, trainer.last_expanded
+    def measure(self, trainer: Trainer, batch: Any, state: Any = None) -> dict[str, float]:
+        """The statistics of the expanded ``batch`` (starting from the task's carried ``state``) on the current
+        parameters; restores all state it touches."""
+        task = trainer.task
         model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)  # eager, no DDP hooks
         params = [p for p in model.parameters() if p.requires_grad]
-        hidden = None
-        if hasattr(task, "hidden"):  # language modelling: the window's starting state
-            at_epoch_start = trainer.state["iterations_in_epoch"] <= trainer.cfg.train.update_freq
-            hidden = model.init_hidden(batch.x.size(1)) if at_epoch_start or self._hidden is None else self._hidden
         start = time.perf_counter()
-        saved = _save_state(model, task)
+        saved = _save_state(model)
         try:
             model.train()
-            losses, copy_index = row_losses(task, model, batch, hidden)
+            losses, copy_index = task.row_losses(model, batch, state)
             copies = int(copy_index.max()) + 1
             stats = copy_grad_stats(losses, copy_index, copies, params, float(task.sample_size(batch)) / copies)
         finally:
-            _restore_state(model, task, saved)
+            _restore_state(model, saved)
         stats["grad_stats_seconds"] = time.perf_counter() - start
         return {k: (v if math.isfinite(v) else None) for k, v in stats.items()}
 
 
-def _save_state(model: nn.Module, task: Any) -> dict[str, Any]:
-    """RNG states (dropout), buffers (BN running statistics) and the LM's hidden state, to restore after the extra
-    passes."""
+def _save_state(model: nn.Module) -> dict[str, Any]:
+    """RNG states (dropout) and buffers (BN running statistics), to restore after the extra passes (``row_losses``
+    leaves the task's own state alone)."""
     return {"rng": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "buffers": [b.detach().clone() for b in model.buffers()],
-            "hidden": getattr(task, "hidden", None)}
+            "buffers": [b.detach().clone() for b in model.buffers()]}
 
 
-def _restore_state(model: nn.Module, task: Any, saved: dict[str, Any]) -> None:
+def _restore_state(model: nn.Module, saved: dict[str, Any]) -> None:
     torch.set_rng_state(saved["rng"])
     if saved["cuda"] is not None:
         torch.cuda.set_rng_state_all(saved["cuda"])
     with torch.no_grad():
         for b, old in zip(model.buffers(), saved["buffers"]):
             b.copy_(old)
-    if hasattr(task, "hidden"):
-        task.hidden = saved["hidden"]

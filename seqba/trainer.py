@@ -55,12 +55,12 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 
 from seqba import config as config_lib
-from seqba.callbacks import Callback, MetricsLogger, ProgressBar, TrackerLogger
+from seqba.callbacks import Callback
 from seqba.checkpoint import (latest_checkpoint, load_checkpoint, point_latest, prune_checkpoints, save_checkpoint,
                               save_model_file, set_aside)
 from seqba.distributed import main_process_first, seed_worker_rngs
 from seqba.errors import CheckpointError, ConfigError, NonFiniteError
-from seqba.gradstats import GradStats
+from seqba.observers import recipe_callbacks
 from seqba.optim import build_optimizer, lr_multiplier
 from seqba.runlock import RunLock
 from seqba.tasks import TASKS
@@ -114,13 +114,7 @@ class Trainer:
         self._setup_task_and_model()
         self._resume()
         self._start_output_dir()
-        tc = self.cfg.train
-        self.callbacks: list[Callback] = [MetricsLogger(self.output_dir, tc.log_interval), ProgressBar(tc.progress_bar)]
-        if tc.log_with != "none":
-            self.callbacks.append(TrackerLogger(self.output_dir.name))
-        if tc.grad_stats_interval:  # gradient statistics across the M copies (seqba.gradstats)
-            self.callbacks.append(GradStats(tc.grad_stats_interval))
-        self.callbacks += self.extra_callbacks
+        self.callbacks: list[Callback] = recipe_callbacks(self.cfg.train, self.output_dir) + self.extra_callbacks
         for callback in self.callbacks:  # an open metrics window, ... (saved by save_checkpoint)
             saved = self._callback_states.get(type(callback).__name__)
             if saved is not None:
@@ -301,7 +295,7 @@ class Trainer:
         sample_size, loss_finite = 0.0, True
         for i, batch in enumerate(batches):
             expanded = task.expand(batch)
-            self.last_expanded = expanded  # read by seqba.gradstats.GradStats after the update
+            self._emit("on_train_batch", expanded, task.batch_state())
             size = float(task.sample_size(expanded))
             sample_size += size
             for k, v in task.step_logs(batch, expanded).items():

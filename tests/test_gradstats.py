@@ -2,7 +2,6 @@
 training trajectory with ``train.grad_stats_interval`` on equal, bit for bit, to the one with it off (translation,
 language modelling on real PTB, images on a fake CIFAR folder), with the statistics in metrics.jsonl."""
 import json
-import math
 
 import pytest
 import torch
@@ -11,7 +10,8 @@ from torch import nn
 from seqba import config as config_lib
 from seqba import train as train_cli
 from seqba.errors import ConfigError
-from seqba.gradstats import copy_grad_stats, copy_of_rows
+from seqba.gradstats import copy_grad_stats
+from seqba.layout import CopyLayout
 
 from runs import ROOT, data_dir, recipe  # noqa: F401 (fixtures)
 from test_image_task import TINY as IMAGE_TINY
@@ -95,7 +95,7 @@ def test_copy_statistics_match_a_direct_computation(layout):
     params = list(model.parameters())
     samples, copies = 6, 3
     x = torch.randn(samples * copies, 5)
-    copy = copy_of_rows(len(x), copies, layout)
+    copy = CopyLayout(copies, layout).copy_of_rows(len(x))
     losses = model(x).squeeze(-1).pow(2)  # (N,)
 
     def flat(loss):
@@ -111,15 +111,3 @@ def test_copy_statistics_match_a_direct_computation(layout):
     assert stats["grad_cos_copies"] == pytest.approx(float(torch.stack(cos).mean()), rel=1e-5)
     assert stats["grad_var_copies"] == pytest.approx(float(g.var(0, unbiased=True).sum()), rel=1e-5)
     assert all(p.grad is None for p in params)  # .grad untouched
-
-
-def test_copy_of_rows_matches_repeat_batch():
-    from seqba.samplers import repeat_batch
-    for layout in ("adjacent", "tiled"):
-        ids = repeat_batch(torch.arange(4), 3, layout)  # sample of each row
-        copy = copy_of_rows(12, 3, layout)
-        for c in range(3):  # each copy holds every sample exactly once
-            assert sorted(ids[copy == c].tolist()) == [0, 1, 2, 3]
-    with pytest.raises(ValueError, match="multiple"):
-        copy_of_rows(10, 3, "tiled")
-    assert math.isfinite(float(copy_of_rows(3, 3, "adjacent").sum()))

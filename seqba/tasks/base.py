@@ -164,6 +164,11 @@ class Task:
         and ``distinct_<unit>_count`` for the spec's ``batch_unit`` at least."""
         return {}
 
+    def batch_state(self) -> Any:
+        """What the task carries into its next training batch (a recurrent model's hidden state), as ``row_losses``
+        takes it; None for tasks whose batches are independent. Observers read it, never write it."""
+        return None
+
     def row_losses(self, model: nn.Module, batch: Any, hidden: Any = None) -> tuple[Tensor, Tensor]:
         """Per-row data loss of an expanded training batch, in one forward of ``model`` as it is (training mode),
         and the copy each row belongs to: what gradient statistics (:mod:`seqba.gradstats`) differentiate per copy.

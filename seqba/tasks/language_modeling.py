@@ -316,6 +316,10 @@ class LanguageModelingTask(Task):
         self._store_hidden(detach_hidden(new_hidden), lo, hi)
         return loss, logs
 
+    def batch_state(self) -> Hidden | None:
+        """The hidden state the next window starts from: (h, c) per layer, each (1, N, H), detached."""
+        return self.hidden
+
     def row_losses(self, model: nn.Module, batch: LMBatch, hidden: Hidden | None = None) -> tuple[Tensor, Tensor]:
         """Per stream column: next-word NLL summed over the T words (AR/TAR and ``ba.consistency`` left out: they
         are not sums over copies); ``hidden`` is the state before the window, (h, c) per layer of (1, N, H).
