@@ -32,7 +32,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-__all__ = ["transformer_step_flops", "matmul_peak"]
+__all__ = ["transformer_step_flops", "decoder_lm_step_flops", "matmul_peak"]
 
 
 def transformer_step_flops(src_lengths: Sequence[int] | np.ndarray, tgt_lengths: Sequence[int] | np.ndarray, *,
@@ -122,3 +122,41 @@ def matmul_peak(shapes: Iterable[tuple[int, int, int]], dtype: torch.dtype = tor
     name = max(per_shape, key=per_shape.get)
     return {"flops_per_s": per_shape[name], "shape": tuple(int(v) for v in name.split("x")), "per_shape": per_shape,
             "dtype": str(dtype).removeprefix("torch."), "threads": threads or before}
+
+
+def decoder_lm_step_flops(tokens_per_row: int, rows: int, *, d_model: int, ffn_dim: int, num_layers: int,
+                          vocab_size: int, repeats: int = 1, fork_layer: int = 0) -> float:
+    """Model FLOPs (forward + backward) of one training step of a decoder-only LM
+    (:class:`seqba.models.transformer_lm.TransformerLM`) over ``rows`` windows of T tokens, in the module's
+    convention (6 · parameters · tokens plus attention over the full T x T square)::
+
+        block   6 · (4d² + 2df) · T  +  12 · d · T²      per row
+        head    6 · V · d · T                            per row (tied to the embedding; the lookup is free)
+
+    With M copies the blocks from ``fork_layer`` k on and the head run on M·B rows, the first k blocks on B
+    (k = 0: BA at the input, everything M times).
+
+    Args:
+        tokens_per_row: T, the window length.
+        rows: B, distinct windows in the step.
+        d_model, ffn_dim, num_layers, vocab_size: the model's sizes.
+        repeats: M, copies of each window.
+        fork_layer: k, blocks run once per window; 0: BA at the input.
+
+    Returns:
+        FLOPs as a float.
+
+    Raises:
+        ValueError: ``tokens_per_row`` or ``rows`` < 0, ``repeats`` < 1, or ``fork_layer`` outside
+            [0, num_layers).
+    """
+    if tokens_per_row < 0 or rows < 0:
+        raise ValueError(f"tokens_per_row and rows must be >= 0, got {tokens_per_row} and {rows}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if not 0 <= fork_layer < num_layers:
+        raise ValueError(f"fork_layer must be in [0, {num_layers}), got {fork_layer}")
+    d, f, t = float(d_model), float(ffn_dim), float(tokens_per_row)
+    block = (6 * (4 * d * d + 2 * d * f) * t + 12 * d * t * t) * rows
+    head = 6 * vocab_size * d * t * rows
+    return float(fork_layer * block + (num_layers - fork_layer) * block * repeats + head * repeats)
