@@ -70,8 +70,8 @@ def _gpt2_state_dict(native: TransformerLM) -> dict:
     sd = {"transformer.wte.weight": native.embed.weight, "transformer.wpe.weight": native.pos_embed.weight,
           "transformer.ln_f.weight": native.norm.weight, "transformer.ln_f.bias": native.norm.bias}
     for i, b in enumerate(native.blocks):
-        names = {"ln_1": b.attn_norm, "ln_2": b.mlp_norm, "attn.c_attn": b.attn.qkv_proj, "attn.c_proj": b.attn.out_proj,
-                 "mlp.c_fc": b.fc1, "mlp.c_proj": b.fc2}
+        names = {"ln_1": b.attn_norm, "ln_2": b.mlp_norm, "attn.c_attn": b.attn.qkv_proj,
+                 "attn.c_proj": b.attn.out_proj, "mlp.c_fc": b.fc1, "mlp.c_proj": b.fc2}
         for name, module in names.items():
             conv = isinstance(module, torch.nn.Linear)
             sd[f"transformer.h.{i}.{name}.weight"] = module.weight.T if conv else module.weight
