@@ -18,7 +18,12 @@ the term, so a task only says where its log-probabilities, padding mask and copy
             return (copies - copies.mean(0)).pow(2).sum(-1).mean(0)
 
 A kind written so is differentiated by autograd; :class:`HandWrittenKind` subclasses also give ``backward``
-(:class:`SymKL` and :class:`JS` do, to keep no (M·B, ..., V) tensor between forward and backward).
+(:class:`SymKL` and :class:`JS` do, to keep no (M·B, ..., V) tensor between forward and backward). For the
+cross-entropy fused with the term from the logits (:mod:`seqba.fused_consistency`,
+:meth:`ConsistencyTerm.cross_entropy`), a kind gives its value and gradient per chunk of positions through
+:meth:`ConsistencyKind.chunk_forward` and :meth:`ConsistencyKind.chunk_backward`; their defaults reuse ``forward``
+(and autograd, or a hand-written ``backward``), so the MSE kind above works fused unchanged, and :class:`SymKL`
+and :class:`JS` write both hooks to skip autograd and keep one number per row between them.
 
 Normalisation, and R-Drop's alpha (fairseq ``--rdrop-alpha``, ``reg_alpha`` in the R-Drop code). Let N be the
 number of distinct (un-repeated) non-pad target tokens, CE_c the cross-entropy summed over copy c's tokens, and C
@@ -45,6 +50,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import Tensor
 
+from seqba.fused_consistency import LogProbGrad, cross_entropy_with_consistency
 from seqba.layout import CopyLayout
 
 __all__ = ["CONSISTENCY", "ConsistencyKind", "HandWrittenKind", "SymKL", "JS", "ConsistencyTerm",
@@ -94,6 +100,37 @@ class ConsistencyKind:
     def forward(self, copies: Tensor) -> Tensor:
         """(M, B, ..., D) copies -> (B, ...) term per sample and position."""
         raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def chunk_forward(self, lprobs: Tensor, probs: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The fused kernel's forward on one chunk: the term per position, and a state per row for the backward.
+
+        Args:
+            lprobs: (M, n..., V) float log-probabilities l of the chunk's M copies (do not modify).
+            probs: (M, n..., V) ``exp(lprobs)`` (do not modify).
+
+        Returns:
+            ``(value, state)``: value (n...) as :meth:`forward` gives it; state (M, n...) or None, handed to
+            :meth:`chunk_backward` (the fused kernel keeps one number per row, never a vocab axis). The default is
+            ``(self.forward(lprobs), None)``.
+        """
+        return self.forward(lprobs), None
+
+    def chunk_backward(self, lprobs: Tensor, probs: Tensor, state: Tensor | None, weight: Tensor) -> LogProbGrad:
+        """The fused kernel's backward on one chunk: the gradient of ``Σ weight · value`` w.r.t. ``lprobs``.
+
+        Args:
+            lprobs, probs: as :meth:`chunk_forward` (recomputed from the logits; both may be overwritten).
+            state: what :meth:`chunk_forward` returned for these rows, (M, n...) or None.
+            weight: (n...) the incoming gradient of each position's value (0 at padding).
+
+        Returns:
+            a :class:`seqba.fused_consistency.LogProbGrad` ``g = p · coef - offset`` with ``Σ_v g`` per row. The
+            default differentiates :meth:`forward` by autograd and returns ``coef = None``, ``offset = -g``.
+        """
+        with torch.enable_grad():
+            x = lprobs.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.forward(x), x, weight)
+        return LogProbGrad(None, grad.neg(), grad.sum(dim=-1))
 
     def __call__(self, x: Tensor, layout: CopyLayout, pad_mask: Tensor | None = None) -> Tensor:
         """The term of an expanded batch, summed over the B samples and their kept positions.
@@ -148,6 +185,11 @@ class HandWrittenKind(ConsistencyKind):
     def total(self, x: Tensor, layout: CopyLayout, keep: Tensor | None) -> Tensor:
         return _HandWritten.apply(x, keep, layout, self)
 
+    def chunk_backward(self, lprobs: Tensor, probs: Tensor, state: Tensor | None, weight: Tensor) -> LogProbGrad:
+        """:meth:`backward` as a :class:`seqba.fused_consistency.LogProbGrad` (``coef = None``, ``offset = -g``)."""
+        grad = self.backward(lprobs, weight)
+        return LogProbGrad(None, grad.neg(), grad.sum(dim=-1))
+
 
 class _HandWritten(torch.autograd.Function):
     """``kind.forward`` summed over the kept positions, with ``kind.backward`` as its gradient."""
@@ -185,13 +227,21 @@ class SymKL(HandWrittenKind):
     = ½ M Σ_i Σ_v p_i (l_i - l̄)``, with l̄ = (1/M) Σ_j l_j, so the term is ``S = (1 / (M-1)) Σ_i Σ_v p_i (l_i - l̄)``.
     This last form subtracts log-probabilities before multiplying, so it does not cancel two large sums when the
     copies nearly agree. O(M·V) time per position (the pair loop would be O(M²·V)); >= 0, and 0 when the copies
-    agree. Gradient: ``∂S/∂l_k = (p_k (l_k - l̄ + 1) - p̄) / (M-1)`` (Σ_i ∂l̄/∂l_k = 1), p̄ = (1/M) Σ_i p_i.
+    agree. Gradient: ``∂S/∂l_k = (p_k (l_k - l̄ + 1) - p̄) / (M-1)`` (Σ_i ∂l̄/∂l_k = 1), p̄ = (1/M) Σ_i p_i; its
+    sum over v is ``r_k / (M-1)``, r_k = Σ_v p_k (l_k - l̄) (Σ_v p_k = Σ_v p̄ = 1): the fused kernel keeps r_k per row.
     """
 
     def forward(self, copies: Tensor) -> Tensor:
-        probs = copies.exp()  # (M, B, ..., V)
-        diff = copies - copies.mean(dim=0)
-        return diff.mul_(probs).sum(dim=-1).sum(dim=0) / (copies.size(0) - 1)  # (B, ...)
+        return self.chunk_forward(copies, copies.exp())[0]
+
+    def chunk_forward(self, lprobs: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
+        rows = (lprobs - lprobs.mean(dim=0)).mul_(probs).sum(dim=-1)  # (M, B, ...): r_k
+        return rows.sum(dim=0) / (lprobs.size(0) - 1), rows
+
+    def chunk_backward(self, lprobs: Tensor, probs: Tensor, state: Tensor | None, weight: Tensor) -> LogProbGrad:
+        scale = (weight / (lprobs.size(0) - 1)).unsqueeze(-1)  # (n..., 1)
+        coef = torch.addcmul(scale - scale * lprobs.mean(dim=0), lprobs, scale)  # (l_k - l̄ + 1) · scale
+        return LogProbGrad(coef, probs.mean(dim=0).mul_(scale), state * scale.squeeze(-1))
 
     def backward(self, copies: Tensor, grad: Tensor) -> Tensor:
         probs = copies.exp()
@@ -210,13 +260,21 @@ class JS(HandWrittenKind):
     less than about M·tiny·log M per entry: nothing. timm clamps p̄ at 1e-7, which changes the term wherever
     p̄ < 1e-7 (most of a large vocabulary). In float16, tiny is 6.1e-5: use float32. O(M·V) time per position.
     Gradient: ``∂J/∂l_k = p_k (l_k - log p̄) / M`` (Σ_i p_i ∂log p̄/∂l_k = p_k); where p̄ is clamped this is the
-    unclamped function's gradient, which differs by < M·tiny.
+    unclamped function's gradient, which differs by < M·tiny. Its sum over v is ``r_k / M``, r_k = KL(p_k ‖ p̄):
+    the fused kernel keeps r_k per row.
     """
 
     def forward(self, copies: Tensor) -> Tensor:
-        probs = copies.exp()  # (M, B, ..., V)
-        diff = copies - self._log_mean(probs)
-        return diff.mul_(probs).sum(dim=-1).sum(dim=0) / copies.size(0)  # (B, ...)
+        return self.chunk_forward(copies, copies.exp())[0]
+
+    def chunk_forward(self, lprobs: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
+        rows = (lprobs - self._log_mean(probs)).mul_(probs).sum(dim=-1)  # (M, B, ...): r_k
+        return rows.sum(dim=0) / lprobs.size(0), rows
+
+    def chunk_backward(self, lprobs: Tensor, probs: Tensor, state: Tensor | None, weight: Tensor) -> LogProbGrad:
+        scale = (weight / lprobs.size(0)).unsqueeze(-1)  # (n..., 1)
+        coef = torch.addcmul(-scale * self._log_mean(probs), lprobs, scale)  # (l_k - log p̄) · scale
+        return LogProbGrad(coef, 0.0, state * scale.squeeze(-1))
 
     def backward(self, copies: Tensor, grad: Tensor) -> Tensor:
         probs = copies.exp()
@@ -281,3 +339,32 @@ class ConsistencyTerm:
         term = self(lprobs, pad_mask, layout=layout)
         logs["consistency_sum"] = term.detach() * layout.repeats
         return loss + self.alpha * term
+
+    def cross_entropy(self, logits: Tensor, target: Tensor, epsilon: float, logs: dict[str, Any], *,
+                      ignore_index: int | None = 0, layout: CopyLayout | None = None,
+                      chunk_rows: int | None = None) -> tuple[Tensor, Tensor]:
+        """Label-smoothed cross-entropy + ``alpha × term`` fused from the logits; logs the term as :meth:`add` does.
+
+        ``seqba.fused_consistency.cross_entropy_with_consistency``: the same sums (up to float rounding) as
+        ``label_smoothed_cross_entropy(logits, ...)`` followed by :meth:`add` on ``log_softmax(logits.float())``
+        with ``pad_mask = target.eq(ignore_index)``, without the (M·B, ..., V) float32 log-probabilities.
+
+        Args:
+            logits: (M·B, ..., V) unnormalised scores, any float dtype; target: (M·B, ...) int64 gold ids.
+            epsilon: label smoothing mass in [0, 1); ignore_index: the padding id (None: no padding).
+            logs: gets ``"consistency_sum"`` (term × M, detached).
+            layout: overrides the constructor's layout; chunk_rows: rows per chunk (default: cache-sized).
+
+        Returns:
+            ``(loss_sum, nll_sum)``, 0-d: CE + alpha × term (differentiable) and the NLL sum (not).
+
+        Raises:
+            ValueError: no layout at all, or what ``cross_entropy_with_consistency`` raises.
+        """
+        layout = layout or self.layout
+        if layout is None:
+            raise ValueError("ConsistencyTerm: no copy layout given (pass layout= here or to the constructor)")
+        loss, nll, term = cross_entropy_with_consistency(logits, target, epsilon, layout, self.kind, self.alpha,
+                                                         ignore_index=ignore_index, chunk_rows=chunk_rows)
+        logs["consistency_sum"] = term.detach() * layout.repeats
+        return loss, nll

@@ -6,7 +6,8 @@ cross-copy consistency term of Batch Augmentation.
   divides by the number of target tokens.
 * ``label_smoothed_cross_entropy``: the same loss computed from the logits in one fused pass (log-sum-exp
   forward, ``softmax - smoothed target`` backward, in row chunks), without materialising the (N, V)
-  log-probabilities; what the translation task trains with unless a consistency term needs the log-probabilities.
+  log-probabilities; what the translation task trains with. With a consistency term across the copies, the same
+  loss fused with the term: :func:`seqba.fused_consistency.cross_entropy_with_consistency`.
 * ``activation_regularization`` / ``temporal_activation_regularization``: Merity et al. 2017 ("Regularizing
   and Optimizing LSTM Language Models", Sec. 4.6), as salesforce/awd-lstm-lm ``main.py``.
 * ``consistency_loss``: agreement between the M copies of each sample of a BA batch (R-Drop's symmetric KL,
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 
 from seqba.consistency import CONSISTENCY, consistency_kind
+from seqba.fused_consistency import default_chunk_rows
 from seqba.layout import CopyLayout
 
 __all__ = [
@@ -94,8 +96,9 @@ def label_smoothed_cross_entropy(
         target: gold ids (N,) or (B, T), int64.
         epsilon: smoothing mass in [0, 1).
         ignore_index: target id that contributes nothing (pad); ``None`` keeps every token.
-        chunk_rows: rows per float32 chunk; default 64 on the CPU (a chunk of 8k-vocabulary rows stays in cache),
-            4096 elsewhere (fewer kernel launches on a GPU).
+        chunk_rows: rows per float32 chunk; default :func:`seqba.fused_consistency.default_chunk_rows` (on the CPU
+            a few MiB, so that a chunk stays in cache: 64 rows of an 8k vocabulary, 16 of a 32k one; 4096 rows
+            elsewhere, for fewer kernel launches on a GPU). Each row's sums do not depend on it.
 
     Returns:
         ``(loss, nll_loss)``, 0-dim float32 tensors (float64 for float64 logits), sums over kept tokens; only
@@ -110,7 +113,7 @@ def label_smoothed_cross_entropy(
             f"logits shape {tuple(logits.shape)} without its vocab dimension"
         )
     if chunk_rows is None:
-        chunk_rows = 64 if logits.device.type == "cpu" else 4096
+        chunk_rows = default_chunk_rows(logits.size(-1), logits.device)
     if chunk_rows < 1:
         raise ValueError(f"label_smoothed_cross_entropy: chunk_rows={chunk_rows} must be >= 1")
     return _LabelSmoothedCE.apply(logits.reshape(-1, logits.size(-1)), target.reshape(-1), float(epsilon),
