@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader
 
 from seqba.data.images import ImageTensorDataset, collate_images
 from seqba.models.resnet import cifar_resnet, param_groups
-from seqba.samplers import RepeatBatchSampler, TokenBudgetBatchSampler, repeat_batch
+from seqba.repeat import RepeatBatchSampler, repeat_batch
+from seqba.samplers import TokenBudgetBatchSampler
 from seqba.tasks.image_classification import DATASETS, AugmentedImages, ImageDataConfig, build_augment
 
 AUGMENTATION = {"mnist": dict(crop_padding=2, flip=False, cutout_size=8),

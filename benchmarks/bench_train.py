@@ -1,10 +1,10 @@
-"""Benchmark: training throughput of seqba's loop for M=1 and M=4 (micro-batched) vs a bare PyTorch loop.
+"""Benchmark: training throughput of seqba's loop for M=1 and M=4 (in 4 sample chunks) vs a bare PyTorch loop.
 
 Each configuration runs in its own subprocess (so peak memory is its own) on the same model, corpus and
 distinct-token budget:
 
 * ``seqba_m1``: ``seqba.train`` with ``ba.repeats=1``;
-* ``seqba_m4``: ``seqba.train`` with ``ba.repeats=4 ba.micro_batches=4`` (each step: 4x the target tokens of M=1,
+* ``seqba_m4``: ``seqba.train`` with ``ba.repeats=4 ba.sample_chunks=4`` (each step: 4x the target tokens of M=1,
   evaluated in 4 chunks);
 * ``bare_m1``: a plain loop over the same model and the same batches (built beforehand): forward, label-smoothed
   cross-entropy, backward, clip, Adam step; no Accelerate, no sampler, no logging.
@@ -88,7 +88,7 @@ def recipe_args(args, out: Path, repeats: int, micro: int) -> list[str]:
     overrides = [
         f"output_dir={out}", f"data.prepared_dir={args.data}", "data.prepare.preset=null",
         f"data.max_tokens={args.max_tokens}",
-        f"ba.repeats={repeats}", f"ba.micro_batches={micro}", f"train.max_updates={args.steps}",
+        f"ba.repeats={repeats}", f"ba.sample_chunks={micro}", f"train.max_updates={args.steps}",
         "train.log_interval=1", "train.validate_interval_updates=0", "train.save_interval_updates=1000000", "train.progress_bar=false",
         "model.dropout=0.1", "optim.warmup_updates=4000", "data.required_batch_size_multiple=8",
         f"train.mixed_precision={args.precision}", f"train.compile={str(args.compile).lower()}",

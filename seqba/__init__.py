@@ -6,7 +6,8 @@ The BA core needs only torch and numpy::
                        repeat_streams)
 """
 from seqba.repeat import repeat_streams
-from seqba.samplers import FixedSizeBatchSampler, RepeatBatchSampler, TokenBudgetBatchSampler, repeat_batch
+from seqba.repeat import RepeatBatchSampler, repeat_batch
+from seqba.samplers import FixedSizeBatchSampler, TokenBudgetBatchSampler
 
 __all__ = ["FixedSizeBatchSampler", "RepeatBatchSampler", "TokenBudgetBatchSampler", "repeat_batch", "repeat_streams"]
 __version__ = "0.1.0"

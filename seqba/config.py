@@ -73,8 +73,12 @@ class BAConfig:
         layout: ``adjacent`` ([a,a,b,b]) or ``tiled`` ([a,b,a,b], copy-major; what image recipes use so that
             copies spread across ghost batches).
         group_size: consecutive ranks that load identical batches (distributed BA); divides the world size.
-        micro_batches: evaluate the M·B batch in this many chunks with accumulated gradients (equal to the whole
-            batch up to float error): the paper's "evaluating on the whole M·B batch or accumulating M instances".
+        sample_chunks: cut each expanded M·B batch into this many chunks on sample boundaries (every copy of a
+            sample in one chunk) and run forward + backward chunk by chunk, accumulating gradients (equal to the
+            whole batch up to float error): the paper's "evaluating on the whole M·B batch or accumulating M
+            instances", for memory. Not gradient accumulation over batches, which is ``train.update_freq``.
+            (Formerly ``ba.micro_batches``: "micro-batch" elsewhere (torchtitan, DeepSpeed) names the accumulation
+            unit.)
         expand_on_device: load B distinct samples and expand with ``repeat_batch`` on the device (no extra I/O);
             ``false`` repeats indices in the sampler instead (``RepeatBatchSampler``).
         consistency: a loss across the M copies of every sample, a kind registered in
@@ -91,13 +95,13 @@ class BAConfig:
     repeats: int = 1
     layout: Layout = "adjacent"
     group_size: int = 1
-    micro_batches: int = 1
+    sample_chunks: int = 1
     expand_on_device: bool = True
     consistency: str = "none"  # "none" or a key of seqba.consistency.CONSISTENCY
     consistency_alpha: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("repeats", "group_size", "micro_batches"):
+        for name in ("repeats", "group_size", "sample_chunks"):
             _require(name, getattr(self, name) >= 1, f"must be >= 1, got {getattr(self, name)}")
         kinds = ("none", *CONSISTENCY)
         _require("consistency", self.consistency in kinds, f"{self.consistency!r} is not one of {', '.join(kinds)}")
@@ -367,6 +371,10 @@ def from_dict(cls: type, values: Any, where: Where | None = None, path: tuple[st
     unknown = sorted(set(values) - set(fields), key=str)
     if unknown:
         key = unknown[0]
+        renamed = _RENAMED.get((path[-1], key)) if path else None
+        if renamed is not None:
+            raise ConfigError(f"{where(path + (str(key),))}: renamed to {'.'.join(path + (renamed,))} (same "
+                              "meaning); rename the key")
         raise ConfigError(f"{where(path + (str(key),))}: unknown key {key!r} in {cls.__name__}; "
                           f"valid keys: {', '.join(sorted(fields))}")
     hints = typing.get_type_hints(cls)
@@ -449,7 +457,8 @@ def build(tree: Any, where: Where | str = "<config>") -> Config:
 
 
 # Keys renamed since seqba 0.1.0 development began: (section, old key) -> new key (None: dropped).
-_RENAMED = {("train", "validate_interval"): "validate_interval_updates",
+_RENAMED = {("ba", "micro_batches"): "sample_chunks",
+            ("train", "validate_interval"): "validate_interval_updates",
             ("train", "save_interval"): "save_interval_updates",
             ("train", "eval_batch_size"): None}
 

@@ -43,8 +43,6 @@ import numpy as np
 from seqba.boundaries import batch_boundaries
 from seqba.distributed import rank_group
 from seqba.repeat import refuse_accelerate_reshard
-# Not this module's: kept importable from here until the last callers import them from seqba.repeat.
-from seqba.repeat import LAYOUTS, RepeatBatchSampler, repeat_batch  # noqa: F401
 
 __all__ = ["TokenBudgetBatchSampler", "FixedSizeBatchSampler", "batch_boundaries"]
 
@@ -332,7 +330,7 @@ class FixedSizeBatchSampler(TokenBudgetBatchSampler):
     A seeded shuffled partition of ``range(num_samples)`` into batches of ``batch_size`` (timm's and DeiT's image
     loaders; torch's ``BatchSampler(RandomSampler(...))``), deterministic per ``(seed, epoch)``, resumable and with
     BA rank groups exactly as :class:`TokenBudgetBatchSampler`, which it specialises (all lengths equal, a sentence
-    limit of ``batch_size``). Wrap it in :class:`RepeatBatchSampler` for M augmented copies per sample.
+    limit of ``batch_size``). Wrap it in :class:`seqba.repeat.RepeatBatchSampler` for M augmented copies per sample.
 
     ``drop_last=False``: every sample once per epoch; the last batch may be short, and when the number of batches
     is not a multiple of the number of groups the largest batches are split in two (so batch sizes then differ).

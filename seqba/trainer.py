@@ -4,7 +4,7 @@ Where things are, by name::
 
     setup()             Accelerator, run-directory lock, task, model + optimizer, resume, config.yaml
     train()             the loop below; returns the final validation metrics
-    train_step(batches) ONE update: expand -> micro-batches -> backward -> normalise/clip -> step; returns logs
+    train_step(batches) ONE update: expand -> sample chunks -> backward -> normalise/clip -> step; returns logs
     after_update(logs)  callbacks.on_update_end (metrics log, progress, ...), then validate / save at intervals
     end_of_epoch()      validate + save when the intervals are per epoch; next epoch
     finished            max_updates / max_epochs reached
@@ -28,7 +28,7 @@ position is the epoch and the number of batches consumed in it; the task and RNG
 Gradient normalisation (fairseq's): every backward is of a loss SUMMED over its rows; DDP averages gradients over
 ranks, so ``train_step`` multiplies them by ``world_size / total``, where ``total`` is the update's sample size
 (target tokens, words or images) summed over ranks and batches: the gradient of the mean loss per token of the
-whole update, whatever the split into ranks, batches and micro-batches. All backward passes but the update's
+whole update, whatever the split into ranks, batches and sample chunks. All backward passes but the update's
 last run under ``accelerator.no_sync`` (one all-reduce per update).
 
 Non-finite values: an update whose loss or gradient is NaN/inf (fp16 overflow aside: the scaler skips those) stops
@@ -55,6 +55,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 
 from seqba import config as config_lib
+from seqba.ba import BatchAugmentation
 from seqba.callbacks import Callback
 from seqba.checkpoint import (latest_checkpoint, load_checkpoint, point_latest, prune_checkpoints, save_checkpoint,
                               save_model_file, set_aside)
@@ -152,19 +153,21 @@ class Trainer:
     def _setup_task_and_model(self) -> None:
         cfg, acc = self.cfg, self.accelerator
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.task = TASKS[cfg.task].task_class(cfg, acc)
+        spec = TASKS[cfg.task]
+        self.task = spec.task_class(cfg, acc)
+        self.ba = BatchAugmentation(cfg.ba, self.task, spec.batch_unit)  # copies, chunks and counters of a step
         model = self.task.build_model()
         optimizer = build_optimizer(cfg.optim, self.task.param_groups(model))
         if cfg.train.compile:  # the eager module stays reachable for evaluation and saving
             model = torch.compile(model, dynamic=self.task.compile_dynamic)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        fingerprint = TASKS[cfg.task].fingerprint  # the data this run reads: recorded in checkpoints and model files
+        fingerprint = spec.fingerprint  # the data this run reads: recorded in checkpoints and model files
         self.corpus = fingerprint(cfg) if fingerprint is not None else None
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
         seed_worker_rngs(cfg.seed, acc.process_index)  # distinct dropout / augmentation per rank
-        logger.info("task %s, %d processes, %.2fM parameters, M=%d, micro_batches=%d, group_size=%d", cfg.task,
+        logger.info("task %s, %d processes, %.2fM parameters, M=%d, sample_chunks=%d, group_size=%d", cfg.task,
                     acc.num_processes, sum(p.numel() for p in self.model.parameters()) / 1e6, cfg.ba.repeats,
-                    cfg.ba.micro_batches, cfg.ba.group_size)
+                    cfg.ba.sample_chunks, cfg.ba.group_size)
 
     def _resume(self) -> None:
         resume = self.cfg.train.resume
@@ -289,18 +292,18 @@ class Trainer:
         Raises:
             NonFiniteError: the loss or the gradient norm is NaN/inf on some rank (nothing is stepped).
         """
-        task, acc, ba = self.task, self.accelerator, self.cfg.ba
+        task, acc = self.task, self.accelerator
         self.model.train()
         logs: dict[str, float] = {}
         sample_size, loss_finite = 0.0, True
         for i, batch in enumerate(batches):
-            expanded = task.expand(batch)
+            expanded = self.ba.expand(batch)
             self._emit("on_train_batch", expanded, task.batch_state())
             size = float(task.sample_size(expanded))
             sample_size += size
-            for k, v in task.step_logs(batch, expanded).items():
+            for k, v in {**self.ba.counts(size), **task.step_logs(batch, expanded)}.items():
                 logs[k] = logs.get(k, 0.0) + float(v)
-            chunks = task.split(expanded, ba.micro_batches)
+            chunks = self.ba.split(expanded)
             for j, chunk in enumerate(chunks):
                 last = i == len(batches) - 1 and j == len(chunks) - 1
                 with contextlib.nullcontext() if last else acc.no_sync(self.model):

@@ -34,9 +34,10 @@ RATES = ("_per_s", "seconds")
 
 
 def export_revision(rev: str, into: Path) -> Path:
-    """``seqba/`` of git revision ``rev`` unpacked under ``into``; returns ``into``."""
-    archive = subprocess.run(["git", "archive", "--format=tar", rev, "seqba"], cwd=ROOT, capture_output=True,
-                             check=True)
+    """``seqba/`` and ``recipes/`` of git revision ``rev`` unpacked under ``into``; returns ``into``. Each revision
+    runs its own recipe file (a key renamed since ``rev`` is then read by the code that knows it)."""
+    archive = subprocess.run(["git", "archive", "--format=tar", rev, "seqba", "recipes"], cwd=ROOT,
+                             capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     return into
 
@@ -97,7 +98,9 @@ def main() -> int:
                 continue
             try:
                 new_records, new_weights = train(ROOT, recipe, overrides, tmp / f"new-{recipe.stem}")
-                old_records, old_weights = train(old, recipe, overrides, tmp / f"old-{recipe.stem}")
+                old_recipe = old / "recipes" / recipe.name
+                old_records, old_weights = train(old, old_recipe if old_recipe.is_file() else recipe, overrides,
+                                                 tmp / f"old-{recipe.stem}")
             except RuntimeError as err:
                 print(f"FAIL  {name}: {err}")
                 failed += 1

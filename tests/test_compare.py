@@ -43,14 +43,14 @@ def test_arms_translation(recipe):
         (1, 256, 12), (1, 512, 12), (2, 256, 12)]
 
 
-def test_arms_translation_micro_batches_and_consistency():
+def test_arms_translation_sample_chunks_and_consistency():
     """WMT16 M=4 with 4 micro-batches and the sym-KL term: fixed_steps (B rows) 1 chunk, fixed_samples (M·B) 4."""
     path = RECIPES / "transformer_wmt16_m4_symkl.yaml"
     cfgs = resolved(path, [], derive_arms(path, [], ["fixed_steps", "fixed_samples", "ba"], counter=no_counting))
     fs, fsa, ba = cfgs["fixed_steps"], cfgs["fixed_samples"], cfgs["ba"]
-    assert (fs.ba.repeats, fs.ba.micro_batches, fs.ba.consistency, fs.data.max_tokens) == (1, 1, "none", 4096)
-    assert (fsa.ba.repeats, fsa.ba.micro_batches, fsa.ba.consistency, fsa.data.max_tokens) == (1, 4, "none", 16384)
-    assert (ba.ba.repeats, ba.ba.micro_batches, ba.ba.consistency, ba.data.max_tokens) == (4, 4, "sym_kl", 4096)
+    assert (fs.ba.repeats, fs.ba.sample_chunks, fs.ba.consistency, fs.data.max_tokens) == (1, 1, "none", 4096)
+    assert (fsa.ba.repeats, fsa.ba.sample_chunks, fsa.ba.consistency, fsa.data.max_tokens) == (1, 4, "none", 16384)
+    assert (ba.ba.repeats, ba.ba.sample_chunks, ba.ba.consistency, ba.data.max_tokens) == (4, 4, "sym_kl", 4096)
     assert {c.train.max_updates for c in cfgs.values()} == {100000}
 
 

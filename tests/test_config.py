@@ -90,3 +90,15 @@ def test_upgrade_renames_keys_of_older_checkpoints():
                                                 "max_updates": 1}}
     cfg = config_lib.build(config_lib.upgrade(tree), "old.pt")
     assert cfg.train.validate_interval_updates == 5 and cfg.train.save_interval_updates == 7
+
+
+def test_renamed_key_in_a_recipe_names_the_new_one(tmp_path):
+    """ba.micro_batches is ba.sample_chunks now: a recipe or override with the old key is refused with one line
+    naming the new key; a checkpoint's saved config is upgraded silently."""
+    path = write(tmp_path, BASE.replace("  repeats: 4", "  repeats: 4\n  micro_batches: 2"))
+    with pytest.raises(ConfigError, match=r":8: ba.micro_batches: renamed to ba.sample_chunks"):
+        config_lib.load(path)
+    with pytest.raises(ConfigError, match="ba.micro_batches: renamed to ba.sample_chunks"):
+        config_lib.load(write(tmp_path, BASE), ["ba.micro_batches=2"])
+    tree = {"task": "translation", "ba": {"repeats": 2, "micro_batches": 2}, "train": {"max_updates": 1}}
+    assert config_lib.build(config_lib.upgrade(tree), "old.pt").ba.sample_chunks == 2

@@ -10,8 +10,8 @@ from seqba import config as config_lib
 from seqba import train as train_cli
 from seqba.errors import ConfigError
 from seqba.losses import consistency_loss
-from seqba.samplers import repeat_batch
-from seqba.tasks.base import sample_chunks
+from seqba.layout import CopyLayout
+from seqba.repeat import repeat_batch
 
 from runs import ROOT, data_dir, recipe  # noqa: F401 (fixtures)
 
@@ -23,7 +23,7 @@ RECIPES = ROOT / "recipes"
        layout=st.sampled_from(["adjacent", "tiled"]))
 def test_sample_chunks_keep_every_copy_together(samples, repeats, chunks, layout):
     ids = repeat_batch(torch.arange(samples), repeats, layout)  # the sample id of every row
-    parts = sample_chunks(samples * repeats, repeats, layout, chunks)
+    parts = CopyLayout(repeats, layout).sample_chunks(samples * repeats, chunks)
     assert sorted(torch.cat(parts).tolist()) == list(range(samples * repeats))  # each row exactly once
     for rows in parts:
         chunk_ids = ids[rows]
@@ -42,7 +42,7 @@ def test_consistency_over_sample_chunks_sums_to_the_whole_batch(layout, kind):
     lprobs = torch.randn(samples * repeats, 5, 11).log_softmax(-1)
     whole = consistency_loss(lprobs, repeats, layout=layout, kind=kind)
     parts = sum(consistency_loss(lprobs[rows], repeats, layout=layout, kind=kind)
-                for rows in sample_chunks(samples * repeats, repeats, layout, 3))
+                for rows in CopyLayout(repeats, layout).sample_chunks(samples * repeats, 3))
     assert parts == pytest.approx(whole.item(), rel=1e-5)
 
 
@@ -58,13 +58,13 @@ def test_invalid_combinations_fail_at_load(recipe, overrides, message):
 
 
 def test_task_specific_combinations_fail_at_load():
-    with pytest.raises(ConfigError, match="micro-batches hold different copies"):
-        config_lib.load(RECIPES / "awd_lstm_ptb_small_m10_symkl.yaml", ["ba.micro_batches=2"])
+    with pytest.raises(ConfigError, match="chunks hold different copies"):
+        config_lib.load(RECIPES / "awd_lstm_ptb_small_m10_symkl.yaml", ["ba.sample_chunks=2"])
     with pytest.raises(ConfigError, match="mixup pairs every copy"):
         config_lib.load(RECIPES / "resnet_mnist_m4_js.yaml", ["data.mixup_alpha=0.2"])
 
 
-def test_training_logs_the_term_and_micro_batches_keep_the_loss(recipe, tmp_path):
+def test_training_logs_the_term_and_sample_chunks_keep_the_loss(recipe, tmp_path):
     """With dropout the term is positive and logged; without dropout the copies agree (term 0) and 2 micro-batches
     on sentence boundaries give the whole batch's losses."""
     common = [str(recipe), "ba.repeats=3", "ba.consistency=sym_kl", "ba.consistency_alpha=2", "train.max_updates=3",
@@ -75,7 +75,7 @@ def test_training_logs_the_term_and_micro_batches_keep_the_loss(recipe, tmp_path
     assert len(terms) == 3 and all(t > 0 for t in terms)
     no_drop = [*common, "model.dropout=0"]
     assert train_cli.main([*no_drop, f"output_dir={tmp_path / 'whole'}"]) == 0
-    assert train_cli.main([*no_drop, "ba.micro_batches=2", f"output_dir={tmp_path / 'chunks'}"]) == 0
+    assert train_cli.main([*no_drop, "ba.sample_chunks=2", f"output_dir={tmp_path / 'chunks'}"]) == 0
 
     def losses(run):
         return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from seqba import config as config_lib
+from seqba.ba import BatchAugmentation
 from seqba import eval as eval_cli
 from seqba import train as train_cli
 from seqba.data.transforms import CIFAR10_MEAN, CIFAR10_STD
@@ -65,6 +66,11 @@ def make_task(root, *overrides):
     return ImageClassificationTask(cfg, FakeAccelerator())
 
 
+def ba_of(task):
+    """The trainer's BA step component for ``task`` (expand, split, counters)."""
+    return BatchAugmentation(task.cfg.ba, task, "images")
+
+
 def test_fake_cifar_folder_loads(fake_cifar):
     images, labels = load_split(ImageDataConfig(dataset="cifar10", root=str(fake_cifar)), "train")
     assert images.shape == (40, 3, 32, 32) and images.dtype == torch.uint8 and labels.shape == (40,)
@@ -82,7 +88,7 @@ def test_every_index_m_times_and_copies_differ(fake_cifar, expand_on_device, aug
     for batch in task.epoch_iterator(0):
         rows = batch["label"].shape[0]
         assert rows == (b if expand_on_device else m * b)
-        expanded = task.expand(batch)
+        expanded = ba_of(task).expand(batch)
         ids, images = expanded["sample_id"], expanded["image"]
         assert images.shape == (m * b, 3, 32, 32) and images.dtype == torch.float32
         assert torch.equal(torch.bincount(ids, minlength=40)[ids.unique()], torch.full((b,), m))
@@ -92,7 +98,8 @@ def test_every_index_m_times_and_copies_differ(fake_cifar, expand_on_device, aug
         for i in range(m):
             for j in range(i + 1, m):
                 assert (views[i] != views[j]).any(-1).all(), "two copies of an image got the same augmentation"
-        assert task.step_logs(batch, expanded) == {"images_count": m * b, "distinct_images_count": b}
+        counts = {**ba_of(task).counts(task.sample_size(expanded)), **task.step_logs(batch, expanded)}
+        assert counts == {"images_count": m * b, "distinct_images_count": b}
         seen.append(by_copy[0])
     assert torch.equal(torch.cat(seen).sort().values, torch.arange(40))  # each image once per epoch
     resumed = [batch["sample_id"][:b] for batch in task.epoch_iterator(0, start=2)]
@@ -104,15 +111,15 @@ def test_repeating_augmented_loader_output_is_refused(fake_cifar):
         make_task(fake_cifar, "ba.repeats=2", "data.augment_on_device=false")
 
 
-def test_micro_batches_aligned_with_ghost_batches_match_whole_batch(fake_cifar):
+def test_sample_chunks_aligned_with_ghost_batches_match_whole_batch(fake_cifar):
     task = make_task(fake_cifar, "ba.repeats=4", "model.ghost_batch_size=8")
     torch.manual_seed(0)
-    expanded = task.expand(next(iter(task.epoch_iterator(0))))  # 32 rows, ghost batches of 8
+    expanded = ba_of(task).expand(next(iter(task.epoch_iterator(0))))  # 32 rows, ghost batches of 8
     model = task.build_model()
     grads, totals = [], []
     for chunks in (1, 2, 4):  # chunks of 32, 16, 8 rows: whole ghost batches
         net = copy.deepcopy(model)
-        parts = task.split(expanded, chunks)
+        parts = ba_of(task).split(expanded, chunks)
         assert sum(p["label"].shape[0] for p in parts) == 32
         loss_sum = 0.0
         for part in parts:
@@ -128,7 +135,7 @@ def test_micro_batches_aligned_with_ghost_batches_match_whole_batch(fake_cifar):
 
 def test_mixup_and_label_smoothing(fake_cifar):
     task = make_task(fake_cifar, "ba.repeats=2", "data.mixup_alpha=0.4", "criterion.label_smoothing=0.1")
-    expanded = task.expand(next(iter(task.epoch_iterator(0))))
+    expanded = ba_of(task).expand(next(iter(task.epoch_iterator(0))))
     soft = expanded["soft_target"]
     assert soft.shape == (16, 10)
     torch.testing.assert_close(soft.sum(1), torch.ones(16))
@@ -139,7 +146,7 @@ def test_mixup_and_label_smoothing(fake_cifar):
 def first_expanded(task, seed=0):
     """The first training batch of epoch 0, expanded to M·B augmented rows."""
     torch.manual_seed(seed)
-    return task.expand(next(iter(task.epoch_iterator(0))))
+    return ba_of(task).expand(next(iter(task.epoch_iterator(0))))
 
 
 def normalized(images: torch.Tensor) -> torch.Tensor:
@@ -189,7 +196,7 @@ def test_each_copy_is_its_own_crop_and_flip_of_its_image(fake_cifar):
     by_copy = torch.tensor(chosen).view(m, b)  # layout tiled: copy c is rows [c·B, (c+1)·B)
     assert all(len(set(by_copy[:, j].tolist())) > 1 for j in range(b)), "copies of an image share their view"
     valid = task.valid_images[:5]
-    torch.testing.assert_close(task.augment(valid, train=False).double(), normalized(valid), rtol=0, atol=1e-5)
+    torch.testing.assert_close(task.augment_images(valid, train=False).double(), normalized(valid), rtol=0, atol=1e-5)
 
 
 def test_ghost_batch_norm_normalizes_each_copy_with_its_own_statistics(fake_cifar):

@@ -14,6 +14,7 @@ import torch
 from accelerate import Accelerator
 
 from seqba import config as config_lib
+from seqba.ba import BatchAugmentation
 from seqba import eval as eval_cli
 from seqba import train as train_cli
 from seqba.tasks.language_modeling import LanguageModelingTask, should_average
@@ -73,7 +74,7 @@ def make_task(recipe: Path, overrides: list[str]) -> LanguageModelingTask:
 def test_recipe_trains_and_evaluates(recipe, ptb, tmp_path, capsys):
     assert len(RECIPES) >= 5
     run = tmp_path / "run"
-    extra = ["ba.micro_batches=2"] if recipe.stem == "awd_lstm_ptb_small_m10" else []
+    extra = ["ba.sample_chunks=2"] if recipe.stem == "awd_lstm_ptb_small_m10" else []
     assert train_cli.main([str(recipe), ptb, f"output_dir={run}", *TINY, *extra]) == 0
     losses = train_losses(run)
     assert sorted(losses) == [1, 2, 3] and all(math.isfinite(v) for v in losses.values())
@@ -160,10 +161,11 @@ def test_averaging_matches_torch_asgd(ptb):
 
 
 @pytest.mark.parametrize("chunks", [2, 4])
-def test_micro_batches_give_whole_batch_gradients(ptb, chunks):
-    task = make_task(SMALL, [ptb, *TINY, *NO_DROPOUT, "ba.repeats=4", f"ba.micro_batches={chunks}"])
+def test_sample_chunks_give_whole_batch_gradients(ptb, chunks):
+    task = make_task(SMALL, [ptb, *TINY, *NO_DROPOUT, "ba.repeats=4", f"ba.sample_chunks={chunks}"])
     model = task.build_model()
-    batch = next(iter(task.epoch_iterator(0)))
+    ba = BatchAugmentation(task.cfg.ba, task, "words")  # the trainer's: copies as columns, chunks of whole copies
+    batch = ba.expand(next(iter(task.epoch_iterator(0))))
     task.hidden = [(torch.randn_like(h), torch.randn_like(c)) for h, c in task.hidden]  # mid-epoch state
     start = [(h.clone(), c.clone()) for h, c in task.hidden]
     size = task.sample_size(batch)
@@ -179,7 +181,7 @@ def test_micro_batches_give_whole_batch_gradients(ptb, chunks):
         return {n: p.grad.clone() for n, p in model.named_parameters()}, task.hidden, total
 
     whole, hidden_whole, loss_whole = grads_and_hidden([batch])
-    split, hidden_split, loss_split = grads_and_hidden(task.split(batch, chunks))
+    split, hidden_split, loss_split = grads_and_hidden(ba.split(batch))
     assert loss_split == pytest.approx(loss_whole, rel=1e-5)
     for name in whole:
         torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-7)
@@ -188,9 +190,9 @@ def test_micro_batches_give_whole_batch_gradients(ptb, chunks):
         torch.testing.assert_close(c2, c1)
 
 
-def test_micro_batches_must_be_whole_copies(ptb):
+def test_sample_chunks_must_be_whole_copies(ptb):
     with pytest.raises(config_lib.ConfigError, match="must divide ba.repeats"):
-        make_task(SMALL, [ptb, *TINY, "ba.micro_batches=3"])
+        make_task(SMALL, [ptb, *TINY, "ba.sample_chunks=3"])
 
 
 def test_resume_at_an_epoch_end_with_update_freq_is_bit_exact(ptb, tmp_path):
@@ -225,14 +227,18 @@ def test_max_train_tokens_trains_on_a_prefix_with_the_whole_vocabulary(ptb):
     whole = make_task(SMALL, [ptb, *TINY])
     part = make_task(SMALL, [ptb, *TINY, "data.max_train_tokens=2000"])
     assert part.vocab_size == whole.vocab_size
-    assert part.train_data.shape == (2000 // 4, 4 * 10)  # (L // B, B * M), copies as tiled columns
+    assert part.train_data.shape == (2000 // 4, 4)  # (L // B, B): the streams; BA makes the copies per window
+    assert part.num_columns == 4 * 10  # B * M columns of hidden state, copies tiled
     expected = whole.corpus.train[:2000].view(4, 500).t()  # batchify of the prefix
-    torch.testing.assert_close(part.train_data[:, :4], expected)
-    torch.testing.assert_close(part.train_data[:, 4:8], expected)  # copy 1 = the same streams
+    torch.testing.assert_close(part.train_data, expected)
+    part.build_model()
+    window = BatchAugmentation(part.cfg.ba, part, "words").expand(next(iter(part.epoch_iterator(0))))
+    torch.testing.assert_close(window.x[:, 4:8], window.x[:, :4])  # copy 1 = the same streams
+    torch.testing.assert_close(window.x[:, :4], expected[:window.x.size(0)])
     assert part.num_batches(0) < whole.num_batches(0)
     for tokens in (3, 7):  # 4 streams need 2 tokens each
         with pytest.raises(config_lib.ConfigError, match="cannot fill 4 streams .* needs at least 8"):
             make_task(SMALL, [ptb, *TINY, f"data.max_train_tokens={tokens}"])
-    assert make_task(SMALL, [ptb, *TINY, "data.max_train_tokens=8"]).train_data.shape == (2, 40)
+    assert make_task(SMALL, [ptb, *TINY, "data.max_train_tokens=8"]).train_data.shape == (2, 4)
     with pytest.raises(config_lib.ConfigError, match="max_train_tokens"):
         config_lib.load(SMALL, [ptb, "data.max_train_tokens=0"])

@@ -53,11 +53,11 @@ def test_eval_explicit_src_ref_files(recipe, tmp_path, capsys):
     assert "has 2 lines but" in capsys.readouterr().err
 
 
-def test_micro_batches_give_the_same_steps(recipe, tmp_path):
+def test_sample_chunks_give_the_same_steps(recipe, tmp_path):
     """Evaluating the M·B batch in 3 chunks gives the same losses as the whole batch (dropout off)."""
     common = ["model.dropout=0.0", "train.max_updates=5", "train.validate_interval_updates=0", "ba.repeats=3"]
     assert train_cli.main([str(recipe), *common, f"output_dir={tmp_path / 'whole'}"]) == 0
-    assert train_cli.main([str(recipe), *common, "ba.micro_batches=3", f"output_dir={tmp_path / 'chunks'}"]) == 0
+    assert train_cli.main([str(recipe), *common, "ba.sample_chunks=3", f"output_dir={tmp_path / 'chunks'}"]) == 0
     whole, chunks = losses(tmp_path / "whole"), losses(tmp_path / "chunks")
     assert whole.keys() == chunks.keys() and len(whole) == 5
     for step in whole:

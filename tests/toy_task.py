@@ -139,10 +139,6 @@ class ToyTask(Task):
     def sample_size(self, batch: dict[str, Tensor]) -> float:
         return float(batch["label"].shape[0])
 
-    def step_logs(self, batch: dict[str, Tensor], expanded: dict[str, Tensor]) -> dict[str, float]:
-        rows = expanded["label"].shape[0]
-        return {"seqs_count": float(rows), "distinct_seqs_count": rows / self.cfg.ba.repeats / self.cfg.ba.group_size}
-
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Any]]:
         losses, _ = self.row_losses(model, batch)
         loss = losses.sum()

@@ -17,8 +17,8 @@ the recipe's. Details of the derivation, each stated where it happens below:
 * an epoch-based recipe (``train.max_epochs``) is converted to ``train.max_updates = U`` for the derived arms,
   with U counted by building the task's data (:func:`count_updates`), because M·B batches make epochs M times
   shorter; their validation then runs every ``updates of one ba epoch`` when the recipe validated per epoch;
-* M=1 arms drop the consistency term (it needs M >= 2) and keep ``ba.micro_batches`` per row:
-  ``fixed_steps`` (B rows) uses ``max(1, micro_batches // M)`` chunks, ``fixed_samples`` (M·B rows) the recipe's;
+* M=1 arms drop the consistency term (it needs M >= 2) and keep ``ba.sample_chunks`` per row:
+  ``fixed_steps`` (B rows) uses ``max(1, sample_chunks // M)`` chunks, ``fixed_samples`` (M·B rows) the recipe's;
 * ``equal_time`` runs the updates the ba arm's measured wall-clock buys at the fixed_steps arm's measured speed
   (seconds per update of the same seed, from the rates in their ``metrics.jsonl``). A callback stopping after N
   seconds would need a change to the loop and would not resume exactly; an update count does both. Step
@@ -213,7 +213,7 @@ def derive_arms(recipe: str | Path, overrides: list[str], names: list[str], cust
         if name == "ba":
             arms.append(Arm("ba", [], f"the recipe: M={m}, {key}={batch}, {updates} updates"))
         elif name == "fixed_steps" or name == "equal_time":
-            micro = [f"ba.micro_batches={max(1, cfg.ba.micro_batches // m)}"] if cfg.ba.micro_batches > 1 else []
+            micro = [f"ba.sample_chunks={max(1, cfg.ba.sample_chunks // m)}"] if cfg.ba.sample_chunks > 1 else []
             arm = Arm(name, _m1(cfg) + micro + schedule, f"M=1, {key}={batch}, {updates} updates")
             if name == "equal_time":
                 arm.pending, arm.note = True, f"M=1, {key}={batch}, updates = {updates} x (ba s/update) / " \

@@ -1,12 +1,12 @@
 """The interface between the generic training loop (:class:`seqba.trainer.Trainer`) and a model family.
 
-One update, as ``Trainer.train_step`` runs it (``update_freq`` batches, each expanded and cut into
-``ba.micro_batches`` chunks)::
+One update, as ``Trainer.train_step`` runs it (``update_freq`` batches, each expanded by the run's
+:class:`~seqba.ba.BatchAugmentation` and cut into ``ba.sample_chunks`` chunks)::
 
     for batch in batches:                             # B distinct samples each, already on the device
-        expanded = task.expand(batch)                 # M·B rows: repeat_batch (+ per-copy augmentation)
+        expanded = ba.expand(batch)                   # M·B rows (CopyLayout) + task.augment (per-copy changes)
         total += task.sample_size(expanded)           # normaliser (e.g. target tokens of the M·B rows)
-        for chunk in task.split(expanded, k):         # BA micro-batches; every copy of a sample in one chunk
+        for chunk in ba.split(expanded):              # task.chunk_rows + task.select_rows: every copy of a sample
             loss_sum, logs = task.loss(model, chunk)  # summed over the chunk
             accelerator.backward(loss_sum)
     grads /= total (over ranks and batches); clip; optimizer.step()
@@ -30,39 +30,8 @@ from torch.utils.data import DataLoader
 
 from seqba.data.batch_seeds import NumberedBatches, SeededBatchFetch
 from seqba.distributed import worker_seed
-from seqba.samplers import RepeatBatchSampler, repeat_batch
-
-
-def sample_chunks(rows: int, repeats: int, layout: str, chunks: int,
-                  device: torch.device | str = "cpu") -> list[torch.Tensor]:
-    """Row indices of ``chunks`` micro-batches of an expanded batch, cut on sample boundaries.
-
-    The batch has ``rows = M·B`` rows laid out as :func:`~seqba.samplers.repeat_batch` lays them out: ``adjacent``
-    (copies of sample b are rows b·M .. b·M+M-1) or ``tiled`` (copy c of sample b is row c·B+b). Chunk i takes
-    the samples of ``arange(B).tensor_split(chunks)[i]`` with ALL their copies, in the same layout, so that a
-    loss across copies can be computed per chunk. Empty chunks (chunks > B) are dropped.
-
-    Returns:
-        a list of int64 (M·b_i,) index tensors on ``device``; together they cover every row exactly once.
-
-    Raises:
-        ValueError: ``rows`` not a multiple of ``repeats``, or an unknown ``layout``.
-    """
-    if rows % repeats:
-        raise ValueError(f"{rows} rows are not a multiple of repeats={repeats}")
-    samples = rows // repeats
-    out = []
-    for part in torch.arange(samples, device=device).tensor_split(min(chunks, max(samples, 1))):
-        if len(part) == 0:
-            continue
-        copies = torch.arange(repeats, device=device)
-        if layout == "adjacent":
-            out.append((part[:, None] * repeats + copies[None, :]).flatten())  # (b, M) sample-major
-        elif layout == "tiled":
-            out.append((copies[:, None] * samples + part[None, :]).flatten())  # (M, b) copy-major
-        else:
-            raise ValueError(f"layout must be 'adjacent' or 'tiled', got {layout!r}")
-    return out
+from seqba.layout import CopyLayout
+from seqba.repeat import RepeatBatchSampler
 
 
 class Task:
@@ -78,6 +47,11 @@ class Task:
     #: ``torch.compile(dynamic=...)`` under ``train.compile``: True traces one graph with symbolic batch shapes
     #: (token budgets and BPTT windows change shape every step); False specialises on each shape
     compile_dynamic: bool = True
+    #: the axis of a batch's tensors that holds its rows (samples, and their BA copies): 0, or 1 for time-major
+    #: text streams
+    batch_dim: int = 0
+    #: a copy layout the family requires whatever ``ba.layout`` says (None: the recipe's)
+    copy_layout: str | None = None
 
     def __init__(self, cfg: Any, accelerator: Any) -> None:
         self.cfg = cfg
@@ -116,7 +90,7 @@ class Task:
         that batch with a seqba sampler.
 
         ``sampler`` yields B distinct indices per batch; with ``ba.expand_on_device: false`` it is wrapped in a
-        :class:`RepeatBatchSampler` so that the loader yields M·B rows. The position comes from
+        :class:`~seqba.repeat.RepeatBatchSampler` so that the loader yields M·B rows. The position comes from
         ``sampler.load_state_dict`` (exact mid-epoch resume); the random numbers drawn while loading a batch from
         ``(seed, rank, epoch, batch index)`` (:mod:`seqba.data.batch_seeds`), the worker seeds from
         :meth:`loader_generator`.
@@ -138,18 +112,31 @@ class Task:
         """Move the tensors of a collated batch to ``self.device`` (non-blocking from pinned memory)."""
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
-    def expand(self, batch: Any) -> Any:
-        """B distinct samples -> M·B rows (default: :func:`repeat_batch` with the recipe's layout)."""
-        ba = self.cfg.ba
-        if not ba.expand_on_device:
-            return batch
-        return repeat_batch(batch, ba.repeats, ba.layout)
+    @property
+    def loader_repeats(self) -> bool:
+        """Whether the loader already yields M·B rows (``ba.expand_on_device: false``, see :meth:`iterate_loader`),
+        so that :class:`~seqba.ba.BatchAugmentation` does not repeat them again."""
+        return not self.cfg.ba.expand_on_device
 
-    def split(self, batch: Any, chunks: int) -> list[Any]:
-        """Split an expanded batch into ``chunks`` micro-batches along the rows."""
-        if chunks == 1:
-            return [batch]
-        raise NotImplementedError(f"{type(self).__name__} does not support ba.micro_batches > 1")
+    def augment(self, batch: Any, layout: CopyLayout) -> Any:
+        """What makes the copies of an expanded batch (M·B rows in ``layout``) differ at the input; the default
+        changes nothing (the copies then differ by their dropout masks)."""
+        return batch
+
+    def num_rows(self, batch: Any) -> int:
+        """Rows of a batch: the size along :attr:`batch_dim` of its first tensor (a dict of tensors by default)."""
+        return next(v for v in batch.values() if torch.is_tensor(v)).size(self.batch_dim)
+
+    def chunk_rows(self, batch: Any, chunks: int, layout: CopyLayout) -> list[Tensor]:
+        """Row indices of the ``chunks`` pieces an expanded batch is cut into (``ba.sample_chunks``): by default on
+        sample boundaries, every copy of a sample in one piece (:meth:`CopyLayout.sample_chunks`), so that a
+        consistency term across the copies can be computed piece by piece."""
+        first = next(v for v in batch.values() if torch.is_tensor(v))
+        return layout.sample_chunks(self.num_rows(batch), chunks, first.device)
+
+    def select_rows(self, batch: Any, rows: Tensor) -> Any:
+        """The rows ``rows`` (int64 (n,)) of a batch along :attr:`batch_dim`; every tensor of a dict by default."""
+        return {k: v.index_select(self.batch_dim, rows) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     def sample_size(self, batch: Any) -> float:
         """The normaliser of a whole expanded batch (e.g. its non-pad target tokens)."""
@@ -160,8 +147,8 @@ class Task:
         raise NotImplementedError
 
     def step_logs(self, batch: Any, expanded: Any) -> dict[str, float]:
-        """Per-step counters such as distinct and total tokens (summed over ranks by the loop): ``<unit>_count``
-        and ``distinct_<unit>_count`` for the spec's ``batch_unit`` at least."""
+        """Per-step counters beyond ``<unit>_count`` and ``distinct_<unit>_count``, which
+        :class:`~seqba.ba.BatchAugmentation` counts (e.g. sentences); summed over ranks by the loop."""
         return {}
 
     def batch_state(self) -> Any:

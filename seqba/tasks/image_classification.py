@@ -8,7 +8,7 @@ Data flow of one step (M = ``ba.repeats``, B = ``data.batch_size``), default pat
       -> repeat_batch(layout)  (device)        (M·B, C, H, W): M identical copies of every image
       -> Augment               (device)        every row its own crop / flip / cutout, float, normalized
       -> mixup (optional)                      soft_target (M·B, K)
-      -> ba.micro_batches row chunks           loss summed per chunk, normalised by the M·B rows
+      -> ba.sample_chunks row chunks           loss summed per chunk, normalised by the M·B rows
 
 With ``ba.layout: tiled`` (what the image recipes use) copy c is the slice ``[c·B, (c+1)·B)``, so with ghost batch
 norm of at most B rows each ghost batch holds distinct images and the copies of an image spread over ghost batches
@@ -18,12 +18,12 @@ norm of at most B rows each ghost batch holds distinct images and the copies of 
             copy 0    copy 1    copy 2       (each row augmented independently)
 
 The paper's original way is also supported (``ba.expand_on_device: false`` with ``data.augment_on_device:
-false``): :class:`~seqba.samplers.RepeatBatchSampler` repeats the indices and the dataset augments every request,
+false``): :class:`~seqba.repeat.RepeatBatchSampler` repeats the indices and the dataset augments every request,
 so the loader already yields M·B augmented rows (M times the loader work). ``ba.expand_on_device: false`` with
 ``augment_on_device: true`` loads M·B uint8 rows and augments them on the device. Repeating on the device with
 loader-side augmentation would give M identical copies, so it is refused for M > 1.
 
-Micro-batches: ``ba.micro_batches: k`` cuts the M·B rows into k consecutive chunks. Gradients are summed over
+Micro-batches: ``ba.sample_chunks: k`` cuts the M·B rows into k consecutive chunks. Gradients are summed over
 chunks, but BatchNorm statistics are computed per forward, so the result equals the whole-batch step only when
 BN already works on pieces that the cut does not split: with ``model.ghost_batch_size`` g, chunks whose size is a
 multiple of g give the same normalisation (running statistics are then updated k times per step instead of once);
@@ -62,11 +62,13 @@ from seqba.data.images import ImageTensorDataset, collate_images, load_cifar10, 
 from seqba.data.paths import data_root
 from seqba.data.transforms import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, Augment, mixup
 from seqba.models.resnet import CifarResNet, ResNetConfig, param_groups
-from seqba.samplers import TokenBudgetBatchSampler, repeat_batch
+from seqba.repeat import repeat_batch
+from seqba.samplers import TokenBudgetBatchSampler
 from seqba.gradstats import per_sample_grads
 from seqba.layout import CopyLayout
-from seqba.losses import consistency_loss
-from seqba.tasks.base import GradAdapter, Task, sample_chunks
+from seqba.consistency import ConsistencyTerm
+from seqba.layout import CopyLayout
+from seqba.tasks.base import GradAdapter, Task
 from seqba.tasks.spec import EvalOptions, Metric, TaskSpec, option
 
 logger = logging.getLogger(__name__)
@@ -252,16 +254,17 @@ class ImageClassificationTask(Task):
         for split, held in (("train", images), ("test (validation)", self.valid_images)):  # now, not mid-run
             if len(held) == 0:
                 raise ConfigError(f"the {split} split of {data.dataset} ({_split_source(data)}) holds no images")
-        self.augment = build_augment(data)
+        self.augment_images = build_augment(data)  # (R, C, H, W) uint8 -> float, one random view per row
+        self.consistency = ConsistencyTerm.from_config(ba)  # None without ba.consistency
         self.sampler = TokenBudgetBatchSampler(
             np.ones(len(self.train_data), dtype=np.int64), None, max_sentences=data.batch_size, shuffle=True,
             seed=cfg.seed, num_replicas=accelerator.num_processes, rank=accelerator.process_index,
             group_size=ba.group_size)
         rows = data.batch_size * ba.repeats
         ghost = cfg.model.ghost_batch_size
-        if ba.micro_batches > 1 and (rows % ba.micro_batches or (ghost and (rows // ba.micro_batches) % ghost)):
-            logger.warning("ba.micro_batches=%d cuts the %d rows into chunks that are not multiples of "
-                           "ghost_batch_size=%s: BN statistics differ from the whole-batch step", ba.micro_batches,
+        if ba.sample_chunks > 1 and (rows % ba.sample_chunks or (ghost and (rows // ba.sample_chunks) % ghost)):
+            logger.warning("ba.sample_chunks=%d cuts the %d rows into chunks that are not multiples of "
+                           "ghost_batch_size=%s: BN statistics differ from the whole-batch step", ba.sample_chunks,
                            rows, ghost)
 
     def build_model(self) -> CifarResNet:
@@ -280,40 +283,28 @@ class ImageClassificationTask(Task):
         ``label`` int64 (R,), ``sample_id`` int64 (R,) on the device; R = B, or M·B with
         ``ba.expand_on_device: false``."""
         dataset = self.train_data if self.cfg.data.augment_on_device else AugmentedImages(self.train_data,
-                                                                                           self.augment)
+                                                                                           self.augment_images)
         return self.iterate_loader(dataset, self.sampler, collate_images, epoch, start)
 
-    def expand(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """B images -> M·B augmented rows: ``image`` float (N, C, H, W), ``label`` (N,), ``sample_id`` (N,), and
-        ``soft_target`` float (N, K) with mixup."""
-        batch = super().expand(batch)  # repeat_batch on the device, or already M·B rows from the sampler
-        image = self.augment(batch["image"]) if self.cfg.data.augment_on_device else batch["image"]
+    def augment(self, batch: dict[str, torch.Tensor], layout: CopyLayout) -> dict[str, torch.Tensor]:
+        """M·B rows -> M·B augmented rows: ``image`` float (N, C, H, W), ``label`` (N,), ``sample_id`` (N,), and
+        ``soft_target`` float (N, K) with mixup (rows repeated by the loader are augmented by the dataset)."""
+        image = self.augment_images(batch["image"]) if self.cfg.data.augment_on_device else batch["image"]
         out = {"image": image, "label": batch["label"], "sample_id": batch["sample_id"]}
         if self.cfg.data.mixup_alpha > 0:
             out["image"], out["soft_target"] = mixup(image, batch["label"], self.cfg.data.mixup_alpha, NUM_CLASSES)
         return out
 
-    def split(self, batch: dict[str, torch.Tensor], chunks: int) -> list[dict[str, torch.Tensor]]:
+    def chunk_rows(self, batch: dict[str, torch.Tensor], chunks: int, layout: CopyLayout) -> list[torch.Tensor]:
         """Consecutive row chunks, which keep ghost batches whole (see the module docstring); with
         ``ba.consistency``, chunks on image boundaries instead (every copy of an image in its chunk)."""
-        if chunks == 1:
-            return [batch]
-        ba = self.cfg.ba
-        if ba.consistency != "none":
-            rows = sample_chunks(batch["label"].shape[0], ba.repeats, ba.layout, chunks, batch["label"].device)
-            return [{k: v.index_select(0, index) for k, v in batch.items()} for index in rows]
-        parts = {k: v.tensor_split(chunks) for k, v in batch.items()}
-        return [{k: parts[k][i] for k in batch} for i in range(chunks) if len(parts["label"][i])]
+        if self.consistency is not None:
+            return super().chunk_rows(batch, chunks, layout)
+        rows = torch.arange(batch["label"].shape[0], device=batch["label"].device)
+        return [part for part in rows.tensor_split(chunks) if len(part)]
 
     def sample_size(self, batch: dict[str, torch.Tensor]) -> float:
         return float(batch["label"].shape[0])
-
-    def step_logs(self, batch: dict[str, torch.Tensor], expanded: dict[str, torch.Tensor]) -> dict[str, float]:
-        """M·B rows and B distinct images of this rank; the loop sums them over ranks, so the ``group_size`` ranks
-        that share one batch each count ``1 / group_size`` of its distinct images."""
-        ba = self.cfg.ba
-        rows = expanded["label"].shape[0]
-        return {"images_count": float(rows), "distinct_images_count": rows / ba.repeats / ba.group_size}
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Cross-entropy summed over the rows; ``correct_sum`` counts top-1 hits against the (unmixed) labels."""
@@ -326,10 +317,8 @@ class ImageClassificationTask(Task):
             loss = F.cross_entropy(logits, batch["label"], reduction="sum", label_smoothing=eps)
         correct = (logits.argmax(-1) == batch["label"]).sum()
         logs = {"correct_sum": correct}
-        if ba.consistency != "none":  # rows in the batch's layout; every copy of an image in this chunk
-            term = consistency_loss(F.log_softmax(logits, dim=-1), ba.repeats, layout=ba.layout, kind=ba.consistency)
-            loss = loss + ba.consistency_alpha * term
-            logs["consistency_sum"] = term.detach() * ba.repeats  # / (M·B rows): mean per distinct image
+        if self.consistency is not None:  # rows in the batch's layout; every copy of an image in this chunk
+            loss = self.consistency.add(loss, logs, F.log_softmax(logits, dim=-1))
         logs["loss_sum"] = loss.detach()
         return loss, logs
 
@@ -352,7 +341,8 @@ class ImageClassificationTask(Task):
         acc = self.accelerator
         shard = np.array_split(np.arange(len(self.valid_labels)), acc.num_processes)[acc.process_index]
         lo, hi = (int(shard[0]), int(shard[-1]) + 1) if len(shard) else (0, 0)
-        probs = predict(model, self.valid_images[lo:hi], self.augment, eval_batch_size(self.cfg), self.device)
+        probs = predict(model, self.valid_images[lo:hi], self.augment_images, eval_batch_size(self.cfg),
+                        self.device)
         labels = self.valid_labels[lo:hi].to(self.device)
         nll = -torch.log(probs.gather(1, labels[:, None]).clamp_min(1e-12)).sum()
         totals = torch.stack([nll.double(), (probs.argmax(-1) == labels).sum().double(),

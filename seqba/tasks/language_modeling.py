@@ -8,14 +8,16 @@ are extra columns, copy-major, so one step reads T rows of N = B * M columns::
     [i, i+T)  s0 .. sB-1 |  s0 .. sB-1 | ... | s0 .. sB-1          x = rows [i, i+T), y = rows [i+1, i+1+T)
     hidden    h[:, 0:B]  |  h[:, B:2B] | ... |                     one (h, c) per column, carried across windows
 
-``expand`` is therefore the identity; ``ba.micro_batches = k`` (k divides M) evaluates the columns in k chunks of
-M/k whole copies, each with its slice of the hidden state.
+The task reads B columns (the streams) and :class:`~seqba.ba.BatchAugmentation` repeats them copy-major along
+dim 1 (``batch_dim = 1``, ``copy_layout = "tiled"``), as ``seqba.repeat.repeat_streams`` would have repeated the
+whole corpus; the hidden state is carried for all N columns. ``ba.sample_chunks = k`` (k divides M) evaluates the
+columns in k chunks of M/k whole copies, each with its slice of the hidden state.
 
 The shared-mask subtlety: the copies of a stream differ only through dropout masks, and not all of AWD-LSTM's masks
 are per column. Locked dropout (``dropouti``/``dropouth``/``dropout``) draws a (1, N, H) mask, so every copy gets its
 own; weight drop (``wdrop``) and embedding dropout (``dropoute``) draw ONE mask per forward for the whole batch, so
 by default (``model.per_copy_masks: false``, what the paper ran) the M copies share them. ``per_copy_masks: true``
-gives each copy its own (M fused LSTM calls per layer, slower). With micro-batches the shared masks are drawn once
+gives each copy its own (M fused LSTM calls per layer, slower). With sample chunks the shared masks are drawn once
 per chunk, so copies in different chunks also differ by them; gradients equal the whole batch's exactly only
 without dropout (tested) -- with ``per_copy_masks: true`` the two are equal in distribution.
 
@@ -49,13 +51,14 @@ from torch.func import functional_call
 from torch.optim.swa_utils import AveragedModel
 
 from seqba.errors import ConfigError, FieldError
-from seqba.data.lm import (SPLITS, BPTTIterator, Corpus, batchify, load_corpus, load_corpus_hf, repeat_streams,
+from seqba.data.lm import (SPLITS, BPTTIterator, Corpus, batchify, load_corpus, load_corpus_hf,
                            split_path)
 from seqba.data.paths import data_root
 from seqba.distributed import rank_group
 from seqba.gradstats import per_sample_grads
 from seqba.layout import CopyLayout
-from seqba.losses import activation_regularization, consistency_loss, temporal_activation_regularization
+from seqba.consistency import ConsistencyTerm
+from seqba.losses import activation_regularization, temporal_activation_regularization
 from seqba.metrics import perplexity
 from seqba.models.awd_lstm import AWDLSTM, AWDLSTMConfig, Hidden, detach_hidden
 from seqba.tasks.base import GradAdapter, Task
@@ -223,6 +226,9 @@ class LanguageModelingTask(Task):
     """AWD-LSTM language modeling with BA by dropout (stream layout above) and NT-ASGD."""
 
     best_metric = ("ppl", True)
+    batch_dim = 1  # (T, N) time-major windows: columns are the rows BA repeats
+    copy_layout = "tiled"  # copy c of stream b is column c·B + b, whatever ba.layout says (the check requires it)
+    loader_repeats = False  # no loader: the windows always hold the B streams
 
     def __init__(self, cfg, accelerator) -> None:
         super().__init__(cfg, accelerator)
@@ -241,16 +247,18 @@ class LanguageModelingTask(Task):
                               f"of 2 tokens; needs at least {needed}")
         streams = batchify(train, data.batch_size * where.num_groups)  # (L', B * groups)
         streams = streams[:, where.group * data.batch_size:(where.group + 1) * data.batch_size]  # (L', B)
-        self.train_data = repeat_streams(streams, ba.repeats).to(self.device)  # (L', N), N = B * M
-        self.num_columns = self.train_data.size(1)
+        self.train_data = streams.to(self.device)  # (L', B); the trainer's BA repeats each window to N = B * M
+        self.num_columns = self.train_data.size(1) * ba.repeats  # N: the columns the hidden state is carried for
         self.iterator = BPTTIterator(self.train_data, data.bptt, variable=data.variable_bptt, seed=cfg.seed)
         self.hidden: Hidden | None = None  # per-column state of the training streams, detached
         self.model: AWDLSTM | None = None
         self.averaged: AveragedModel | None = None  # set when NT-ASGD switches
         self.skip_steps = 0  # steps after the switch not yet averaged
         self.history: list[float] = []  # validation losses before the switch
-        logger.info("corpus: %d words, train %d rows x %d columns (B=%d, M=%d), %d windows per epoch",
-                    self.vocab_size, *self.train_data.shape, data.batch_size, ba.repeats, len(self.iterator))
+        self.consistency = ConsistencyTerm.from_config(ba)  # None without ba.consistency; layout given per chunk
+        logger.info("corpus: %d words, train %d rows x %d streams (B=%d, M=%d: %d columns), %d windows per epoch",
+                    self.vocab_size, *self.train_data.shape, data.batch_size, ba.repeats, self.num_columns,
+                    len(self.iterator))
 
     def build_model(self) -> AWDLSTM:
         self.model = build_lm(self.cfg.model, self.vocab_size)
@@ -273,25 +281,21 @@ class LanguageModelingTask(Task):
         for b in self.iterator:
             yield LMBatch(b.x, b.y, b.seq_len, b.lr_scale, 0, self.num_columns, self.cfg.ba.repeats)
 
-    def expand(self, batch: LMBatch) -> LMBatch:
-        return batch  # the copies are already columns of the stream
+    def chunk_rows(self, batch: LMBatch, chunks: int, layout: CopyLayout) -> list[Tensor]:
+        """``chunks`` column blocks of ``batch.copies // chunks`` whole copies each (a block of consecutive columns
+        keeps its slice of the hidden state)."""
+        columns = torch.arange(batch.x.size(1), device=batch.x.device)
+        return list(columns.split(batch.x.size(1) // chunks))
 
-    def split(self, batch: LMBatch, chunks: int) -> list[LMBatch]:
-        """``chunks`` slices of ``batch.copies // chunks`` whole copies each."""
-        if chunks == 1:
-            return [batch]
-        copies = batch.copies // chunks
-        width = (batch.hi - batch.lo) // chunks
-        return [LMBatch(batch.x[:, i:i + width], batch.y[:, i:i + width], batch.seq_len, batch.lr_scale,
-                        batch.lo + i, batch.lo + i + width, copies)
-                for i in range(0, batch.hi - batch.lo, width)]
+    def select_rows(self, batch: LMBatch, rows: Tensor) -> LMBatch:
+        """The columns ``rows`` (consecutive, whole copies: :meth:`chunk_rows`) of an expanded window."""
+        first, width = int(rows[0]), len(rows)
+        return LMBatch(batch.x[:, first:first + width], batch.y[:, first:first + width], batch.seq_len,
+                       batch.lr_scale, batch.lo + first, batch.lo + first + width,
+                       batch.copies * width // batch.x.size(1))
 
     def sample_size(self, batch: LMBatch) -> float:
         return float(batch.x.numel())  # T * N
-
-    def step_logs(self, batch: LMBatch, expanded: LMBatch) -> dict[str, float]:
-        words = batch.x.numel()
-        return {"words_count": words, "distinct_words_count": words / self.cfg.ba.repeats / self.group_size}
 
     def loss(self, model: nn.Module, batch: LMBatch) -> tuple[Tensor, dict[str, float]]:
         """CE summed over the T * n words + (AR + TAR) * T * n, so that / (T * N) gives the reference's loss; with
@@ -301,17 +305,15 @@ class LanguageModelingTask(Task):
         hidden = [(h[:, lo:hi], c[:, lo:hi]) for h, c in self.hidden]
         logits, new_hidden, raw, dropped = model(batch.x, hidden, repeats=batch.copies)  # (T, n, V)
         nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.y.flatten(), reduction="sum")
-        crit, ba = self.cfg.criterion, self.cfg.ba
+        crit = self.cfg.criterion
         reg = activation_regularization(dropped[-1], crit.alpha)
         if batch.x.size(0) > 1:  # TAR needs two steps; the epoch's last window can be one row
             reg = reg + temporal_activation_regularization(raw[-1], crit.beta)
         loss = nll + reg * batch.x.numel()
         logs = {"nll_sum": nll.detach()}
-        if ba.consistency != "none":  # columns are copy-major: copy c of stream b is column c·B + b ("tiled")
+        if self.consistency is not None:  # columns are copy-major: copy c of stream b is column c·B + b ("tiled")
             lprobs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (n, T, V)
-            term = consistency_loss(lprobs, batch.copies, layout="tiled", kind=ba.consistency)
-            loss = loss + ba.consistency_alpha * term
-            logs["consistency_sum"] = term.detach() * batch.copies  # / (T·N words): mean per distinct word
+            loss = self.consistency.add(loss, logs, lprobs, layout=CopyLayout(batch.copies, "tiled"))
         logs["loss_sum"] = loss.detach()
         self._store_hidden(detach_hidden(new_hidden), lo, hi)
         return loss, logs
@@ -429,12 +431,12 @@ def check_config(cfg, where) -> None:
     if ba.layout != "tiled":
         raise ConfigError(f"{where(('ba', 'layout'))}: {ba.layout!r}: language modeling lays BA copies out "
                           "copy-major (repeat_streams); set ba.layout: tiled")
-    if ba.repeats % ba.micro_batches:
-        raise ConfigError(f"{where(('ba', 'micro_batches'))}: {ba.micro_batches} must divide ba.repeats="
-                          f"{ba.repeats}: language-modeling micro-batches are whole BA copies")
-    if ba.consistency != "none" and ba.micro_batches > 1:
-        raise ConfigError(f"{where(('ba', 'micro_batches'))}: language-modeling micro-batches hold different "
-                          f"copies, which ba.consistency={ba.consistency} must compare; use micro_batches: 1")
+    if ba.repeats % ba.sample_chunks:
+        raise ConfigError(f"{where(('ba', 'sample_chunks'))}: {ba.sample_chunks} must divide ba.repeats="
+                          f"{ba.repeats}: language-modeling chunks are whole BA copies")
+    if ba.consistency != "none" and ba.sample_chunks > 1:
+        raise ConfigError(f"{where(('ba', 'sample_chunks'))}: language-modeling chunks hold different "
+                          f"copies, which ba.consistency={ba.consistency} must compare; use sample_chunks: 1")
 
 
 class LMGradients(GradAdapter):

@@ -6,7 +6,7 @@ Data flow of one step (M = ``ba.repeats``)::
       -> DataLoader + collate (CPU)          src_tokens (B, S), prev_output_tokens/target (B, T)
       -> to device once
       -> repeat_batch (device)               (M·B, S), (M·B, T): copies differ only by their dropout masks
-      -> ba.micro_batches chunks             on sentence boundaries: every copy of a sentence in one chunk
+      -> ba.sample_chunks chunks             on sentence boundaries: every copy of a sentence in one chunk
       -> loss per chunk                      label-smoothed CE summed over the M·B rows
                                              (+ ba.consistency_alpha * consistency across copies, summed over
                                              the distinct target tokens), normalised by the M·B target tokens
@@ -42,7 +42,8 @@ from torch.utils.data import DataLoader
 from seqba.data.prepare import PrepareConfig, prepare_translation, read_lines
 from seqba.data.translation import (BOS_ID, EOS_ID, MANIFEST, PAD_ID, TranslationDataset, collate,
                                     corpus_fingerprint, load_tokenizer, read_manifest, read_raw_lines, record_user)
-from seqba.losses import consistency_loss, label_smoothed_cross_entropy, label_smoothed_nll_loss
+from seqba.consistency import ConsistencyTerm
+from seqba.losses import label_smoothed_cross_entropy, label_smoothed_nll_loss
 from seqba.distributed import main_process_first
 from seqba.errors import ConfigError, FieldError, SeqbaError, UsageError
 from seqba.gradstats import per_sample_grads
@@ -51,7 +52,7 @@ from seqba.metrics import perplexity
 from seqba.models.transformer import Transformer, TransformerConfig
 from seqba.samplers import TokenBudgetBatchSampler
 from seqba.search import DEFAULT_MAX_LEN_A, DEFAULT_MAX_LEN_B, translate
-from seqba.tasks.base import GradAdapter, Task, sample_chunks
+from seqba.tasks.base import GradAdapter, Task
 from seqba.tasks.spec import EvalOptions, Metric, SignificanceTest, TaskSpec, option
 
 logger = logging.getLogger(__name__)
@@ -101,30 +102,22 @@ class TranslationCriterionConfig:
             raise FieldError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
 
 
-def split_batch(batch: dict[str, Any], chunks: int, repeats: int = 1, layout: str = "adjacent",
-                pad: int = PAD_ID) -> list[dict[str, Any]]:
-    """Split an expanded translation batch into ``chunks`` micro-batches on sample boundaries, trimming padding.
-
-    Every chunk holds all ``repeats`` copies of its samples, in the batch's ``layout`` (see
-    :func:`~seqba.tasks.base.sample_chunks`), so a loss across copies can be computed per chunk. Returns dicts
-    with the same keys; ``ntokens``/``nsentences`` are recomputed per chunk.
-    """
-    out = []
-    for rows in sample_chunks(batch["target"].size(0), repeats, layout, chunks, batch["target"].device):
-        target = batch["target"].index_select(0, rows)
-        src_lengths = batch["src_lengths"].index_select(0, rows)
-        tgt_width = int((target != pad).sum(1).max())
-        src_width = int(src_lengths.max())
-        out.append({
-            "src_tokens": batch["src_tokens"].index_select(0, rows)[:, :src_width],
-            "src_lengths": src_lengths,
-            "prev_output_tokens": batch["prev_output_tokens"].index_select(0, rows)[:, :tgt_width],
-            "target": target[:, :tgt_width],
-            "sample_id": batch["sample_id"].index_select(0, rows),
-            "ntokens": int((target != pad).sum()),
-            "nsentences": len(rows),
-        })
-    return out
+def select_rows(batch: dict[str, Any], rows: Tensor, pad: int = PAD_ID) -> dict[str, Any]:
+    """The sentences ``rows`` (int64 (n,)) of a collated translation batch, with the padding no kept sentence needs
+    trimmed and ``ntokens``/``nsentences`` recounted (a BA chunk: see :meth:`seqba.ba.BatchAugmentation.split`)."""
+    target = batch["target"].index_select(0, rows)
+    src_lengths = batch["src_lengths"].index_select(0, rows)
+    tgt_width = int((target != pad).sum(1).max())
+    src_width = int(src_lengths.max())
+    return {
+        "src_tokens": batch["src_tokens"].index_select(0, rows)[:, :src_width],
+        "src_lengths": src_lengths,
+        "prev_output_tokens": batch["prev_output_tokens"].index_select(0, rows)[:, :tgt_width],
+        "target": target[:, :tgt_width],
+        "sample_id": batch["sample_id"].index_select(0, rows),
+        "ntokens": int((target != pad).sum()),
+        "nsentences": len(rows),
+    }
 
 
 def build_transformer(model_cfg: TransformerConfig, vocab_size: int) -> Transformer:
@@ -154,6 +147,7 @@ class TranslationTask(Task):
             required_batch_size_multiple=data.required_batch_size_multiple, shuffle=True, seed=cfg.seed,
             num_replicas=accelerator.num_processes, rank=accelerator.process_index, group_size=cfg.ba.group_size,
             skip_invalid_size=data.skip_invalid_size)
+        self.consistency = ConsistencyTerm.from_config(cfg.ba)  # None without ba.consistency
 
     def _fit_positions(self, dataset: TranslationDataset, split: str) -> np.ndarray:
         """``num_tokens`` of ``dataset``, with pairs longer than ``model.max_positions`` marked for skipping.
@@ -217,35 +211,27 @@ class TranslationTask(Task):
     def epoch_iterator(self, epoch: int, start: int = 0) -> Iterator[dict[str, Any]]:
         return self.iterate_loader(self.train_data, self.sampler, collate, epoch, start)
 
-    def split(self, batch: dict[str, Any], chunks: int) -> list[dict[str, Any]]:
-        ba = self.cfg.ba
-        return [batch] if chunks == 1 else split_batch(batch, chunks, ba.repeats, ba.layout)
+    def select_rows(self, batch: dict[str, Any], rows: Tensor) -> dict[str, Any]:
+        return select_rows(batch, rows)
 
     def sample_size(self, batch: dict[str, Any]) -> float:
         return float(batch["ntokens"])
 
     def step_logs(self, batch: dict[str, Any], expanded: dict[str, Any]) -> dict[str, float]:
-        # The loop sums counts over ranks: a batch shared by a BA group of ranks is distinct only once.
-        repeats = 1 if self.cfg.ba.expand_on_device else self.cfg.ba.repeats
-        distinct = batch["ntokens"] / repeats / self.cfg.ba.group_size
-        return {"distinct_tokens_count": distinct, "tokens_count": expanded["ntokens"],
-                "sentences_count": expanded["nsentences"]}
+        return {"sentences_count": expanded["nsentences"]}
 
     def loss(self, model, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         logits = model(batch["src_tokens"], batch["src_lengths"], batch["prev_output_tokens"])  # (B, T, V)
-        ba, epsilon = self.cfg.ba, self.cfg.criterion.label_smoothing
-        consistency = ba.consistency != "none" and model.training  # the chunk holds every copy of its sentences
-        if not consistency:  # fused: no (B, T, V) float32 log-probabilities
+        epsilon = self.cfg.criterion.label_smoothing
+        consistency = self.consistency if model.training else None  # the chunk holds every copy of its sentences
+        if consistency is None:  # fused: no (B, T, V) float32 log-probabilities
             loss, nll = label_smoothed_cross_entropy(logits, batch["target"], epsilon, ignore_index=PAD_ID)
         else:
             lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
             loss, nll = label_smoothed_nll_loss(lprobs, batch["target"], epsilon, ignore_index=PAD_ID)
         logs = {"nll_sum": nll.detach()}
-        if consistency:
-            term = consistency_loss(lprobs, ba.repeats, layout=ba.layout, pad_mask=batch["target"].eq(PAD_ID),
-                                    kind=ba.consistency)
-            loss = loss + ba.consistency_alpha * term
-            logs["consistency_sum"] = term.detach() * ba.repeats  # / (M·B tokens): mean per distinct token
+        if consistency is not None:
+            loss = consistency.add(loss, logs, lprobs, batch["target"].eq(PAD_ID))
         logs["loss_sum"] = loss.detach()
         return loss, logs
 
