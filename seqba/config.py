@@ -87,6 +87,11 @@ class BAConfig:
             (translation), per token of the copy columns (language modelling) or per image (on class
             probabilities). Needs M > 1 and every copy of a sample on one rank (``group_size: 1``: copies spread
             over ranks would need a gradient-correct all-gather).
+        fork_layer: k, where the copies are made (issue 21; multi-sample dropout, Inoue 2019, generalised): 0
+            (BA, Hoffer et al.) repeats the input; k > 0 runs the model's first k layers once per distinct sample
+            and repeats their output M times, so the copies differ only by the masks above layer k (layers counted
+            bottom-up, an encoder's before a decoder's; :class:`seqba.models.fork.Fork`). Each task says which k
+            its model allows (images: only 0, their copies are augmentations of the input).
         consistency_alpha: its weight: the update minimises (sum of CE over the M·B rows + alpha * consistency
             summed over the B distinct samples) / (target tokens of the M·B rows). R-Drop's ``reg_alpha`` at M
             copies corresponds to ``consistency_alpha = M / 2 * reg_alpha`` (the same number at M=2).
@@ -99,8 +104,14 @@ class BAConfig:
     expand_on_device: bool = True
     consistency: str = "none"  # "none" or a key of seqba.consistency.CONSISTENCY
     consistency_alpha: float = 0.0
+    fork_layer: int = 0
 
     def __post_init__(self) -> None:
+        _require("fork_layer", self.fork_layer >= 0, f"must be >= 0, got {self.fork_layer}")
+        _require("fork_layer", self.fork_layer == 0 or self.repeats >= 2,
+                 f"{self.fork_layer} needs ba.repeats >= 2 (copies to make)")
+        _require("fork_layer", self.fork_layer == 0 or self.expand_on_device,
+                 "a fork makes the copies inside the model: it needs ba.expand_on_device: true")
         for name in ("repeats", "group_size", "sample_chunks"):
             _require(name, getattr(self, name) >= 1, f"must be >= 1, got {getattr(self, name)}")
         kinds = ("none", *CONSISTENCY)

@@ -233,7 +233,7 @@ class GradStats(Callback):
             model.train()
             losses, copy_index = task.row_losses(model, batch, state)
             copies = int(copy_index.max()) + 1
-            stats = copy_grad_stats(losses, copy_index, copies, params, float(task.sample_size(batch)) / copies)
+            stats = copy_grad_stats(losses, copy_index, copies, params, trainer.ba.sample_size(batch) / copies)
         finally:
             _restore_state(model, saved)
         stats["grad_stats_seconds"] = time.perf_counter() - start

@@ -299,7 +299,7 @@ class Trainer:
         for i, batch in enumerate(batches):
             expanded = self.ba.expand(batch)
             self._emit("on_train_batch", expanded, task.batch_state())
-            size = float(task.sample_size(expanded))
+            size = self.ba.sample_size(expanded)
             sample_size += size
             for k, v in {**self.ba.counts(size), **task.step_logs(batch, expanded)}.items():
                 logs[k] = logs.get(k, 0.0) + float(v)

@@ -54,6 +54,17 @@ def test_arms_translation_sample_chunks_and_consistency():
     assert {c.train.max_updates for c in cfgs.values()} == {100000}
 
 
+def test_forked_arms_come_from_the_task():
+    """Translation names two forked arms (TaskSpec.fork_arms): after the encoder and below the last decoder layer;
+    a family without forks does not know the names."""
+    path = RECIPES / "transformer_multi30k_m4.yaml"
+    cfgs = resolved(path, [], derive_arms(path, [], ["ba", "ba_fork_enc", "ba_fork_top"], counter=no_counting))
+    assert [c.ba.fork_layer for c in cfgs.values()] == [0, 3, 5]
+    assert all(c.ba.repeats == 4 for c in cfgs.values())
+    with pytest.raises(ConfigError, match="unknown arm 'ba_fork_enc'"):
+        derive_arms(RECIPES / "resnet_mnist_m4.yaml", [], ["ba", "ba_fork_enc"], counter=no_counting)
+
+
 def test_arms_language_modeling():
     path = RECIPES / "awd_lstm_ptb_small_m10.yaml"
     cfgs = resolved(path, [], derive_arms(path, [], ["fixed_steps", "fixed_samples", "ba"], counter=no_counting))

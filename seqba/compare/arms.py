@@ -9,6 +9,7 @@ updates::
     fixed_steps     1   B       U         "fixed #steps": same steps, M x fewer rows per step
     fixed_samples   1   M·B     U         "fixed #samples": same steps and rows, M x more distinct samples
     equal_time      1   B       U·r       same wall-clock as ba: r = (s/update of ba) / (s/update of fixed_steps)
+    ba_fork_*       M   B       U         the task's forked arms (``TaskSpec.fork_arms``: ``ba.fork_layer = k``)
     NAME (custom)   the recipe plus ``--arm NAME:key=value,...``
 
 Everything else (model, optimizer, learning-rate schedule in updates, augmentation, ghost batch size, dropout) is
@@ -181,15 +182,17 @@ def derive_arms(recipe: str | Path, overrides: list[str], names: list[str], cust
             ``fixed_steps``, or an arm whose config does not load (the message names the arm).
     """
     known = {a.name: a for a in custom}
+    cfg = config_lib.load(recipe, overrides)
+    forks = TASKS[cfg.task].fork_arms(cfg) if TASKS[cfg.task].fork_arms else {}  # name -> ba.fork_layer
     for name in names:
-        if name not in BUILTIN and name not in known:
+        if name not in BUILTIN and name not in known and name not in forks:
+            builtin = ", ".join([*BUILTIN, *forks])
             defined = f"; --arm: {', '.join(known)}" if known else " (or define it with --arm NAME:key=value,...)"
-            raise ConfigError(f"unknown arm {name!r}; built-in arms: {', '.join(BUILTIN)}{defined}")
+            raise ConfigError(f"unknown arm {name!r}; built-in arms: {builtin}{defined}")
     if len(set(names)) != len(names):
         raise ConfigError(f"--arms lists an arm twice: {','.join(names)}")
     if "equal_time" in names and not {"ba", "fixed_steps"} <= set(names):
         raise ConfigError("equal_time is timed from the ba and fixed_steps arms: list both in --arms")
-    cfg = config_lib.load(recipe, overrides)
     m = cfg.ba.repeats
     derived = [n for n in names if n in BUILTIN and n != "ba"]
     if derived and m < 2:
@@ -219,6 +222,9 @@ def derive_arms(recipe: str | Path, overrides: list[str], names: list[str], cust
                 arm.pending, arm.note = True, f"M=1, {key}={batch}, updates = {updates} x (ba s/update) / " \
                                               "(fixed_steps s/update), per seed"
             arms.append(arm)
+        elif name in forks and name not in known:
+            arms.append(Arm(name, [f"ba.fork_layer={forks[name]}"], f"the recipe with its M copies made after layer "
+                                                                     f"{forks[name]} (ba.fork_layer)"))
         elif name == "fixed_samples":
             arms.append(Arm(name, _m1(cfg) + [f"{key}={m * batch}"] + schedule,
                             f"M=1, {key}={m * batch} (M·B distinct), {updates} updates"))

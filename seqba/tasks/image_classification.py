@@ -392,6 +392,9 @@ def evaluate(cfg: Any, model_state: dict, args: ImageEvalOptions) -> dict[str, f
 def check_config(cfg, where) -> None:
     """Cross-field checks of an image recipe (run at ``seqba.config.load``)."""
     data, ba = cfg.data, cfg.ba
+    if ba.fork_layer:
+        raise ConfigError(f"{where(('ba', 'fork_layer'))}: {ba.fork_layer}: image copies are augmentations made at "
+                          "the input, so every layer must see them; use 0")
     side = IMAGE_SIZES[data.dataset]
     if data.cutout_size > side:
         raise ConfigError(f"{where(('data', 'cutout_size'))}: {data.cutout_size} is larger than the {side}x{side} "

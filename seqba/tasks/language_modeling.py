@@ -428,6 +428,9 @@ def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, float]:
 def check_config(cfg, where) -> None:
     """Cross-field checks of a language-modelling recipe (run at ``seqba.config.load``)."""
     ba = cfg.ba
+    if ba.fork_layer:
+        raise ConfigError(f"{where(('ba', 'fork_layer'))}: {ba.fork_layer}: forked copies are not wired into "
+                          "language modelling yet (the models support them: seqba.models.fork); use 0")
     if ba.layout != "tiled":
         raise ConfigError(f"{where(('ba', 'layout'))}: {ba.layout!r}: language modeling lays BA copies out "
                           "copy-major (repeat_streams); set ba.layout: tiled")

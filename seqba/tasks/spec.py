@@ -127,6 +127,8 @@ class TaskSpec:
             study's table says so.
         analysis: the :class:`~seqba.tasks.base.GradAdapter` subclass of ``python -m seqba.analyze
             grad-correlation``; None: not supported.
+        fork_arms: ``fork_arms(cfg) -> {arm name: ba.fork_layer}``, the forked-BA arms a study of ``cfg`` can run
+            by name (translation: ``ba_fork_enc``, ``ba_fork_top``); None: the family has none.
     """
 
     data_config: type
@@ -146,3 +148,4 @@ class TaskSpec:
     outputs_option: str | None = None
     significance: SignificanceTest | None = None
     analysis: type | None = None
+    fork_arms: Callable[[Any], dict[str, int]] | None = None

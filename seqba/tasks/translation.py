@@ -49,6 +49,7 @@ from seqba.errors import ConfigError, FieldError, SeqbaError, UsageError
 from seqba.gradstats import per_sample_grads
 from seqba.layout import CopyLayout
 from seqba.metrics import perplexity
+from seqba.models.fork import Fork
 from seqba.models.transformer import Transformer, TransformerConfig
 from seqba.samplers import TokenBudgetBatchSampler
 from seqba.search import DEFAULT_MAX_LEN_A, DEFAULT_MAX_LEN_B, translate
@@ -148,6 +149,8 @@ class TranslationTask(Task):
             num_replicas=accelerator.num_processes, rank=accelerator.process_index, group_size=cfg.ba.group_size,
             skip_invalid_size=data.skip_invalid_size)
         self.consistency = ConsistencyTerm.from_config(cfg.ba)  # None without ba.consistency
+        ba = cfg.ba  # ba.fork_layer > 0: batches stay B rows and the model makes the M copies at layer k
+        self.fork = Fork(ba.fork_layer, ba.repeats, ba.layout) if ba.fork_layer else None
 
     def _fit_positions(self, dataset: TranslationDataset, split: str) -> np.ndarray:
         """``num_tokens`` of ``dataset``, with pairs longer than ``model.max_positions`` marked for skipping.
@@ -220,28 +223,36 @@ class TranslationTask(Task):
     def step_logs(self, batch: dict[str, Any], expanded: dict[str, Any]) -> dict[str, float]:
         return {"sentences_count": expanded["nsentences"]}
 
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Teacher-forced logits (N, T, V) and their targets (N, T): N rows of ``batch``, or M times its B samples
+        when the model makes the copies (``ba.fork_layer``, training only)."""
+        if self.fork is not None and model.training:
+            logits = model(batch["src_tokens"], batch["src_lengths"], batch["prev_output_tokens"], fork=self.fork)
+            return logits, self.fork.copy(batch["target"])
+        return model(batch["src_tokens"], batch["src_lengths"], batch["prev_output_tokens"]), batch["target"]
+
     def loss(self, model, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = model(batch["src_tokens"], batch["src_lengths"], batch["prev_output_tokens"])  # (B, T, V)
+        logits, target = self.forward(model, batch)  # (N, T, V), (N, T)
         epsilon = self.cfg.criterion.label_smoothing
         consistency = self.consistency if model.training else None  # the chunk holds every copy of its sentences
         if consistency is None:  # fused: no (B, T, V) float32 log-probabilities
-            loss, nll = label_smoothed_cross_entropy(logits, batch["target"], epsilon, ignore_index=PAD_ID)
+            loss, nll = label_smoothed_cross_entropy(logits, target, epsilon, ignore_index=PAD_ID)
         else:
             lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
-            loss, nll = label_smoothed_nll_loss(lprobs, batch["target"], epsilon, ignore_index=PAD_ID)
+            loss, nll = label_smoothed_nll_loss(lprobs, target, epsilon, ignore_index=PAD_ID)
         logs = {"nll_sum": nll.detach()}
         if consistency is not None:
-            loss = consistency.add(loss, logs, lprobs, batch["target"].eq(PAD_ID))
+            loss = consistency.add(loss, logs, lprobs, target.eq(PAD_ID))
         logs["loss_sum"] = loss.detach()
         return loss, logs
 
     def row_losses(self, model: nn.Module, batch: dict[str, Any], hidden: Any = None) -> tuple[Tensor, Tensor]:
         """Per sentence: label-smoothed cross-entropy summed over its target tokens; copies in ``ba.layout``."""
-        logits = model(batch["src_tokens"], batch["src_lengths"], batch["prev_output_tokens"])  # (N, T, V)
+        logits, target = self.forward(model, batch)  # (N, T, V), (N, T)
         lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
         eps, ba = self.cfg.criterion.label_smoothing, self.cfg.ba
         losses = torch.vmap(lambda lp, t: label_smoothed_nll_loss(lp, t, eps, ignore_index=PAD_ID)[0])(
-            lprobs, batch["target"])  # (N,)
+            lprobs, target)  # (N,)
         return losses, CopyLayout(ba.repeats, ba.layout).copy_of_rows(len(losses), losses.device)
 
     # -- evaluation ---------------------------------------------------------------------------------------
@@ -430,11 +441,25 @@ def split_references(cfg, split: str) -> list[str]:
     return read_raw_lines(cfg.data.prepared_dir, split, "target")
 
 
+def fork_arms(cfg) -> dict[str, int]:
+    """Forked BA arms of a study: after the whole encoder, and below the decoder's last layer (issue 21)."""
+    model = cfg.model
+    return {"ba_fork_enc": model.encoder_layers, "ba_fork_top": model.encoder_layers + model.decoder_layers - 1}
+
+
+def check_config(cfg, where) -> None:
+    """``ba.fork_layer`` must leave a layer above the fork (its dropout masks tell the copies apart)."""
+    layers = cfg.model.encoder_layers + cfg.model.decoder_layers
+    if cfg.ba.fork_layer >= layers:
+        raise ConfigError(f"{where(('ba', 'fork_layer'))}: {cfg.ba.fork_layer} leaves no layer to tell the copies "
+                          f"apart (the model has {layers}: encoder_layers + decoder_layers); use at most {layers - 1}")
+
+
 SPEC = TaskSpec(TranslationDataConfig, TransformerConfig, TranslationCriterionConfig, TranslationTask,
-                evaluate=evaluate, eval_options=TranslationEvalOptions, fingerprint=fingerprint,
+                evaluate=evaluate, eval_options=TranslationEvalOptions, fingerprint=fingerprint, check=check_config,
                 batch_key="data.max_tokens", batch_unit="tokens", test_metrics=(Metric("bleu", True),),
                 curve_metric="ppl", test_set_options=("src", "ref"), outputs_option="output",
                 significance=SignificanceTest(
                     "bleu", "p: sacreBLEU paired bootstrap resampling (1000 resamples) of the arm's BLEU against "
                     "fixed_steps of the same seed, one value per seed.", paired_bootstrap, split_references),
-                analysis=TranslationGradients)
+                analysis=TranslationGradients, fork_arms=fork_arms)
