@@ -30,7 +30,7 @@ from test_recipes import RECIPES, SHARED, SYNTHETIC, TINY  # noqa: E402
 from seqba import config as config_lib  # noqa: E402
 from seqba.data.paths import data_root  # noqa: E402
 
-RATES = ("_per_s", "seconds")
+RATES = ("_per_s", "seconds", "model_flops_per_step")  # timings, and a count some revisions do not log
 
 
 def export_revision(rev: str, into: Path) -> Path:

@@ -39,6 +39,10 @@ def test_fork_without_dropout_is_ba(recipe, tmp_path):
         torch.testing.assert_close(_weights(runs[1])[name], value, rtol=1e-4, atol=1e-6)
     first = next(r for r in _records(runs[1]) if "loss" in r)
     assert first["tokens_per_step"] == pytest.approx(3 * first["distinct_tokens_per_step"])
+    assert first["sentences_per_step"] == next(r for r in _records(runs[0]) if "loss" in r)["sentences_per_step"]
+    # model FLOPs as executed (seqba.flops): the encoder layer once per sample instead of M times
+    flops = [next(r for r in _records(runs[k]) if "loss" in r)["model_flops_per_step"] for k in (0, 1)]
+    assert 0 < flops[1] < flops[0]
 
 
 def test_fork_in_sample_chunks_and_with_consistency(recipe, tmp_path):

@@ -46,6 +46,7 @@ from seqba.consistency import ConsistencyTerm
 from seqba.losses import label_smoothed_cross_entropy, label_smoothed_nll_loss
 from seqba.distributed import main_process_first
 from seqba.errors import ConfigError, FieldError, SeqbaError, UsageError
+from seqba.flops import transformer_step_flops
 from seqba.gradstats import per_sample_grads
 from seqba.layout import CopyLayout
 from seqba.metrics import perplexity
@@ -221,7 +222,16 @@ class TranslationTask(Task):
         return float(batch["ntokens"])
 
     def step_logs(self, batch: dict[str, Any], expanded: dict[str, Any]) -> dict[str, float]:
-        return {"sentences_count": expanded["nsentences"]}
+        """Sentences of the M·B rows and the step's model FLOPs (:func:`seqba.flops.transformer_step_flops`, as
+        executed: a fork's shared layers once per sample), logged as ``model_flops_per_s`` for MFU."""
+        fork, model = self.fork, self.cfg.model
+        copies = fork.repeats if fork is not None else 1  # a forked batch holds the B distinct samples
+        flops = transformer_step_flops(
+            expanded["src_lengths"].cpu().numpy(), expanded["target"].ne(PAD_ID).sum(1).cpu().numpy(),
+            d_model=model.d_model, ffn_dim=model.ffn_dim, encoder_layers=model.encoder_layers,
+            decoder_layers=model.decoder_layers, vocab_size=self.vocab_size, repeats=copies,
+            fork_layer=fork.layer if fork is not None else 0, memory_shared=fork is None or fork.shares_rows)
+        return {"sentences_count": expanded["nsentences"] * copies, "model_flops_count": flops}
 
     def forward(self, model: nn.Module, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         """Teacher-forced logits (N, T, V) and their targets (N, T): N rows of ``batch``, or M times its B samples
