@@ -199,8 +199,9 @@ class TrainConfig:
         save_interval_updates: checkpoint every this many updates (0: at validation time and at the end).
         keep_checkpoints: how many step checkpoints to keep (0: all).
         resume: ``auto`` (latest checkpoint in output_dir if any), ``none``, or a checkpoint directory.
-        mixed_precision: ``no``, ``fp16`` or ``bf16`` (passed to Accelerate: autocast on CPU and GPU; fp16 adds a
-            loss scaler and needs a CUDA GPU: refused on the CPU at start-up). Under autocast the losses are computed in float32 from the low-precision
+        mixed_precision: ``no``, ``fp16``, ``bf16`` or ``auto`` (passed to Accelerate: autocast on CPU and GPU;
+            fp16 adds a loss scaler and needs a CUDA GPU: refused on the CPU at start-up; ``auto`` times fp32 and
+            bf16 on this machine once per model and keeps the faster: :mod:`seqba.precision`). Under autocast the losses are computed in float32 from the low-precision
             logits, and on the CPU the Transformer's attention runs in float32
             (:func:`seqba.models.transformer.attention`).
         compile: compile the training model with ``torch.compile`` (inductor, ``dynamic=`` the task's
@@ -223,7 +224,7 @@ class TrainConfig:
     save_interval_updates: int = 0
     keep_checkpoints: int = 1
     resume: str = "auto"
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16", "auto"] = "no"
     compile: bool = False
     log_with: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"
     num_workers: int = 0

@@ -63,6 +63,7 @@ from seqba.distributed import main_process_first, seed_worker_rngs
 from seqba.errors import CheckpointError, ConfigError, NonFiniteError
 from seqba.observers import recipe_callbacks
 from seqba.optim import build_optimizer, lr_multiplier
+from seqba.precision import resolve_precision
 from seqba.runlock import RunLock
 from seqba.tasks import TASKS
 
@@ -128,7 +129,10 @@ class Trainer:
         if tc.mixed_precision == "fp16" and not torch.cuda.is_available():
             raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU (loss-scaled fp16 training); on the CPU "
                               "use bf16")
-        self.accelerator = Accelerator(cpu=multi_cpu, mixed_precision=tc.mixed_precision,
+        # "auto": the faster of fp32 and bf16 here, timed once per machine and model (seqba.precision)
+        self.precision, how = resolve_precision(tc.mixed_precision, self.config_dict,
+                                                int(os.environ.get("WORLD_SIZE", "1")))
+        self.accelerator = Accelerator(cpu=multi_cpu, mixed_precision=self.precision,
                                        log_with=None if tc.log_with == "none" else tc.log_with,
                                        project_dir=str(self.output_dir / "trackers"),
                                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)])
@@ -139,6 +143,7 @@ class Trainer:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         for noisy in ("accelerate", "matplotlib"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        logger.info("mixed precision: %s (%s)", self.precision, how)
 
     def _on_main_process(self, check: Callable[[], None]) -> None:
         """Run ``check`` on the main process; every rank raises the error it raised, before any other collective."""
