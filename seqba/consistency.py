@@ -342,7 +342,7 @@ class ConsistencyTerm:
 
     def cross_entropy(self, logits: Tensor, target: Tensor, epsilon: float, logs: dict[str, Any], *,
                       ignore_index: int | None = 0, layout: CopyLayout | None = None,
-                      chunk_rows: int | None = None) -> tuple[Tensor, Tensor]:
+                      chunk_rows: int | None = None, compiled: bool = False) -> tuple[Tensor, Tensor]:
         """Label-smoothed cross-entropy + ``alpha × term`` fused from the logits; logs the term as :meth:`add` does.
 
         ``seqba.fused_consistency.cross_entropy_with_consistency``: the same sums (up to float rounding) as
@@ -353,7 +353,8 @@ class ConsistencyTerm:
             logits: (M·B, ..., V) unnormalised scores, any float dtype; target: (M·B, ...) int64 gold ids.
             epsilon: label smoothing mass in [0, 1); ignore_index: the padding id (None: no padding).
             logs: gets ``"consistency_sum"`` (term × M, detached).
-            layout: overrides the constructor's layout; chunk_rows: rows per chunk (default: cache-sized).
+            layout: overrides the constructor's layout; chunk_rows: rows per chunk (default: cache-sized);
+            compiled: each chunk through ``torch.compile`` (see ``cross_entropy_with_consistency``).
 
         Returns:
             ``(loss_sum, nll_sum)``, 0-d: CE + alpha × term (differentiable) and the NLL sum (not).
@@ -365,6 +366,7 @@ class ConsistencyTerm:
         if layout is None:
             raise ValueError("ConsistencyTerm: no copy layout given (pass layout= here or to the constructor)")
         loss, nll, term = cross_entropy_with_consistency(logits, target, epsilon, layout, self.kind, self.alpha,
-                                                         ignore_index=ignore_index, chunk_rows=chunk_rows)
+                                                         ignore_index=ignore_index, chunk_rows=chunk_rows,
+                                                         compiled=compiled)
         logs["consistency_sum"] = term.detach() * layout.repeats
         return loss, nll

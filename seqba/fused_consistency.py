@@ -89,7 +89,7 @@ def cross_entropy_with_consistency(
         alpha: weight of the term in ``loss_sum``.
         ignore_index: target id of padding; ``None`` keeps every position.
         chunk_rows: rows per chunk, rounded down to whole positions (M rows each, at least one position);
-            default :func:`default_chunk_rows`.
+            default :func:`default_chunk_rows` (a quarter of it on a GPU when not ``compiled``).
         compiled: run each chunk's forward and backward through ``torch.compile`` (one fused loop per step of the
             chunk instead of one pass per operation; compiled once per process and kind, recompiled for new chunk
             shapes as ``torch.compile`` decides). Needs a working inductor backend (a C++ compiler on the CPU).
@@ -109,8 +109,9 @@ def cross_entropy_with_consistency(
     if layout.repeats < 2:
         raise ValueError(f"a consistency term needs repeats >= 2 (copies to compare), got {layout.repeats}")
     layout.samples(logits.size(0))  # raises unless the rows are a multiple of M
-    if chunk_rows is None:
+    if chunk_rows is None:  # an eager GPU chunk holds about four float32 tensors of its size, the CE's two
         chunk_rows = default_chunk_rows(logits.size(-1), logits.device)
+        chunk_rows = chunk_rows if compiled or logits.device.type == "cpu" else chunk_rows // 4
     if chunk_rows < 1:
         raise ValueError(f"cross_entropy_with_consistency: chunk_rows={chunk_rows} must be >= 1")
     rows, vocab = logits.size(0), logits.size(-1)
