@@ -13,6 +13,12 @@ Reports target tokens per second (median over the timed steps, the first ``--war
 (CUDA: ``max_memory_allocated``; CPU: peak RSS of the process) and the ratios M=4 / M=1 and seqba / bare. Goals:
 M=4 per-token throughput >= 0.95x of M=1, seqba's loop >= 0.9x of the bare loop.
 
+MFU on this CPU: each configuration's model FLOP/s (median over the same steps; seqba logs ``model_flops_per_s``,
+the bare loop counts its batches with ``seqba.flops.transformer_step_flops``: 6 x parameters x tokens plus
+attention, as nanoGPT and PaLM's appendix B) over the peak GEMM FLOP/s of the step's shapes that
+``benchmarks/mfu.py`` measures before and after the runs (float32 and bfloat16, one thread and all threads; the
+runs' ``--precision`` and ``--threads`` pick the peak). ``--settings`` reports it for every setting.
+
     python benchmarks/bench_train.py                       # Transformer-base, fp32, 4096 tokens (slow on CPU)
     python benchmarks/bench_train.py --small --steps 8     # a small model for a quick look
 
@@ -53,6 +59,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import mfu as mfu_lib  # benchmarks/mfu.py
 from ratios import per_round_ratios, summarize  # benchmarks/ratios.py
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,11 +96,26 @@ def recipe_args(args, out: Path, repeats: int, micro: int) -> list[str]:
         f"output_dir={out}", f"data.prepared_dir={args.data}", "data.prepare.preset=null",
         f"data.max_tokens={args.max_tokens}",
         f"ba.repeats={repeats}", f"ba.sample_chunks={micro}", f"train.max_updates={args.steps}",
-        "train.log_interval=1", "train.validate_interval_updates=0", "train.save_interval_updates=1000000", "train.progress_bar=false",
+        "train.log_interval=1", "train.validate_interval_updates=0", "train.save_interval_updates=1000000",
+        "train.progress_bar=false",
         "model.dropout=0.1", "optim.warmup_updates=4000", "data.required_batch_size_multiple=8",
         f"train.mixed_precision={args.precision}", f"train.compile={str(args.compile).lower()}",
     ]
     return [str(ROOT / "recipes" / "transformer_synthetic_m4.yaml"), *overrides, *(SMALL if args.small else BASE)]
+
+
+def step_peaks(args) -> dict:
+    """Measured GEMM peaks (benchmarks/mfu.py) of the step's shapes: ``--max-tokens`` rows, the model's d_model and
+    ffn_dim, the corpus's vocabulary."""
+    sizes = dict(item.split("=") for item in (SMALL if args.small else BASE))
+    vocab = json.loads((Path(args.data) / "manifest.json").read_text())["vocab_size"]
+    return mfu_lib.measure_peaks(mfu_lib.step_shapes(args.max_tokens, int(sizes["model.d_model"]),
+                                                     int(sizes["model.ffn_dim"]), vocab))
+
+
+def with_mfu(rows: list[dict], peaks: dict, precision: str, threads: int | None) -> dict:
+    """MFU on this CPU of the median model FLOP/s of ``rows`` (one per round): :func:`mfu.mfu_row`."""
+    return mfu_lib.mfu_row(statistics.median(r["model_flops_per_s"] for r in rows), peaks, precision, threads)
 
 
 def peak_memory_mb(device: str) -> float:
@@ -115,8 +137,9 @@ def child_seqba(args) -> dict:
     if code:
         raise SystemExit(code)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][args.warmup:]
-    return {"tgt_tokens_per_s": statistics.median(rates), "tgt_tokens_per_step":
+    steps = [r for r in records if "tokens_per_s" in r][args.warmup:]
+    return {"tgt_tokens_per_s": statistics.median(r["tokens_per_s"] for r in steps),
+            "model_flops_per_s": statistics.median(r["model_flops_per_s"] for r in steps), "tgt_tokens_per_step":
             statistics.mean(r["tokens_per_step"] for r in records if "tokens_per_step" in r),
             "peak_memory_mb": peak_memory_mb(args.device), "malloc": malloc}
 
@@ -128,6 +151,7 @@ def child_bare(args) -> dict:
 
     from seqba import config as config_lib
     from seqba.data.translation import TranslationDataset, collate, read_manifest
+    from seqba.flops import transformer_step_flops
     from seqba.samplers import TokenBudgetBatchSampler
     from seqba.tasks.translation import build_transformer
     from seqba.allocator import configure_malloc
@@ -139,12 +163,17 @@ def child_bare(args) -> dict:
     data = TranslationDataset(cfg.data.prepared_dir, "train")
     sampler = TokenBudgetBatchSampler(data.num_tokens, cfg.data.max_tokens, required_batch_size_multiple=8, seed=1)
     batches = [collate([data[i] for i in ids]) for ids, _ in zip(sampler, range(args.steps))]
-    model = build_transformer(cfg.model, int(read_manifest(cfg.data.prepared_dir)["vocab_size"])).to(device)
+    vocab_size = int(read_manifest(cfg.data.prepared_dir)["vocab_size"])
+    model = build_transformer(cfg.model, vocab_size).to(device)
+    m = cfg.model  # model FLOPs of each batch, counted as seqba's trainer logs them (seqba.flops)
+    flops = [transformer_step_flops(b["src_lengths"].numpy(), b["target"].ne(0).sum(1).numpy(), d_model=m.d_model,
+                                    ffn_dim=m.ffn_dim, encoder_layers=m.encoder_layers,
+                                    decoder_layers=m.decoder_layers, vocab_size=vocab_size) for b in batches]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98))
     forward = torch.compile(model, dynamic=True) if args.compile else model  # as seqba's Trainer compiles
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
-    rates = []
-    for batch in batches:
+    rates, flops_per_s = [], []
+    for batch, batch_flops in zip(batches, flops):
         start = time.perf_counter()
         src, lengths = batch["src_tokens"].to(device), batch["src_lengths"].to(device)
         prev, target = batch["prev_output_tokens"].to(device), batch["target"].to(device)
@@ -158,8 +187,11 @@ def child_bare(args) -> dict:
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        rates.append(batch["ntokens"] / (time.perf_counter() - start))
+        seconds = time.perf_counter() - start
+        rates.append(batch["ntokens"] / seconds)
+        flops_per_s.append(batch_flops / seconds)
     return {"tgt_tokens_per_s": statistics.median(rates[args.warmup:]),
+            "model_flops_per_s": statistics.median(flops_per_s[args.warmup:]),
             "tgt_tokens_per_step": statistics.mean(b["ntokens"] for b in batches),
             "peak_memory_mb": peak_memory_mb(args.device), "malloc": malloc}
 
@@ -187,7 +219,8 @@ def spawn(args, kind: str, repeats: int = 1, micro: int = 1, setting: str | None
         cmd = [sys.executable, __file__, "--child", kind, "--out-dir", tmp, "--repeats", str(repeats), "--micro",
                str(micro), "--steps", str(args.steps), "--warmup", str(args.warmup), "--max-tokens",
                str(args.max_tokens), "--device", args.device, "--data", str(args.data),
-               "--precision", args.precision] + (["--small"] if args.small else []) + (["--compile"] if args.compile else [])
+               "--precision", args.precision] + (["--small"] if args.small else []) + (
+                   ["--compile"] if args.compile else [])
         env = malloc_env(setting or ("default" if args.default_malloc else "mallopt"))
         if args.threads:
             env["OMP_NUM_THREADS"] = str(args.threads)
@@ -234,7 +267,8 @@ def malloc_compare(args) -> None:
     result = {"kind": args.kind, "settings": table, "setup": {
         "model": "small (d256, 3+3)" if args.small else "Transformer-base", "vocab_size": args.vocab_size,
         "max_tokens": args.max_tokens, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-        "threads": args.threads or "torch default", "device": args.device, "machine": machine(), "note": "2 CPU cores shared with other jobs; interleaved"}}
+        "threads": args.threads or "torch default", "device": args.device, "machine": machine(),
+        "note": "2 CPU cores shared with other jobs; interleaved"}}
     out = Path(args.out).with_name("malloc.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -252,6 +286,7 @@ def settings_compare(args) -> None:
     setting / fp32 eager of the same loop. Compilation happens in the warm-up steps, which are not timed.
     """
 
+    peaks_before = step_peaks(args)
     runs: dict[str, dict[str, list[dict]]] = {name: {"seqba": [], "bare": []} for name in SETTINGS}
     for round_ in range(args.rounds):
         for name, (precision, compiled) in SETTINGS.items():
@@ -260,6 +295,7 @@ def settings_compare(args) -> None:
                 runs[name][kind].append(spawn(child_args, kind))
                 print(f"round {round_ + 1}/{args.rounds} {name:>13} {kind:>5}: "
                       f"{runs[name][kind][-1]['tgt_tokens_per_s']:.0f} tgt tok/s", flush=True)
+    peaks = mfu_lib.best_peaks(peaks_before, step_peaks(args))
     median = lambda rows: statistics.median(r["tgt_tokens_per_s"] for r in rows)  # noqa: E731
     ref = {kind: median(runs["fp32_eager"][kind]) for kind in ("seqba", "bare")}
     table = {}
@@ -270,18 +306,23 @@ def settings_compare(args) -> None:
                        "bare_over_fp32_eager": bare / ref["bare"],
                        "seqba_peak_memory_mb": statistics.median(r["peak_memory_mb"] for r in runs[name]["seqba"]),
                        "bare_peak_memory_mb": statistics.median(r["peak_memory_mb"] for r in runs[name]["bare"]),
-                       "runs": {kind: [r["tgt_tokens_per_s"] for r in rows] for kind, rows in runs[name].items()}}
+                       "runs": {kind: [r["tgt_tokens_per_s"] for r in rows] for kind, rows in runs[name].items()},
+                       "mfu": {kind: with_mfu(rows, peaks, SETTINGS[name][0], args.threads)
+                               for kind, rows in runs[name].items()}}
         rate = {kind: [r["tgt_tokens_per_s"] for r in runs[name][kind]] for kind in ("seqba", "bare")}
         base = {kind: [r["tgt_tokens_per_s"] for r in runs["fp32_eager"][kind]] for kind in ("seqba", "bare")}
         table[name]["per_round"] = {  # the headlines: median (range) of ratios taken inside each round
             "seqba_over_bare": summarize(per_round_ratios(rate["seqba"], rate["bare"]), 3),
             "seqba_over_fp32_eager": summarize(per_round_ratios(rate["seqba"], base["seqba"]), 3),
             "bare_over_fp32_eager": summarize(per_round_ratios(rate["bare"], base["bare"]), 3)}
-    print(f"{'setting':>13} {'seqba tok/s':>11} {'bare tok/s':>10} {'seqba/bare':>10} {'x fp32 eager':>12}")
+    print(f"{'setting':>13} {'seqba tok/s':>11} {'bare tok/s':>10} {'seqba/bare':>10} {'x fp32 eager':>12} "
+          f"{'MFU seqba':>9} {'MFU bare':>8}")
     for name, row in table.items():
         print(f"{name:>13} {row['seqba_tgt_tokens_per_s']:>11.0f} {row['bare_tgt_tokens_per_s']:>10.0f} "
-              f"{row['seqba_over_bare']:>10.2f} {row['seqba_over_fp32_eager']:>12.2f}")
-    result = {"settings": table, "setup": {
+              f"{row['seqba_over_bare']:>10.2f} {row['seqba_over_fp32_eager']:>12.2f} "
+              f"{100 * row['mfu']['seqba']['mfu']:>8.1f}% {100 * row['mfu']['bare']['mfu']:>7.1f}%")
+    print(mfu_lib.describe(peaks) + "\n  MFU on this CPU: " + mfu_lib.FLOPS_NOTE)
+    result = {"settings": table, "peaks": peaks, "mfu_note": mfu_lib.FLOPS_NOTE, "setup": {
         "model": "small (d256, 3+3)" if args.small else "Transformer-base", "vocab_size": args.vocab_size,
         "max_tokens": args.max_tokens, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
         "threads": args.threads or "torch default", "device": args.device, "machine": machine(),
@@ -330,6 +371,7 @@ def main() -> None:
     if args.settings:
         settings_compare(args)
         return
+    peaks_before = step_peaks(args)
     runs: dict[str, list[dict]] = {"bare_m1": [], "seqba_m1": [], "seqba_m4": []}
     for round_ in range(args.rounds):  # interleaved: the three configurations back to back in every round
         runs["bare_m1"].append(spawn(args, "bare"))
@@ -337,10 +379,12 @@ def main() -> None:
         runs["seqba_m4"].append(spawn(args, "seqba", 4, 4))
         print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
             f"{name} {rows[-1]['tgt_tokens_per_s']:.0f}" for name, rows in runs.items()) + " tgt tok/s", flush=True)
+    peaks = mfu_lib.best_peaks(peaks_before, step_peaks(args))
     rate = {name: [r["tgt_tokens_per_s"] for r in rows] for name, rows in runs.items()}
     results = {name: {"tgt_tokens_per_s": statistics.median(rate[name]), "runs": rate[name],
                       "tgt_tokens_per_step": rows[0]["tgt_tokens_per_step"],
-                      "peak_memory_mb": statistics.median(r["peak_memory_mb"] for r in rows)}
+                      "peak_memory_mb": statistics.median(r["peak_memory_mb"] for r in rows),
+                      "mfu": with_mfu(rows, peaks, args.precision, args.threads)}
                for name, rows in runs.items()}
     # the headlines: median (range) of the ratios taken inside each round
     results["ratio_m4_over_m1"] = summarize(per_round_ratios(rate["seqba_m4"], rate["seqba_m1"]), 3)
@@ -348,10 +392,17 @@ def main() -> None:
     results["setup"] = {"model": "small (d256, 3+3)" if args.small else "Transformer-base", "corpus": str(args.data),
                         "vocab_size": args.vocab_size, "max_tokens":
                         args.max_tokens, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-                        "device": args.device, "malloc": "default" if args.default_malloc else "seqba.allocator.configure_malloc()",
-                        "machine": machine()}
+                        "device": args.device,
+                        "malloc": "default" if args.default_malloc else "seqba.allocator.configure_malloc()",
+                        "precision": args.precision, "compile": args.compile,
+                        "threads": args.threads or "torch default", "machine": machine()}
+    results["peaks"], results["mfu_note"] = peaks, mfu_lib.FLOPS_NOTE
     for key, value in results.items():
-        print(f"{key:>22}: {value}")
+        if key not in ("peaks", "mfu_note"):
+            print(f"{key:>22}: {value}")
+    for name in runs:
+        print(f"{name:>22}: {mfu_lib.fmt_mfu(results[name]['mfu'])}")
+    print(mfu_lib.describe(peaks) + "\n  " + mfu_lib.FLOPS_NOTE)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
