@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_recipes import RECIPES, SHARED, SYNTHETIC, TINY  # noqa: E402
+from test_recipes import RECIPES, SHARED, SYNTHETIC, tiny  # noqa: E402
 
 from seqba import config as config_lib  # noqa: E402
 from seqba.data.paths import data_root  # noqa: E402
@@ -45,7 +45,7 @@ def export_revision(rev: str, into: Path) -> Path:
 def overrides_for(recipe: Path, work: Path) -> list[str] | None:
     """The tiny overrides of ``tests/test_recipes.py`` for ``recipe`` (None: its data is not here)."""
     cfg = config_lib.load(recipe)
-    out = list(TINY[cfg.task])
+    out = tiny(recipe, cfg.task)
     if cfg.task == "translation":
         out.append(f"data.prepared_dir={work / ('data-' + recipe.stem)}")
         preset = cfg.data.prepare.preset

@@ -1,17 +1,18 @@
-"""Language modeling task: AWD-LSTM on PTB with Batch Augmentation (Hoffer et al. 2020, Table 3; Merity et al. 2018).
+"""Language modelling: AWD-LSTM (the default), a GPT-style Transformer or any Hugging Face causal LM on PTB-style
+text, with Batch Augmentation (Hoffer et al. 2020, Table 3; Merity et al. 2018).
 
-BA lives in the stream layout (see :mod:`seqba.data.lm`): the training text is cut into B streams and the M copies
-are extra columns, copy-major, so one step reads T rows of N = B * M columns::
+``model.arch`` (:mod:`seqba.tasks.lm_models`) picks the network; the streams, the window iterator and the data
+section are shared (:mod:`seqba.tasks.lm_streams`, which draws the column layout of BA's copies). This module holds
+the AWD-LSTM (:class:`LanguageModelingTask`), which carries its hidden state across windows, one (h, c) per
+column::
 
-    column:   0 .. B-1   |  B .. 2B-1  | ... | (M-1)B .. MB-1      column c*B + b = copy c of stream b
-    rows      copy 0     |  copy 1     | ... | copy M-1            every copy holds the same tokens
-    [i, i+T)  s0 .. sB-1 |  s0 .. sB-1 | ... | s0 .. sB-1          x = rows [i, i+T), y = rows [i+1, i+1+T)
-    hidden    h[:, 0:B]  |  h[:, B:2B] | ... |                     one (h, c) per column, carried across windows
+    hidden    h[:, 0:B]  |  h[:, B:2B] | ... |                     copy c of stream b is column c*B + b
 
-The task reads B columns (the streams) and :class:`~seqba.ba.BatchAugmentation` repeats them copy-major along
-dim 1 (``batch_dim = 1``, ``copy_layout = "tiled"``), as ``seqba.repeat.repeat_streams`` would have repeated the
-whole corpus; the hidden state is carried for all N columns. ``ba.sample_chunks = k`` (k divides M) evaluates the
-columns in k chunks of M/k whole copies, each with its slice of the hidden state.
+and the family's spec; ``transformer`` and ``hf`` read each window on its own (:mod:`seqba.tasks.lm_transformer`).
+``ba.sample_chunks = k`` (k divides M) evaluates the AWD-LSTM's columns in k chunks of M/k whole copies, each with
+its slice of the hidden state. A fork (``ba.fork_layer`` k in 1..num_layers, :class:`seqba.models.fork.Fork`) runs
+the embedding and the first k LSTM layers on the B streams and the layers above on the M·B copies: the hidden
+state is B columns wide below layer k and M·B from it (``AWDLSTM.init_hidden(B, fork)``).
 
 The shared-mask subtlety: the copies of a stream differ only through dropout masks, and not all of AWD-LSTM's masks
 are per column. Locked dropout (``dropouti``/``dropouth``/``dropout``) draws a (1, N, H) mask, so every copy gets its
@@ -25,7 +26,8 @@ Optimization is the reference's NT-ASGD: plain SGD (lr 30, clip 0.25, lr scaled 
 the validation loss has not improved on the best earlier one for ``criterion.nonmono`` evaluations; from then on
 the running average of the iterates (``torch.optim.swa_utils.AveragedModel``, updated after each step) is what is
 validated and saved. It equals the ``ax`` of ``torch.optim.ASGD(lr, lambd=0, t0=0)`` created at the switch, as
-awd-lstm-lm does (whose lagged ``mu`` starts the mean at the second step after the switch).
+awd-lstm-lm does (whose lagged ``mu`` starts the mean at the second step after the switch). AR/TAR and NT-ASGD are
+the AWD-LSTM's: the Transformers' recipes set ``criterion: {alpha: 0, beta: 0, nonmono: 0}``.
 
 Speed and results of the recipes are in README.md and benchmarks/results (``benchmarks/bench_lm.py``).
 
@@ -36,12 +38,10 @@ Run the small recipe, then evaluate::
 """
 from __future__ import annotations
 
-import functools
+import importlib.util
 import logging
-import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator, Literal, NamedTuple
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -51,54 +51,24 @@ from torch.func import functional_call
 from torch.optim.swa_utils import AveragedModel
 
 from seqba.errors import ConfigError, FieldError
-from seqba.data.lm import (SPLITS, BPTTIterator, Corpus, batchify, load_corpus, load_corpus_hf,
-                           split_path)
-from seqba.data.paths import data_root
-from seqba.distributed import rank_group
+from seqba.data.lm import SPLITS, BPTTIterator, batchify
 from seqba.gradstats import per_sample_grads
 from seqba.layout import CopyLayout
 from seqba.consistency import ConsistencyTerm
 from seqba.losses import activation_regularization, temporal_activation_regularization
-from seqba.metrics import perplexity
 from seqba.models.awd_lstm import AWDLSTM, AWDLSTMConfig, Hidden, detach_hidden
-from seqba.tasks.base import GradAdapter, Task
+from seqba.tasks.base import GradAdapter
+from seqba.tasks.lm_models import LMModelConfig, build_lm_model
+from seqba.tasks.lm_streams import (LMBatch, LMDataConfig, StreamLMTask, check_split_size, corpus_root,
+                                    load_lm_corpus, word_metrics)
+from seqba.tasks.lm_transformer import WindowLMGradients, WindowLMTask, evaluate_windows
 from seqba.tasks.spec import EvalOptions, Metric, TaskSpec
 
 logger = logging.getLogger("seqba.tasks.language_modeling")
 
-
-@dataclass
-class LMDataConfig:
-    """Corpus and BPTT batching (awd-lstm-lm ``main.py`` flags in brackets).
-
-    Attributes:
-        root: folder with ``ptb.{train,valid,test}.txt``; ``None``: ``seqba.data.paths.data_root() / "ptb"``.
-        source: ``local`` (files under ``root``) or ``hf`` (``datasets.load_dataset("ptb_text_only")``).
-        batch_size: B, distinct text streams per rank group [--batch_size]; the step has B * M columns.
-        bptt: window length [--bptt]; training draws lengths around it when ``variable_bptt``.
-        variable_bptt: the reference's random window lengths (and lr scaled by seq_len / bptt).
-        eval_batch_size: streams for validation (the reference's 10).
-        test_batch_size: streams for ``seqba.eval --split test`` (the reference's 1).
-        max_train_tokens: train on the first N tokens of the train split only (``None``: all of it); the
-            dictionary still comes from the whole train split, so valid and test are scored as usual. For studies
-            that need many epochs on a CPU (e.g. 100000 tokens, about 11% of PTB).
-    """
-
-    root: str | None = None
-    source: Literal["local", "hf"] = "local"
-    batch_size: int = 20
-    bptt: int = 70
-    variable_bptt: bool = True
-    eval_batch_size: int = 10
-    test_batch_size: int = 1
-    max_train_tokens: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "bptt", "eval_batch_size", "test_batch_size"):
-            if getattr(self, name) < 1:
-                raise FieldError(name, f"must be >= 1, got {getattr(self, name)!r}")
-        if self.max_train_tokens is not None and self.max_train_tokens < 1:
-            raise FieldError("max_train_tokens", f"must be >= 1 or null, got {self.max_train_tokens!r}")
+__all__ = ["LMDataConfig", "LMModelConfig", "LMCriterionConfig", "LMBatch", "LanguageModelingTask", "WindowLMTask",
+           "lm_task", "load_lm_corpus", "corpus_root", "check_split_size", "word_metrics", "corpus_nll",
+           "should_average", "evaluate", "check_config", "SPEC"]
 
 
 @dataclass
@@ -122,75 +92,6 @@ class LMCriterionConfig:
         for name in ("alpha", "beta"):
             if getattr(self, name) < 0:
                 raise FieldError(name, f"must be >= 0, got {getattr(self, name)!r}")
-
-
-class LMBatch(NamedTuple):
-    """A BPTT window over the column slice ``[lo, hi)`` of the N training columns.
-
-    ``x``, ``y``: (T, hi - lo) int64 on the device (y = next token of x in the same column); ``seq_len`` = T;
-    ``lr_scale`` = drawn length / bptt; ``copies``: BA copies among the columns (whole copies only).
-    """
-
-    x: Tensor
-    y: Tensor
-    seq_len: int
-    lr_scale: float
-    lo: int
-    hi: int
-    copies: int
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_corpus(source: str, root: str | None) -> Corpus:
-    return load_corpus_hf() if source == "hf" else load_corpus(root)
-
-
-def load_lm_corpus(data: LMDataConfig) -> Corpus:
-    """The recipe's corpus (read once per process).
-
-    Raises:
-        FileNotFoundError: no ``root`` given and no shared data folder, or a split file missing.
-    """
-    if data.source == "hf":
-        return _cached_corpus("hf", None)
-    return _cached_corpus("local", str(corpus_root(data)))
-
-
-def corpus_root(data: LMDataConfig) -> Path:
-    """The folder of the local corpus: ``data.root``, else ``data_root() / "ptb"`` (resolved).
-
-    Raises:
-        FileNotFoundError: no ``root`` given and no shared data folder.
-    """
-    if data.root is not None:
-        return Path(data.root).resolve()
-    shared = data_root()
-    if shared is None:
-        raise FileNotFoundError("data.root is not set and no shared data folder was found "
-                                "(set SEQBA_DATA or data.root=/path/to/ptb)")
-    return (shared / "ptb").resolve()
-
-
-def check_split_size(corpus: Corpus, data: LMDataConfig, split: str, batch_size: int) -> None:
-    """Refuse a split too short to evaluate in ``batch_size`` streams (2 tokens per stream: an input and its next
-    word), e.g. an empty ``ptb.valid.txt``, at setup rather than at the first validation.
-
-    Raises:
-        ConfigError: naming the split, its file and the batch size.
-    """
-    tokens = getattr(corpus, split).numel()
-    if tokens >= 2 * batch_size:
-        return
-    where = (f"{split} of datasets.load_dataset('ptb_text_only')" if data.source == "hf"
-             else str(split_path(corpus_root(data), split)))
-    option = "data.test_batch_size" if split == "test" else "data.eval_batch_size"
-    raise ConfigError(f"the {split} split ({where}) has {tokens} tokens (incl. one <eos> per line): too few to "
-                      f"evaluate in {option}={batch_size} streams of 2 tokens; it needs at least {2 * batch_size}")
-
-
-def build_lm(model_cfg: AWDLSTMConfig, vocab_size: int) -> AWDLSTM:
-    """The recipe's AWD-LSTM for a vocabulary of ``vocab_size`` words."""
-    return AWDLSTM(vocab_size, model_cfg)
 
 
 @torch.no_grad()
@@ -222,64 +123,36 @@ def should_average(history: list[float], nonmono: int) -> bool:
     return min(history[-nonmono:]) >= min(history[:-nonmono])
 
 
-class LanguageModelingTask(Task):
-    """AWD-LSTM language modeling with BA by dropout (stream layout above) and NT-ASGD."""
-
-    best_metric = ("ppl", True)
-    batch_dim = 1  # (T, N) time-major windows: columns are the rows BA repeats
-    copy_layout = "tiled"  # copy c of stream b is column c·B + b, whatever ba.layout says (the check requires it)
-    loader_repeats = False  # no loader: the windows always hold the B streams
+class LanguageModelingTask(StreamLMTask):
+    """AWD-LSTM language modeling with BA by dropout (stream layout above), NT-ASGD, and forks."""
 
     def __init__(self, cfg, accelerator) -> None:
         super().__init__(cfg, accelerator)
-        data, ba = cfg.data, cfg.ba
-        self.corpus = load_lm_corpus(data)
-        check_split_size(self.corpus, data, "valid", data.eval_batch_size)  # now, not at the first validation
-        self.vocab_size = len(self.corpus.dictionary)
-        # Rank groups (ba.group_size consecutive ranks) share streams; groups take disjoint ones.
-        self.group_size = ba.group_size
-        where = rank_group(accelerator.process_index, accelerator.num_processes, ba.group_size)
-        train = self.corpus.train[:data.max_train_tokens]  # (L,); the whole split when None
-        needed = 2 * data.batch_size * where.num_groups  # two rows: one (input, next word) pair per stream
-        if train.numel() < needed:
-            raise ConfigError(f"data.max_train_tokens={data.max_train_tokens}: {train.numel()} train tokens cannot "
-                              f"fill {data.batch_size * where.num_groups} streams (data.batch_size x rank groups) "
-                              f"of 2 tokens; needs at least {needed}")
-        streams = batchify(train, data.batch_size * where.num_groups)  # (L', B * groups)
-        streams = streams[:, where.group * data.batch_size:(where.group + 1) * data.batch_size]  # (L', B)
-        self.train_data = streams.to(self.device)  # (L', B); the trainer's BA repeats each window to N = B * M
-        self.num_columns = self.train_data.size(1) * ba.repeats  # N: the columns the hidden state is carried for
-        self.iterator = BPTTIterator(self.train_data, data.bptt, variable=data.variable_bptt, seed=cfg.seed)
         self.hidden: Hidden | None = None  # per-column state of the training streams, detached
         self.model: AWDLSTM | None = None
         self.averaged: AveragedModel | None = None  # set when NT-ASGD switches
         self.skip_steps = 0  # steps after the switch not yet averaged
         self.history: list[float] = []  # validation losses before the switch
-        self.consistency = ConsistencyTerm.from_config(ba)  # None without ba.consistency; layout given per chunk
-        logger.info("corpus: %d words, train %d rows x %d streams (B=%d, M=%d: %d columns), %d windows per epoch",
-                    self.vocab_size, *self.train_data.shape, data.batch_size, ba.repeats, self.num_columns,
-                    len(self.iterator))
+        self.consistency = ConsistencyTerm.from_config(cfg.ba)  # None without ba.consistency; layout given per chunk
 
     def build_model(self) -> AWDLSTM:
-        self.model = build_lm(self.cfg.model, self.vocab_size)
+        self.model = build_lm_model(self.cfg.model, self.vocab_size)
         return self.model
 
     # -- data ---------------------------------------------------------------------------------------------
-    def num_batches(self, epoch: int) -> int:
-        counter = BPTTIterator(self.train_data, self.cfg.data.bptt, variable=self.cfg.data.variable_bptt,
-                               seed=self.cfg.seed)  # a fresh one: leaves the training position alone
-        counter.set_epoch(epoch)
-        return len(counter)
-
     def epoch_iterator(self, epoch: int, start: int = 0) -> Iterator[LMBatch]:
         """Windows of ``epoch`` from ``start``; the hidden state restarts from zero at the epoch's first window."""
-        state = self.iterator.state_dict()
-        state.update(epoch=epoch, iterations_in_epoch=start)
-        self.iterator.load_state_dict(state)
+        windows = self.windows(epoch, start)
         if start == 0 or self.hidden is None:
-            self.hidden = self.model.init_hidden(self.num_columns)
-        for b in self.iterator:
+            self.hidden = self.initial_hidden()
+        for b in windows:
             yield LMBatch(b.x, b.y, b.seq_len, b.lr_scale, 0, self.num_columns, self.cfg.ba.repeats)
+
+    def initial_hidden(self) -> Hidden:
+        """Zero state of the training columns: N = B·M per layer, or B below the fork's layer and M·B from it."""
+        if self.fork is not None:
+            return self.model.init_hidden(self.train_data.size(1), self.fork)
+        return self.model.init_hidden(self.num_columns)
 
     def chunk_rows(self, batch: LMBatch, chunks: int, layout: CopyLayout) -> list[Tensor]:
         """``chunks`` column blocks of ``batch.copies // chunks`` whole copies each (a block of consecutive columns
@@ -294,42 +167,53 @@ class LanguageModelingTask(Task):
                        batch.lr_scale, batch.lo + first, batch.lo + first + width,
                        batch.copies * width // batch.x.size(1))
 
-    def sample_size(self, batch: LMBatch) -> float:
-        return float(batch.x.numel())  # T * N
+    def forward(self, model: nn.Module, batch: LMBatch, hidden: Hidden) -> tuple[Tensor, Tensor, Any, Any, Any]:
+        """``(logits (T, n, V), targets (T, n), new_hidden, raw_outputs, dropped_outputs)`` of a window's columns
+        from ``hidden``; a forked window (training) has B columns in and n = M·B out, its targets repeated."""
+        if self.fork is not None and model.training:
+            logits, new_hidden, raw, dropped = model(batch.x, hidden, fork=self.fork)  # (T, M·B, V)
+            return logits, self.fork.copy(batch.y, dim=1), new_hidden, raw, dropped
+        logits, new_hidden, raw, dropped = model(batch.x, hidden, repeats=batch.copies)  # (T, n, V)
+        return logits, batch.y, new_hidden, raw, dropped
+
+    def copies_of(self, batch: LMBatch) -> int:
+        """BA copies among the output columns of ``batch`` (the fork's M for a forked window)."""
+        return self.fork.repeats if self.fork is not None else batch.copies
 
     def loss(self, model: nn.Module, batch: LMBatch) -> tuple[Tensor, dict[str, float]]:
         """CE summed over the T * n words + (AR + TAR) * T * n, so that / (T * N) gives the reference's loss; with
         ``ba.consistency``, + alpha * the term across the copy columns summed over the T * B distinct words.
         AR/TAR stay as in the reference (means over all columns)."""
         lo, hi = batch.lo, batch.hi
-        hidden = [(h[:, lo:hi], c[:, lo:hi]) for h, c in self.hidden]
-        logits, new_hidden, raw, dropped = model(batch.x, hidden, repeats=batch.copies)  # (T, n, V)
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.y.flatten(), reduction="sum")
+        hidden = self.hidden if self.fork is not None else [(h[:, lo:hi], c[:, lo:hi]) for h, c in self.hidden]
+        logits, target, new_hidden, raw, dropped = self.forward(model, batch, hidden)  # (T, n, V), (T, n)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), reduction="sum")
         crit = self.cfg.criterion
         reg = activation_regularization(dropped[-1], crit.alpha)
         if batch.x.size(0) > 1:  # TAR needs two steps; the epoch's last window can be one row
             reg = reg + temporal_activation_regularization(raw[-1], crit.beta)
-        loss = nll + reg * batch.x.numel()
+        loss = nll + reg * target.numel()
         logs = {"nll_sum": nll.detach()}
         if self.consistency is not None:  # columns are copy-major: copy c of stream b is column c·B + b ("tiled")
             lprobs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (n, T, V)
-            loss = self.consistency.add(loss, logs, lprobs, layout=CopyLayout(batch.copies, "tiled"))
+            loss = self.consistency.add(loss, logs, lprobs, layout=CopyLayout(self.copies_of(batch), "tiled"))
         logs["loss_sum"] = loss.detach()
         self._store_hidden(detach_hidden(new_hidden), lo, hi)
         return loss, logs
 
     def batch_state(self) -> Hidden | None:
-        """The hidden state the next window starts from: (h, c) per layer, each (1, N, H), detached."""
+        """The hidden state the next window starts from: (h, c) per layer, each (1, N, H), detached (a fork's layers
+        below k: (1, B, H))."""
         return self.hidden
 
     def row_losses(self, model: nn.Module, batch: LMBatch, hidden: Hidden | None = None) -> tuple[Tensor, Tensor]:
         """Per stream column: next-word NLL summed over the T words (AR/TAR and ``ba.consistency`` left out: they
-        are not sums over copies); ``hidden`` is the state before the window, (h, c) per layer of (1, N, H).
-        Columns are copy-major ("tiled")."""
-        logits, _, _, _ = model(batch.x, hidden, repeats=batch.copies)  # (T, N, V)
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.y.flatten(), reduction="none")
-        losses = nll.view(batch.x.shape).sum(0)  # (N,)
-        return losses, CopyLayout(batch.copies, "tiled").copy_of_rows(len(losses), losses.device)
+        are not sums over copies); ``hidden`` is the state before the window (:meth:`batch_state`). Columns are
+        copy-major ("tiled"), M·B of them (a forked window's output columns)."""
+        logits, target, _, _, _ = self.forward(model, batch, hidden)  # (T, N, V), (T, N)
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), reduction="none")
+        losses = nll.view(target.shape).sum(0)  # (N,)
+        return losses, CopyLayout(self.copies_of(batch), "tiled").copy_of_rows(len(losses), losses.device)
 
     def _store_hidden(self, new: Hidden, lo: int, hi: int) -> None:
         if lo == 0 and hi == self.num_columns:
@@ -392,13 +276,17 @@ class LanguageModelingTask(Task):
             self.averaged.load_state_dict(state["averaged"])
 
 
-def word_metrics(loss: float) -> dict[str, float]:
-    """``loss`` (mean NLL, nats per word), ``ppl`` and ``bpw`` (bits per word) of a mean word NLL."""
-    return {"loss": loss, "ppl": perplexity(loss), "bpw": loss / math.log(2)}
+def lm_task(cfg, accelerator) -> StreamLMTask:
+    """The task of ``model.arch`` (``TaskSpec.task_class``): :class:`LanguageModelingTask` for the AWD-LSTM,
+    :class:`~seqba.tasks.lm_transformer.WindowLMTask` for ``transformer`` and ``hf``."""
+    task_class = LanguageModelingTask if cfg.model.arch == "awd_lstm" else WindowLMTask
+    return task_class(cfg, accelerator)
 
 
 def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, float]:
-    """Perplexity and bits per word of a checkpoint on ``args.split`` (batch size 1 for test, as the reference).
+    """Perplexity and bits per word of a checkpoint on ``args.split``: the AWD-LSTM reads ``bptt`` windows with its
+    state carried (batch size 1 for test, as the reference); the Transformers slide a window
+    (:func:`~seqba.tasks.lm_transformer.evaluate_windows`).
 
     Raises:
         ValueError: an unknown split, or weights for another vocabulary.
@@ -407,6 +295,8 @@ def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, float]:
     """
     if args.split not in SPLITS:
         raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {args.split!r}")
+    if cfg.model.arch != "awd_lstm":
+        return evaluate_windows(cfg, model_state, args)
     corpus = load_lm_corpus(cfg.data)
     bsz = cfg.data.test_batch_size if args.split == "test" else cfg.data.eval_batch_size
     check_split_size(corpus, cfg.data, args.split, bsz)
@@ -415,7 +305,7 @@ def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, float]:
     if embedding is None or embedding.size(0) != vocab:
         found = "no encoder.weight" if embedding is None else f"a vocabulary of {embedding.size(0)} words"
         raise ValueError(f"checkpoint has {found}; the corpus has {vocab} words")
-    model = build_lm(cfg.model, vocab)
+    model = build_lm_model(cfg.model, vocab)
     model.load_state_dict(model_state)
     model.to(torch.device(args.device)).eval()
     nll, words = corpus_nll(model, getattr(corpus, args.split), bsz, cfg.data.bptt)
@@ -425,15 +315,53 @@ def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, float]:
     return metrics
 
 
+def _check_arch(cfg, where) -> None:
+    """What ``model.arch`` allows of the other sections: NT-ASGD, AR/TAR, variable windows and state-carrying
+    chunks are the AWD-LSTM's; a fork needs a layer above it; the Transformer's window fits its positions."""
+    model, data, ba, crit = cfg.model, cfg.data, cfg.ba, cfg.criterion
+    if model.arch == "awd_lstm":
+        if data.eval_stride is not None:
+            raise ConfigError(f"{where(('data', 'eval_stride'))}: the AWD-LSTM evaluates with its state carried "
+                              "across windows (no sliding window); remove data.eval_stride")
+        if ba.fork_layer and not 1 <= ba.fork_layer <= model.num_layers:
+            raise ConfigError(f"{where(('ba', 'fork_layer'))}: {ba.fork_layer} is not an LSTM layer: use 1 .. "
+                              f"model.num_layers={model.num_layers} (0: copies at the input)")
+        if ba.fork_layer and ba.sample_chunks > 1:
+            raise ConfigError(f"{where(('ba', 'sample_chunks'))}: a forked AWD-LSTM window shares its lower "
+                              "layers' state across the copies, which chunks of whole copies would split; use 1")
+        return
+    for name in ("alpha", "beta", "nonmono"):
+        if getattr(crit, name):
+            raise ConfigError(f"{where(('criterion', name))}: {getattr(crit, name)}: AR/TAR and NT-ASGD are the "
+                              f"AWD-LSTM's; set criterion.alpha, beta and nonmono to 0 for model.arch {model.arch}")
+    if data.variable_bptt:
+        raise ConfigError(f"{where(('data', 'variable_bptt'))}: model.arch {model.arch} trains on windows of "
+                          "data.bptt tokens; set data.variable_bptt: false")
+    if model.arch == "hf":
+        if ba.fork_layer:
+            raise ConfigError(f"{where(('ba', 'fork_layer'))}: {ba.fork_layer}: model.arch hf does not fork copies "
+                              "inside the model; use 0 (copies at the input)")
+        if importlib.util.find_spec("transformers") is None:
+            raise ConfigError(f"{where(('model', 'arch'))}: model.arch hf needs Hugging Face transformers: "
+                              "pip install seqba[hf] (or pip install transformers)")
+        return
+    if data.bptt > model.max_positions:
+        raise ConfigError(f"{where(('data', 'bptt'))}: {data.bptt} tokens exceed model.max_positions="
+                          f"{model.max_positions}")
+    if ba.fork_layer >= model.num_layers:
+        raise ConfigError(f"{where(('ba', 'fork_layer'))}: {ba.fork_layer} leaves no decoder block to tell the "
+                          f"copies apart: use 1 .. {model.num_layers - 1} (model.num_layers={model.num_layers})")
+
+
 def check_config(cfg, where) -> None:
     """Cross-field checks of a language-modelling recipe (run at ``seqba.config.load``)."""
     ba = cfg.ba
-    if ba.fork_layer:
-        raise ConfigError(f"{where(('ba', 'fork_layer'))}: {ba.fork_layer}: forked copies are not wired into "
-                          "language modelling yet (the models support them: seqba.models.fork); use 0")
     if ba.layout != "tiled":
         raise ConfigError(f"{where(('ba', 'layout'))}: {ba.layout!r}: language modeling lays BA copies out "
                           "copy-major (repeat_streams); set ba.layout: tiled")
+    _check_arch(cfg, where)
+    if cfg.model.arch != "awd_lstm":  # chunks on sample boundaries: every copy of a stream in one chunk
+        return
     if ba.repeats % ba.sample_chunks:
         raise ConfigError(f"{where(('ba', 'sample_chunks'))}: {ba.sample_chunks} must divide ba.repeats="
                           f"{ba.repeats}: language-modeling chunks are whole BA copies")
@@ -455,7 +383,7 @@ class LMGradients(GradAdapter):
 
     def build(self) -> nn.Module:
         self.corpus = load_lm_corpus(self.cfg.data)
-        return build_lm(self.cfg.model, len(self.corpus.dictionary))
+        return build_lm_model(self.cfg.model, len(self.corpus.dictionary))
 
     def samples(self, split: str, n: int, rng: np.random.Generator) -> Iterator[tuple[None, dict]]:
         if split not in ("train", "valid", "test"):
@@ -480,9 +408,26 @@ class LMGradients(GradAdapter):
                                 method="loop")
 
 
+def lm_gradients(cfg, state: dict | None, device: torch.device) -> GradAdapter:
+    """The gradient-analysis adapter of ``model.arch`` (``TaskSpec.analysis``): :class:`LMGradients` for the
+    AWD-LSTM, :class:`~seqba.tasks.lm_transformer.WindowLMGradients` for ``transformer`` and ``hf``."""
+    adapter = LMGradients if cfg.model.arch == "awd_lstm" else WindowLMGradients
+    return adapter(cfg, state, device)
+
+
+def fork_arms(cfg) -> dict[str, int]:
+    """Forked BA arms of a study: above the first layer, and below the top one (AWD-LSTM: at the last LSTM layer,
+    where only the output dropout tells the copies apart); none for ``hf``."""
+    layers = cfg.model.layers
+    if layers is None or layers < 2:
+        return {}
+    top = layers if cfg.model.arch == "awd_lstm" else layers - 1
+    return {"ba_fork_1": 1, "ba_fork_top": top}
+
+
 #: No significance test is defined for perplexity (a paired test would need per-window losses, which eval does not
 #: write).
-SPEC = TaskSpec(LMDataConfig, AWDLSTMConfig, LMCriterionConfig, LanguageModelingTask, evaluate=evaluate,
+SPEC = TaskSpec(LMDataConfig, LMModelConfig, LMCriterionConfig, lm_task, evaluate=evaluate,
                 check=check_config, batch_key="data.batch_size", batch_unit="words",
                 test_metrics=(Metric("ppl", False), Metric("bpw", False, digits=4)), curve_metric="ppl",
-                analysis=LMGradients)
+                analysis=lm_gradients, fork_arms=fork_arms)
