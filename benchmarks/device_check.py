@@ -39,6 +39,11 @@ Writes ``benchmarks/results/device_check.json`` and ``device_check.md``::
     python benchmarks/device_check.py --data-root .devdata     # on the GPU machine
     python benchmarks/device_check.py --smoke                  # CPU, toy sizes, < 3 min; writes to a temp folder
 
+On a lent machine (the device tool), the raw Multi30k copied once into an ignored folder of the checkout
+(``mkdir -p .devdata && cp -r ../shared/data/multi30k .devdata/ && echo /.devdata/ >> .git/info/exclude``), carry
+``.devdata`` and run ``python3 benchmarks/device_check.py --data-root .devdata --out $OUT --logs $OUT/logs.tar.gz``
+with a timeout of about 540 s; copy ``device_check.json`` and ``.md`` into ``benchmarks/results/``.
+
 ``--smoke`` runs every stage on the CPU (``CUDA_VISIBLE_DEVICES=``) at toy size: a 1+1-layer d 32 model, vocabulary
 1,000, 5 updates, 8 test sentences, the CPU's peak by :func:`seqba.flops.matmul_peak`, fp16 skipped (it needs
 CUDA), and the study as 2 arms x 3 updates on the random corpus. Its outputs go to ``--out`` or a temp folder,
@@ -58,6 +63,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -68,14 +74,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 TINY = ["model.d_model=32", "model.ffn_dim=64", "model.num_heads=2", "model.encoder_layers=1",
         "model.decoder_layers=1"]
-VENDOR_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense bf16/fp16 tensor-core datasheet figures
+# Dense bf16/fp16 tensor-core datasheet figures of the SXM parts (nvidia-smi names them plainly, e.g. "NVIDIA H200");
+# PCIe and NVL variants run lower and get none.
+VENDOR_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 TRAIN_RUNS = {"bf16_m1": ("bf16", 1), "bf16_m4": ("bf16", 4), "fp16_m1": ("fp16", 1)}
 ARMS = "fixed_steps,fixed_samples,ba,ba_symkl,ba_fork_enc"
 SYMKL_ARM = "ba_symkl:ba.consistency=sym_kl,ba.consistency_alpha=3"
 # (sizes, timeouts in seconds) of a GPU run and of --smoke
 SIZES = {
     "gpu": dict(vocab=32000, train_sentences=12000, test_sentences=1000, max_tokens=4096, updates=40, warmup=10,
-                model=BASE, budget=465, t_tests=100, t_peak=40, t_train=80, t_decode=80, min_study=150),
+                model=BASE, budget=450, t_tests=100, t_peak=40, t_train=80, t_decode=80, min_study=150),
     "smoke": dict(vocab=1000, train_sentences=400, test_sentences=8, max_tokens=256, updates=5, warmup=1,
                   model=TINY, budget=170, t_tests=60, t_peak=20, t_train=45, t_decode=40, min_study=40),
 }
@@ -238,7 +246,8 @@ def _word(i: int) -> str:
 def train_figures(run_dir: Path, warmup: int, peak: dict, precision: str, vendor: float | None) -> dict:
     """Medians over the logged updates after ``warmup`` of tokens/s, distinct tokens/s and model FLOP/s; MFU."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in records if "tokens_per_s" in r and r["step"] > warmup]
+    logged = [r for r in records if "tokens_per_s" in r]
+    steps = [r for r in logged if r["step"] > warmup] or logged
     median = lambda key: statistics.median(r[key] for r in steps)  # noqa: E731
     out = {"updates_timed": len(steps), "tokens_per_s": median("tokens_per_s"),
            "distinct_tokens_per_s": median("distinct_tokens_per_s"), "tokens_per_step": median("tokens_per_step"),
@@ -258,6 +267,7 @@ def stage_train(stages: Stages, args, size: dict, work: Path, machine: dict) -> 
                     "vocab_size": size["vocab"], "max_tokens": size["max_tokens"], "updates": size["updates"],
                     "warmup_updates": size["warmup"], "m4_sample_chunks": args.m4_chunks, "compile": False,
                     "runs": {}}
+    make_corpus(work / "corpus", size["vocab"], size["train_sentences"], size["test_sentences"])
     peak_json = work / "peak.json"
     run = stages.run("peak", [sys.executable, __file__, "--child", "peak", "--json", str(peak_json),
                               "--vocab", str(size["vocab"]), "--max-tokens", str(size["max_tokens"])]
@@ -277,11 +287,17 @@ def stage_train(stages: Stages, args, size: dict, work: Path, machine: dict) -> 
                                            "--", *train_args], size["t_train"])
         if run["status"] == "ok":
             run.update(json.loads(child_json.read_text()))
-            run.update(train_figures(out, size["warmup"], result.get("peak", {}), precision, vendor))
+            try:
+                run.update(train_figures(out, size["warmup"], result.get("peak", {}), precision, vendor))
+            except (OSError, KeyError, ValueError, statistics.StatisticsError) as err:
+                run.update(status="failed", reason=f"metrics.jsonl: {type(err).__name__}: {err}")
         result["runs"][name] = {"precision": precision, "repeats": repeats, **run}
     result["seconds"] = round(sum(r.get("seconds", 0) for r in [result["peak"], *result["runs"].values()]), 1)
     statuses = {r["status"] for r in result["runs"].values()} - {"skipped"}
+    statuses.add(result["peak"].get("status", "ok"))
     result["status"] = "ok" if statuses == {"ok"} else "failed" if "failed" in statuses else "timeout"
+    if statuses == {"skipped"}:
+        result.update(status="skipped", reason="the budget was spent before training")
     return result
 
 
@@ -330,7 +346,10 @@ def stage_study(stages: Stages, args, size: dict, work: Path) -> dict:
            "--out", str(study), "--eval-args=--beam=4", *overrides]
     run = stages.run("study", cmd, left - 20)
     if run["status"] == "timeout":  # the finished arms, if any
-        subprocess.run([*cmd, "--report-only"], cwd=ROOT, env=stages.env, capture_output=True, timeout=60)
+        try:
+            subprocess.run([*cmd, "--report-only"], cwd=ROOT, env=stages.env, capture_output=True, timeout=15)
+        except subprocess.TimeoutExpired:
+            run["note"] = "--report-only timed out too"
     rows = []
     if (study / "results.csv").is_file():
         with open(study / "results.csv") as f:
@@ -366,7 +385,8 @@ def machine_info(cuda: bool) -> dict:
         name = torch.cuda.get_device_name(0)
         info.update(gpu=name, gpu_memory_gb=round(torch.cuda.get_device_properties(0).total_memory / 1e9, 1),
                     cuda_version=torch.version.cuda)
-        vendor = next((v for key, v in VENDOR_PEAK.items() if key in name), None)
+        vendor = next((v for key, v in VENDOR_PEAK.items() if key in name and not {"PCIe", "NVL"} & set(name.split())),
+                      None)
         if vendor:
             info["vendor_peak_flops_per_s"] = vendor
             info["vendor_peak_note"] = "datasheet dense bf16/fp16 tensor-core figure, not measured here"
@@ -383,6 +403,8 @@ def write_markdown(result: dict, path: Path) -> None:
         note = stage.get("reason") or stage.get("summary") or stage.get("note") or ""
         lines.append(f"| {name} | {stage['status']} | {stage.get('seconds', '')} | {note} |")
     train = st["train"]
+    if "runs" not in train:
+        train = {"model": "?", "vocab_size": "?", "max_tokens": "?", "updates": "?", "warmup_updates": "?", "runs": {}}
     peak = {k: v["flops_per_s"] / 1e12 for k, v in train.get("peak", {}).items() if isinstance(v, dict)}
     lines += ["", f"Train: {train['model']}, vocabulary {train['vocab_size']}, {train['max_tokens']} distinct tokens "
               f"per batch, {train['updates']} updates (medians after update {train['warmup_updates']}). Measured "
@@ -394,9 +416,10 @@ def write_markdown(result: dict, path: Path) -> None:
             lines.append(f"| {name} | {r['status']} | {r.get('reason', '')} | | | | | |")
             continue
         vendor = f"{r['mfu_vendor_peak']:.1%}" if "mfu_vendor_peak" in r else "–"
+        measured = f"{r['mfu_measured_peak']:.1%}" if "mfu_measured_peak" in r else "–"
         lines.append(f"| {name} | ok | {r['tokens_per_s']:.0f} | {r['distinct_tokens_per_s']:.0f} | "
                      f"{r['peak_memory_mb']:.0f} | {r['model_flops_per_s'] / 1e12:.3g} | "
-                     f"{r.get('mfu_measured_peak', 0):.1%} | {vendor} |")
+                     f"{measured} | {vendor} |")
     dec = st["decode"]
     if "sentences_per_s" in dec:
         lines += ["", f"Decode (beam 4, {dec['sentences']} sentences): {dec['sentences_per_s']:.1f} sentences/s, "
@@ -412,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="folder for device_check.json/.md (default: benchmarks/results; --smoke: a temp "
                                  "folder)")
     p.add_argument("--data-root", help="folder holding multi30k/ (default: $SEQBA_DATA, else ../shared/data)")
-    p.add_argument("--budget", type=float, help="seconds for all stages (default 465; --smoke 170)")
+    p.add_argument("--budget", type=float, help="seconds for all stages (default 450; --smoke 170)")
+    p.add_argument("--logs", help="also write the stages' logs into this .tar.gz")
     p.add_argument("--m4-chunks", type=int, default=1, help="ba.sample_chunks of the M=4 run")
     p.add_argument("--child", choices=["peak", "train"], help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
@@ -452,16 +476,20 @@ def main(argv: list[str] | None = None) -> int:
         stages = Stages(budget, env, work)
         result = {"mode": "smoke (CPU, toy sizes)" if args.smoke else "gpu", "budget_s": budget, "machine": machine,
                   "stages": {}}
-        result["stages"]["cuda_tests"] = stage_tests(stages, size)
-        print(f"cuda_tests: {result['stages']['cuda_tests']['status']}", flush=True)
-        make_corpus(work / "corpus", size["vocab"], size["train_sentences"], size["test_sentences"])
-        result["stages"]["train"] = stage_train(stages, args, size, work, machine)
-        print(f"train: {result['stages']['train']['status']}", flush=True)
-        result["stages"]["decode"] = stage_decode(stages, size, work, machine)
-        print(f"decode: {result['stages']['decode']['status']}", flush=True)
-        result["stages"]["study"] = stage_study(stages, args, size, work)
-        print(f"study: {result['stages']['study']['status']}", flush=True)
+        for name, stage in (("cuda_tests", lambda: stage_tests(stages, size)),
+                            ("train", lambda: stage_train(stages, args, size, work, machine)),
+                            ("decode", lambda: stage_decode(stages, size, work, machine)),
+                            ("study", lambda: stage_study(stages, args, size, work))):
+            try:
+                result["stages"][name] = stage()
+            except Exception as err:  # a broken stage is a finding; the next stage still runs
+                result["stages"][name] = {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
+            print(f"{name}: {result['stages'][name]['status']} ({stages.left():.0f} s left)", flush=True)
         result["seconds"] = round(time.monotonic() - stages.started, 1)
+        if args.logs:
+            with tarfile.open(args.logs, "w:gz") as tar:
+                for log in sorted(work.glob("*.log")):
+                    tar.add(log, arcname=log.name)
     (out / "device_check.json").write_text(json.dumps(result, indent=2) + "\n")
     write_markdown(result, out / "device_check.md")
     print((out / "device_check.md").read_text())
