@@ -190,15 +190,17 @@ class _FusedCEConsistency(torch.autograd.Function):
         nll, smooth = torch.empty_like(lse), torch.empty_like(lse)
         lse_c, nll_c, smooth_c = layout.copies(lse), layout.copies(nll), layout.copies(smooth)  # (M, B, P) views
         value = logits.new_empty(t_copies.shape[1:], dtype=dtype)  # (B, P)
-        state = state_c = None
+        # before the chunks' temporaries: a small tensor kept to the backward, allocated between them, could split
+        # the heap block that the gradient of the last step left (and the backward's gradient would fault new pages)
+        state = torch.empty_like(lse)
+        state_c = layout.copies(state)
         forward_chunk = _chunk_kernels(compiled)[0]
         for idx in _chunks(*value.shape, per_chunk):
             lse_c[idx], nll_c[idx], smooth_c[idx], value[idx[1:]], row_state = forward_chunk(
                 z_copies[idx], t_copies[idx], dtype, kind)
-            if row_state is not None:
-                if state is None:
-                    state = torch.empty_like(lse)
-                    state_c = layout.copies(state)
+            if row_state is None:
+                state = None
+            else:
                 state_c[idx] = row_state
         keep = None if ignore_index is None else t_copies[0].ne(ignore_index)  # (B, P), the first copy's padding
         if keep is not None:  # masked_fill, not a product: a padded position's garbage (inf, NaN) adds nothing
