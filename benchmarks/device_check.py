@@ -187,17 +187,27 @@ class Stages:
                 rc = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 rc = None
-                for sig in (signal.SIGTERM, signal.SIGKILL):
-                    try:
-                        os.killpg(proc.pid, sig)  # the stage's own process group (seqba.compare's children too)
-                        proc.wait(timeout=10)
-                        break
-                    except (ProcessLookupError, subprocess.TimeoutExpired):
-                        continue
+                _kill_group(proc, signal.SIGTERM)  # the stage's own process group: seqba.compare's children too
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+                _kill_group(proc, signal.SIGKILL)  # whatever ignored SIGTERM (the group may be gone already)
+                proc.wait()
         status = "timeout" if rc is None else ("ok" if rc == 0 else "failed")
         text = log.read_text(errors="replace")
-        return {"status": status, "seconds": round(time.monotonic() - start, 1), "timeout_s": round(timeout),
+        reason = {"timeout": f"timed out after {timeout:.0f} s", "failed": f"exit code {rc}"}.get(status)
+        return {"status": status, **({"reason": reason} if reason else {}),
+                "seconds": round(time.monotonic() - start, 1), "timeout_s": round(timeout),
                 "rc": rc, "log": str(log), "tail": text[-3000:] if status != "ok" else text[-300:]}
+
+
+def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to the process group that ``proc`` leads (started with ``start_new_session``)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def make_corpus(folder: Path, vocab: int, train: int, test: int) -> None:
@@ -464,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
            "PYTHONUNBUFFERED": "1"}
     if args.smoke:
         env["CUDA_VISIBLE_DEVICES"] = ""
+        env.setdefault("OMP_NUM_THREADS", "1")  # toy models run fastest on one thread (as tests/conftest.py sets)
     if args.data_root:
         env["SEQBA_DATA"] = str(Path(args.data_root).resolve())
         args.data_root = env["SEQBA_DATA"]

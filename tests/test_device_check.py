@@ -22,9 +22,10 @@ def test_smoke_reports_every_stage(tmp_path):
     assert result["mode"].startswith("smoke") and result["seconds"] <= 150 + 30
     stages = result["stages"]
     assert set(STAGES) <= set(stages)
-    for name in STAGES:  # figures, or an explicit reason
-        assert stages[name]["status"] in ("ok", "skipped"), json.dumps(stages[name], indent=1)[-3000:]
-        if stages[name]["status"] == "skipped":
+    for name in STAGES:  # figures, or an explicit reason (the study, last and optional, may run out of time)
+        allowed = ("ok", "skipped", "timeout") if name == "study" else ("ok", "skipped")
+        assert stages[name]["status"] in allowed, json.dumps(stages[name], indent=1)[-3000:]
+        if stages[name]["status"] != "ok":
             assert stages[name]["reason"]
     assert stages["cuda_tests"]["status"] == "skipped"  # no GPU here: the CUDA tests skip
     train = stages["train"]
@@ -39,7 +40,8 @@ def test_smoke_reports_every_stage(tmp_path):
     decode = stages["decode"]
     assert decode["sentences"] == 8 and decode["sentences_per_s"] > 0 and decode["tokens_per_s"] > 0
     study = stages["study"]
-    assert study["status"] == "skipped" or {row["arm"] for row in study["rows"]} == {"fixed_steps", "ba_symkl"}
+    if study["status"] == "ok":
+        assert {row["arm"] for row in study["rows"]} == {"fixed_steps", "ba_symkl"}
 
 
 def test_smoke_refuses_the_committed_results():
