@@ -206,12 +206,13 @@ def precision(setting: str) -> str:
 
 
 def setting_mfu(runs: list[dict], peaks: dict, precision_: str, threads: int | None) -> dict:
-    """``{"mfu": mfu_row of the median model FLOP/s over rounds}``, or {} when the task logs no FLOPs or no peak
+    """``{"model_flops_per_s": per round, "mfu": mfu_row of their median}``, or {} when the task logs no FLOPs or no peak
     was measured."""
     flops = [row["model_flops_per_s"] for row in runs if row["model_flops_per_s"] is not None]
     if not flops or not peaks:
         return {}
-    return {"mfu": mfu_lib.mfu_row(statistics.median(flops), peaks, precision_, threads)}
+    return {"model_flops_per_s": [round(f) for f in flops],  # per round, as benchmarks/ratios.py's mfu() reads them
+            "mfu": mfu_lib.mfu_row(statistics.median(flops), peaks, precision_, threads)}
 
 
 def machine() -> str:

@@ -384,6 +384,7 @@ def main() -> None:
     results = {name: {"tgt_tokens_per_s": statistics.median(rate[name]), "runs": rate[name],
                       "tgt_tokens_per_step": rows[0]["tgt_tokens_per_step"],
                       "peak_memory_mb": statistics.median(r["peak_memory_mb"] for r in rows),
+                      "model_flops_per_s": [round(r["model_flops_per_s"]) for r in rows],  # per round
                       "mfu": with_mfu(rows, peaks, args.precision, args.threads)}
                for name, rows in runs.items()}
     # the headlines: median (range) of the ratios taken inside each round

@@ -79,6 +79,17 @@ def stored(name: str, *keys: str) -> dict:
     return summarize(node["per_round"])
 
 
+def mfu(name: str, *keys: str) -> dict:
+    """Per-round MFU on this CPU of the setting under ``keys``: its ``model_flops_per_s`` of each round over the GEMM
+    peak of its precision and thread count that the same run measured (``peaks``; benchmarks/mfu.py)."""
+    result = load(name)
+    node = result
+    for key in keys:
+        node = node[key]
+    peak = result["peaks"][f"{node['mfu']['precision']}_{node['mfu']['threads']}t"]["flops_per_s"]
+    return summarize([flops / peak for flops in node["model_flops_per_s"]])
+
+
 # README text -> how its figure is derived. Each string is what the README prints for it (fmt of the summary).
 HEADLINES: dict[str, Callable[[], dict]] = {
     "recipe speed: 361bed0 bf16 / 361bed0 fp32": lambda: recipe_speed("recipe_speed", "ref_bf16",
@@ -123,6 +134,14 @@ HEADLINES: dict[str, Callable[[], dict]] = {
     "allocator: env variables": lambda: malloc("env"),
     "allocator: tcmalloc": lambda: malloc("tcmalloc"),
     "allocator: jemalloc": lambda: malloc("jemalloc"),
+    "fork: ba_fork_enc / BA, bf16 target tokens/s": lambda: stored("fork", "settings", "ba_fork_enc_bf16",
+                                                                   "speed_over_ba"),
+    "fork: ba_fork_top / BA, bf16 target tokens/s": lambda: stored("fork", "settings", "ba_fork_top_bf16",
+                                                                   "speed_over_ba"),
+    "fork: ba_fork_enc / BA, bf16 peak RSS": lambda: stored("fork", "settings", "ba_fork_enc_bf16", "rss_over_ba"),
+    "fork: ba_fork_top / BA, bf16 peak RSS": lambda: stored("fork", "settings", "ba_fork_top_bf16", "rss_over_ba"),
+    "MFU: Multi30k recipe bf16, 1 thread": lambda: mfu("mfu_recipe_speed", "settings", "bf16"),
+    "MFU: Multi30k recipe fp32, 1 thread": lambda: mfu("mfu_recipe_speed", "settings", "fp32_default_malloc"),
 }
 
 
