@@ -1,4 +1,7 @@
-"""Benchmark: AWD-LSTM training throughput (words/s) without BA (M=1, B=20 columns) and with BA (M=10, 200 columns).
+"""Benchmark: language-model training throughput: the AWD-LSTM without and with BA, and the Transformer LM through
+seqba's trainer beside a bare nanoGPT-style loop (``--transformer``).
+
+AWD-LSTM mode (the default): words/s without BA (M=1, B=20 columns) and with BA (M=10, 200 columns).
 
 One timed step is what ``seqba.train`` does per update for the language-modeling task: forward in training mode
 (all dropouts on, ``repeats=M``), summed cross-entropy + AR + TAR, backward, gradient clipping at 0.25, an SGD step,
@@ -16,21 +19,45 @@ BA at fixed B costs up to M times the work per update; what it buys is fewer upd
     python benchmarks/bench_lm.py --device cuda    # on a GPU
 
 Writes ``benchmarks/results/lm.json`` (``--out``) and prints it.
+
+Transformer mode (``--transformer``): words/s (all M·B rows counted) of ``recipes/transformer_lm_ptb_m4.yaml``'s
+model and batches (B=20 windows of 64 PTB tokens x M=4 copies, tiled) trained two ways, each run its own process:
+
+* ``seqba``: ``python -m seqba.train`` on the recipe (``train.mixed_precision`` no / bf16), rates read from its
+  per-update ``metrics.jsonl`` records;
+* ``bare``: a nanoGPT-style loop on the same model class and the same windows (the streams of
+  ``seqba.data.lm.batchify``, windows in order, copies repeated): forward, mean cross-entropy, backward, clip 1.0,
+  Adam step; ``torch.autocast(bfloat16)`` for bf16; no Accelerate, no BA plumbing, no logging.
+
+Rounds interleave fp32/bf16 x bare/seqba so that other jobs on shared cores disturb them alike; the headline is the
+median (range) over rounds of the per-round ratio seqba / bare (``benchmarks/ratios.py``). Validation runs on a short
+valid split (the first 200 lines) so that it does not dominate the children's wall time; it is not timed.
+
+    python benchmarks/bench_lm.py --transformer --threads 1 --rounds 3 --steps 30 --warmup 10
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ratios import per_round_ratios, summarize  # benchmarks/ratios.py
+
 from seqba.losses import activation_regularization, temporal_activation_regularization
 from seqba.models.awd_lstm import AWDLSTM, detach_hidden
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "transformer_lm_ptb_m4.yaml"
 
 VOCAB = 10000  # PTB
 FULL = {"emb_size": 400, "hidden_size": 1150, "num_layers": 3, "bptt": 70}
@@ -74,6 +101,128 @@ def bench(model: AWDLSTM, batch_size: int, repeats: int, bptt: int, steps: int, 
             "words_per_s": bptt * n / step_s, "distinct_words_per_s": bptt * batch_size / step_s}
 
 
+def ptb_slice(out: Path) -> Path:
+    """A corpus folder for the Transformer runs: PTB's train split, the first 200 lines of valid and test."""
+    from seqba.data.paths import data_root
+
+    shared = data_root()
+    if shared is None:
+        raise SystemExit("bench_lm.py --transformer needs ../shared/data/ptb (set SEQBA_DATA)")
+    (out / "ptb.train.txt").symlink_to(shared / "ptb" / "ptb.train.txt")
+    for split in ("valid", "test"):
+        lines = (shared / "ptb" / f"ptb.{split}.txt").read_text().splitlines(keepends=True)[:200]
+        (out / f"ptb.{split}.txt").write_text("".join(lines))
+    return out
+
+
+def recipe_overrides(args, out: Path, precision: str) -> list[str]:
+    return [f"output_dir={out}", f"data.root={args.data}", f"train.max_updates={args.steps}", "train.log_interval=1",
+            "train.validate_interval_updates=0", "train.save_interval_updates=1000000", "train.progress_bar=false",
+            f"train.mixed_precision={precision}"]
+
+
+def child_seqba(args) -> dict:
+    """``seqba.train`` on the recipe in this process; the median words/s of its updates after the warm-up."""
+    from seqba import train
+    from seqba.allocator import configure_malloc
+
+    configure_malloc()  # as the entry point does
+    out = Path(args.out_dir)
+    if train.main([str(RECIPE), *recipe_overrides(args, out, args.precision)]):
+        raise SystemExit(1)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "words_per_s" in r][args.warmup:]
+    return {"words_per_s": statistics.median(r["words_per_s"] for r in steps),
+            "words_per_step": statistics.median(r["words_per_step"] for r in steps)}
+
+
+def child_bare(args) -> dict:
+    """nanoGPT's training step on the recipe's model and windows, with nothing of seqba but the model class."""
+    import torch.nn.functional as F
+
+    from seqba import config as config_lib
+    from seqba.allocator import configure_malloc
+    from seqba.data.lm import batchify, load_corpus
+    from seqba.models.transformer_lm import TransformerLM
+
+    configure_malloc()
+    cfg = config_lib.load(RECIPE, recipe_overrides(args, Path(args.out_dir), "no"))
+    torch.manual_seed(cfg.seed)
+    corpus = load_corpus(args.data)
+    streams = batchify(corpus.train, cfg.data.batch_size)  # (L, B), as the task's streams
+    model = TransformerLM(len(corpus.dictionary), cfg.model.arch_config())
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    t, m = cfg.data.bptt, cfg.ba.repeats
+    model.train()
+    rates = []
+    for k in range(args.steps):
+        start = time.perf_counter()
+        window = streams[k * t:(k + 1) * t + 1].t()  # (B, T + 1)
+        x, y = window[:, :-1].repeat(m, 1), window[:, 1:].repeat(m, 1)  # (M·B, T), copies tiled
+        with autocast:
+            logits = model(x)  # (M·B, T, V)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        rates.append(x.numel() / (time.perf_counter() - start))
+    return {"words_per_s": statistics.median(rates[args.warmup:]), "words_per_step": float(x.numel())}
+
+
+def spawn(args, kind: str, precision: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, __file__, "--child", kind, "--out-dir", tmp, "--precision", precision, "--steps",
+               str(args.steps), "--warmup", str(args.warmup), "--data", str(args.data)]
+        env = dict(os.environ)
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode:
+            raise RuntimeError(f"{kind} {precision} failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def transformer_compare(args) -> None:
+    """seqba / bare words/s of the Transformer LM, fp32 and bf16, interleaved over ``args.rounds`` rounds."""
+    precisions = ("no", "bf16")
+    runs = {p: {"bare": [], "seqba": []} for p in precisions}
+    for round_ in range(args.rounds):
+        for precision in precisions:
+            for kind in ("bare", "seqba"):
+                runs[precision][kind].append(spawn(args, kind, precision)["words_per_s"])
+                print(f"round {round_ + 1}/{args.rounds} {precision:>4} {kind:>5}: "
+                      f"{runs[precision][kind][-1]:.0f} words/s", flush=True)
+    table = {}
+    for precision in precisions:
+        rows = runs[precision]
+        table["fp32" if precision == "no" else precision] = {
+            "seqba_words_per_s": summarize(rows["seqba"], 1), "bare_words_per_s": summarize(rows["bare"], 1),
+            "seqba_over_bare": summarize(per_round_ratios(rows["seqba"], rows["bare"]), 3)}
+    for name, row in table.items():
+        ratio = row["seqba_over_bare"]
+        print(f"{name:>5}: seqba {row['seqba_words_per_s']['median']:.0f} words/s, bare "
+              f"{row['bare_words_per_s']['median']:.0f}, seqba/bare {ratio['median']:.3f} "
+              f"({ratio['min']:.3f}-{ratio['max']:.3f})")
+    from seqba import config as config_lib
+
+    cfg = config_lib.load(RECIPE)
+    m = cfg.model
+    result = {"benchmark": "transformer_lm_train_step", "recipe": str(RECIPE.relative_to(ROOT)),
+              "model": {"vocab_size": 10000, "d_model": m.d_model, "num_layers": m.num_layers,
+                        "num_heads": m.num_heads, "ffn_dim": m.ffn_dim, "bptt": cfg.data.bptt,
+                        "batch_size": cfg.data.batch_size, "repeats": cfg.ba.repeats},
+              "settings": table, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+              "threads": args.threads or "torch default", "torch": torch.__version__,
+              "machine": f"{platform.machine()} {os.cpu_count()} cpus",
+              "note": "2-core machine shared with other jobs (other agents' tests); rounds interleaved"}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="the small recipes' model (emb 128, hidden 256, bptt 35)")
@@ -84,8 +233,25 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU (0: torch's default)")
     parser.add_argument("--per-copy-masks", action="store_true", help="AWDLSTM(per_copy_masks=True)")
-    parser.add_argument("--out", default="benchmarks/results/lm.json")
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/lm.json (--transformer: "
+                        "lm_transformer.json)")
+    parser.add_argument("--transformer", action="store_true", help="the Transformer LM: seqba vs a bare loop")
+    parser.add_argument("--rounds", type=int, default=3, help="--transformer: interleaved rounds")
+    parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["seqba", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument("--out-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="no", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child_seqba(args) if args.child == "seqba" else child_bare(args)))
+        return
+    if args.transformer:
+        args.out = args.out or str(ROOT / "benchmarks" / "results" / "lm_transformer.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            args.data = ptb_slice(Path(tmp))
+            transformer_compare(args)
+        return
+    args.out = args.out or "benchmarks/results/lm.json"
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -89,14 +89,15 @@ def test_recipe_trains_and_evaluates(recipe, ptb, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: --src/--ref apply to translation")
 
 
-def test_resume_after_kill_is_bit_exact(ptb, tmp_path):
-    args = [str(SMALL), ptb, *TINY, "train.max_updates=6", "train.save_interval_updates=3"]
+def check_resume_after_kill(args: list[str], tmp_path: Path) -> None:
+    """``args`` (6 updates, a checkpoint at 3) killed after its checkpoint at update 3 and resumed give the losses
+    and final validation of an uninterrupted run, bit for bit."""
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     assert train_cli.main([*args, f"output_dir={ref}"]) == 0
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "killrun.py"), "--after-save", "3", *args,
-                           f"output_dir={killed}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                           f"output_dir={killed}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert sorted(train_losses(killed)) == [1, 2, 3]
 
@@ -104,6 +105,10 @@ def test_resume_after_kill_is_bit_exact(ptb, tmp_path):
     resumed, expected = train_losses(killed), train_losses(ref)
     assert {s: resumed[s] for s in (4, 5, 6)} == {s: expected[s] for s in (4, 5, 6)}
     assert read_metrics(killed)[-1]["valid_ppl"] == read_metrics(ref)[-1]["valid_ppl"]
+
+
+def test_resume_after_kill_is_bit_exact(ptb, tmp_path):
+    check_resume_after_kill([str(SMALL), ptb, *TINY, "train.max_updates=6", "train.save_interval_updates=3"], tmp_path)
 
 
 def test_should_average_patience():

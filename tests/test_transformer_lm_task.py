@@ -4,9 +4,6 @@ resume exactly after a kill, make BA copies that differ by their masks only, sha
 fork (``ba.fork_layer``) as BA does without dropout; the AWD-LSTM forks too."""
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +21,8 @@ from seqba.tasks.language_modeling import lm_task
 from seqba.tasks.lm_transformer import split_nll
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {"transformer": ROOT / "recipes" / "transformer_lm_ptb_m4.yaml", "hf": ROOT / "recipes" / "gpt2_hf_ptb_m4.yaml",
-           "awd_lstm": ROOT / "recipes" / "awd_lstm_ptb_small_m10.yaml"}
+RECIPES = {"transformer": ROOT / "recipes" / "transformer_lm_ptb_m4.yaml",
+           "hf": ROOT / "recipes" / "gpt2_hf_ptb_m4.yaml", "awd_lstm": ROOT / "recipes" / "awd_lstm_ptb_small_m10.yaml"}
 WINDOWS = ["data.batch_size=4", "data.bptt=12", "data.eval_stride=6", "data.eval_batch_size=16",
            "train.max_updates=4", "train.log_interval=1", "train.validate_interval_updates=0",
            "train.save_interval_updates=0", "train.progress_bar=false", "optim.warmup_updates=2"]
@@ -131,18 +128,10 @@ def test_trains_and_evaluates_through_the_cli(arch, corpus, hf_config, tmp_path,
 
 @pytest.mark.parametrize("arch", ["transformer", "hf"])
 def test_resume_after_kill_is_exact(arch, corpus, hf_config, tmp_path):
-    args = [*args_for(arch, corpus, hf_config), "train.max_updates=6", "train.save_interval_updates=3"]
-    ref, killed = tmp_path / "ref", tmp_path / "killed"
-    assert train_cli.main([*args, f"output_dir={ref}"]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "killrun.py"), "--after-save", "3", *args,
-                           f"output_dir={killed}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr[-2000:]
-    assert sorted(losses(killed)) == [1, 2, 3]
-    assert train_cli.main([*args, f"output_dir={killed}"]) == 0
-    resumed, expected = losses(killed), losses(ref)
-    assert {s: resumed[s] for s in (4, 5, 6)} == {s: expected[s] for s in (4, 5, 6)}
-    assert records(killed)[-1]["valid_ppl"] == records(ref)[-1]["valid_ppl"]
+    from test_lm_task import check_resume_after_kill
+
+    check_resume_after_kill([*args_for(arch, corpus, hf_config), "train.max_updates=6",
+                             "train.save_interval_updates=3"], tmp_path)
 
 
 def test_copies_differ_by_their_masks_and_equal_m1_in_eval(corpus, hf_config):
@@ -222,7 +211,8 @@ def test_hf_without_transformers_is_one_line(corpus, hf_config, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real(name, *a))
     args = args_for("hf", corpus, hf_config)
     with pytest.raises(config_lib.ConfigError, match=r"pip install seqba\[hf\]"):
         config_lib.load(args[0], args[1:])

@@ -56,7 +56,7 @@ from seqba.gradstats import per_sample_grads
 from seqba.layout import CopyLayout
 from seqba.consistency import ConsistencyTerm
 from seqba.losses import activation_regularization, temporal_activation_regularization
-from seqba.models.awd_lstm import AWDLSTM, AWDLSTMConfig, Hidden, detach_hidden
+from seqba.models.awd_lstm import AWDLSTM, Hidden, detach_hidden
 from seqba.tasks.base import GradAdapter
 from seqba.tasks.lm_models import LMModelConfig, build_lm_model
 from seqba.tasks.lm_streams import (LMBatch, LMDataConfig, StreamLMTask, check_split_size, corpus_root,

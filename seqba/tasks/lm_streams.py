@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, NamedTuple
 
-import torch
 from torch import Tensor
 
 from seqba.data.lm import BPTTBatch, BPTTIterator, Corpus, batchify, load_corpus, load_corpus_hf, split_path
