@@ -172,16 +172,15 @@ def child_bare(args) -> dict:
 
 
 def spawn(args, kind: str, precision: str) -> dict:
+    """One child run (``--child kind``) in its own process and temporary folder; its JSON result."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, __file__, "--child", kind, "--out-dir", tmp, "--precision", precision, "--steps",
-               str(args.steps), "--warmup", str(args.warmup), "--data", str(args.data)]
-        env = dict(os.environ)
-        if args.threads:
-            env["OMP_NUM_THREADS"] = str(args.threads)
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
-        if proc.returncode:
-            raise RuntimeError(f"{kind} {precision} failed:\n{proc.stderr[-3000:]}")
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        proc = subprocess.run([sys.executable, __file__, "--child", kind, "--out-dir", tmp, "--precision", precision,
+                               "--steps", str(args.steps), "--warmup", str(args.warmup), "--data", str(args.data)],
+                              env=env, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode:
+        raise RuntimeError(f"{kind} {precision} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def transformer_compare(args) -> None:
