@@ -36,6 +36,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from seqba.errors import FieldError
 from seqba.models.dropout import Dropout
@@ -107,14 +108,24 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: f
     On the CPU, bf16/fp16 inputs are attended in float32 and the output cast back: PyTorch's CPU flash-attention
     kernel in bf16 is several times slower than in float32 (forward + backward, measured by
     ``benchmarks/bench_kernels.py``), and attention is a small share of the step, so float32 costs nothing in
-    speed and keeps its softmax exact. CUDA and float32 inputs go to SDPA unchanged.
+    speed and keeps its softmax exact. On CUDA, SDPA may choose among flash, memory-efficient and math kernels but
+    not cuDNN's: cuDNN builds an execution plan per new shape on the host, and a token budget makes every batch a
+    new shape (a GPU profile of Transformer-base, ``benchmarks/profile_gpu_step.py``, found those host calls to be
+    most of an update's wall time). float32 inputs on the CPU go to SDPA unchanged.
     """
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         with torch.autocast("cpu", enabled=False):  # autocast would cast the float32 inputs back down
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
                                                  dropout_p=dropout_p, is_causal=is_causal)
         return out.to(q.dtype)
+    if q.device.type == "cuda":
+        with sdpa_kernel(_CUDA_SDPA):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+
+
+# SDPA kernels allowed on CUDA (the order is PyTorch's own preference among them): everything but cuDNN's
+_CUDA_SDPA = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def _xavier_linear(in_dim: int, out_dim: int) -> nn.Linear:
