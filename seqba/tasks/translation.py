@@ -245,14 +245,18 @@ class TranslationTask(Task):
         logits, target = self.forward(model, batch)  # (N, T, V), (N, T)
         epsilon = self.cfg.criterion.label_smoothing
         consistency = self.consistency if model.training else None  # the chunk holds every copy of its sentences
+        logs: dict[str, Any] = {}
         if consistency is None:  # fused: no (B, T, V) float32 log-probabilities
             loss, nll = label_smoothed_cross_entropy(logits, target, epsilon, ignore_index=PAD_ID)
-        else:
+        elif logits.is_cuda and not self.cfg.train.compile:
+            # eager fused chunks are many small kernels on a GPU, slower than the unfused pair there
             lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
             loss, nll = label_smoothed_nll_loss(lprobs, target, epsilon, ignore_index=PAD_ID)
-        logs = {"nll_sum": nll.detach()}
-        if consistency is not None:
             loss = consistency.add(loss, logs, lprobs, target.eq(PAD_ID))
+        else:  # CE + alpha * term fused from the logits: no (B, T, V) float32 tensor (seqba.fused_consistency)
+            loss, nll = consistency.cross_entropy(logits, target, epsilon, logs, ignore_index=PAD_ID,
+                                                  compiled=self.cfg.train.compile)
+        logs["nll_sum"] = nll.detach()
         logs["loss_sum"] = loss.detach()
         return loss, logs
 
