@@ -73,16 +73,15 @@ def main() -> None:
             return original_step(self, batches)
 
     task_cls.train_step = train_step
-    from seqba.tasks import TASKS
+    from seqba.ba import BatchAugmentation
 
-    spec_cls = TASKS[cfg.task].task_class
-    original_expand = spec_cls.expand
+    original_expand = BatchAugmentation.expand  # the trainer's BA component repeats (and augments) each batch
 
     def expand(self, batch):
         with record_function("seqba::expand"):
             return original_expand(self, batch)
 
-    spec_cls.expand = expand
+    BatchAugmentation.expand = expand
     trainer.validate = lambda: {}  # only the updates are profiled
     trainer.save_checkpoint = lambda: None
     trainer.train()

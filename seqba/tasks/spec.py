@@ -100,7 +100,8 @@ class TaskSpec:
     Attributes:
         data_config, model_config, criterion_config: dataclasses of the recipe's ``data``, ``model`` and
             ``criterion`` sections.
-        task_class: the :class:`~seqba.tasks.base.Task` subclass the trainer builds (``task_class(cfg, accelerator)``).
+        task_class: what builds the run's :class:`~seqba.tasks.base.Task`: a subclass, or any callable
+            ``(cfg, accelerator) -> Task`` (language modelling picks its class by ``model.arch``).
         evaluate: ``evaluate(cfg, model_state, options) -> dict`` (``python -m seqba.eval``); None: no evaluation.
         eval_options: the :class:`EvalOptions` subclass ``evaluate`` takes; its fields are ``seqba.eval``'s options
             for this family.
@@ -134,7 +135,7 @@ class TaskSpec:
     data_config: type
     model_config: type
     criterion_config: type
-    task_class: type
+    task_class: Callable[[Any, Any], Any]
     evaluate: Callable[..., dict] | None = None
     eval_options: type = EvalOptions
     check: Callable[[Any, Callable[[tuple[str, ...]], str]], None] = _no_checks
