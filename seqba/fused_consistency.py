@@ -25,15 +25,15 @@ n = positions in one chunk, V = vocab (or classes).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor
 
 from seqba.layout import CopyLayout
 
-if TYPE_CHECKING:  # the kinds' module imports this one (for LogProbGrad)
-    from seqba.consistency import ConsistencyKind
+# A seqba.consistency.ConsistencyKind; not imported here (that module imports this one for LogProbGrad).
+ConsistencyKind = Any
 
 __all__ = ["LogProbGrad", "cross_entropy_with_consistency", "default_chunk_rows"]
 
