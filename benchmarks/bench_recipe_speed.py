@@ -51,6 +51,10 @@ SETTINGS = {
     "bf16": ({}, ["train.mixed_precision=bf16"]),
     "fp32_compiled": ({}, ["train.mixed_precision=no", "train.compile=true"]),
     "bf16_compiled": ({}, ["train.mixed_precision=bf16", "train.compile=true"]),
+    # the consistency term's cost against BA alone (issue 21: <= 1.15x); alpha as the Multi30k symkl recipe
+    "bf16_symkl": ({}, ["train.mixed_precision=bf16", "ba.consistency=sym_kl", "ba.consistency_alpha=3"]),
+    "bf16_symkl_compiled": ({}, ["train.mixed_precision=bf16", "ba.consistency=sym_kl", "ba.consistency_alpha=3",
+                                 "train.compile=true"]),
 }
 
 
