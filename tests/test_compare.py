@@ -252,6 +252,69 @@ def test_resume_after_kill_mid_study(tmp_path):
     assert (out / "table.md").is_file() and (out / "curves.png").is_file()
 
 
+def test_local_launcher_jobs_schedule(monkeypatch, tmp_path):
+    """--jobs 3 over 2 seeds x (fixed_steps, ba, equal_time): never more than 3 at once, every run once, and each
+    equal_time starts only after its own seed's ba and fixed_steps have ended (a failed ba fails it with its own
+    message instead of hanging)."""
+    import threading
+
+    from seqba.compare import launchers
+    from seqba.compare.runs import RunFailed, RunSpec
+
+    runs = [RunSpec(arm, seed, str(tmp_path / arm / str(seed)), [], pending=arm == "equal_time")
+            for seed in (1, 2) for arm in ("fixed_steps", "ba", "equal_time")]
+    lock, events, live = threading.Lock(), [], [0, 0]
+
+    def fake_execute(spec):
+        with lock:
+            live[0] += 1
+            live[1] = max(live[1], live[0])
+            events.append(("start", spec.arm, spec.seed))
+        time.sleep(0.05 if spec.arm != "ba" else 0.15)
+        with lock:
+            live[0] -= 1
+            events.append(("end", spec.arm, spec.seed))
+        if spec.arm == "ba" and spec.seed == 2:
+            raise RunFailed("ba seed 2 broke")
+        return {"wall_seconds": 0.1}
+
+    def fake_resolve(study, spec):
+        if spec.pending and ("end", "ba", spec.seed) in events and spec.seed == 2:
+            raise ValueError("no ba measurement for seed 2")
+        return spec
+
+    monkeypatch.setattr(launchers, "execute_run", fake_execute)
+    monkeypatch.setattr(launchers, "resolve_pending", fake_resolve)
+    monkeypatch.setattr(launchers, "is_done", lambda spec: False)
+    lines = []
+    failures = launchers.run_local(None, runs, echo=lines.append, jobs=3)
+    assert live[1] == 3
+    assert sorted(e[1:] for e in events if e[0] == "start") == sorted((r.arm, r.seed) for r in runs
+                                                                       if (r.arm, r.seed) != ("equal_time", 2))
+    for seed in (1,):
+        start = events.index(("start", "equal_time", seed))
+        assert events.index(("end", "ba", seed)) < start and events.index(("end", "fixed_steps", seed)) < start
+    assert failures == ["ba seed 2: ba seed 2 broke", "equal_time seed 2: no ba measurement for seed 2"]
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        launchers.run_local(None, runs, jobs=0)
+
+
+def test_jobs_two_runs_a_study_with_equal_time(tmp_path):
+    """The real CLI with --jobs 2: fixed_steps and ba of one seed side by side, then equal_time from their
+    measured rates; the same results.csv rows a sequential study writes."""
+    out = tmp_path / "study"
+    args = [RECIPES / "resnet44_cifar10_m40.yaml", "--arms", "fixed_steps,ba,equal_time", "--seeds", "1", "--out",
+            out, "--jobs", "2", *TINY["image_classification"], "train.max_updates=6", "train.log_interval=2",
+            f"data.root={write_fake_cifar10(tmp_path / 'cifar')}"]
+    proc = subprocess.run(compare_command(*args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 runs at a time" in proc.stdout
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["arm"] for r in rows] == ["fixed_steps", "ba", "equal_time"]
+    assert int(rows[2]["updates"]) >= 6
+    assert cli.main([str(RECIPES / "resnet44_cifar10_m40.yaml"), "--out", str(tmp_path / "s2"), "--jobs", "0"]) == 2
+
+
 def test_slurm_launcher_local_executor_with_significance(recipe, tmp_path):
     """--launcher slurm through submitit's local executor: same outputs, and BLEU p-values for translation."""
     pytest.importorskip("submitit")

@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-set", action="append", default=[], metavar="NAME=SRC,REF",
                    help="also evaluate on these raw source/reference files (tasks whose spec has test_set_options)")
     p.add_argument("--launcher", choices=("local", "slurm"), default="local",
-                   help="local: one run after another here; slurm: one submitit job per run")
+                   help="local: one run after another here (--jobs at a time); slurm: one submitit job per run")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="local launcher: runs at a time on this machine (default 1). They share its cores or its "
+                        "GPU, so training seconds (and equal_time's updates) are comparable only between runs made "
+                        "under the same --jobs")
     p.add_argument("--launch-args", default="",
                    help="train each run with `accelerate launch LAUNCH_ARGS -m seqba.train` "
                         "(e.g. \"--multi_gpu --num_processes 8\")")
@@ -109,6 +113,10 @@ def _study(args: argparse.Namespace):
     for override in args.overrides:
         if _sets_reserved(override):
             raise ConfigError(f"override {override!r}: compare sets seed, output_dir and train.resume per run")
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs {args.jobs}: must be >= 1")
+    if args.jobs > 1 and args.launcher != "local":
+        raise ConfigError(f"--jobs {args.jobs} is for --launcher local; under slurm each run is its own job")
     names = [a.strip() for a in args.arms.split(",")]
     if not all(names):
         raise ConfigError(f"--arms {args.arms!r}: expected comma-separated arm names, e.g. fixed_steps,ba")
@@ -150,7 +158,8 @@ def _study(args: argparse.Namespace):
             study.updates_per_epoch[source] = count_updates(arm_cfg, processes or 1)[1]
         study.updates_per_epoch[arm.name] = study.updates_per_epoch[source]
     print(f"study {study.out}: {args.recipe} ({cfg.task}), seeds {','.join(map(str, seeds))}, test sets "
-          f"{', '.join(t.name for t in study.test_sets)}, launcher {args.launcher}")
+          f"{', '.join(t.name for t in study.test_sets)}, launcher {args.launcher}"
+          + (f", {args.jobs} runs at a time" if args.jobs > 1 else ""))
     for arm in arms:
         print(f"  {arm.name:<14} {arm.note}; {study.updates_per_epoch[arm.name]} updates per epoch")
         print(f"  {'':<14} overrides: {shlex.join(arm.overrides) or '(none)'}")
@@ -185,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.launcher == "slurm":
                 failures = run_submitit(study, runs, args.submitit_cluster, parse_executor_params(args.slurm_params))
             else:
-                failures = run_local(study, runs)
+                failures = run_local(study, runs, jobs=args.jobs)
         table = write_report(study, names)
         print(table.read_text())
     except (ConfigError, FileNotFoundError) as err:

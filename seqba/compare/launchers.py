@@ -1,4 +1,5 @@
-"""Launchers: run a study's pending (arm, seed) runs one after another here, or as Slurm jobs through submitit.
+"""Launchers: run a study's pending (arm, seed) runs here (one after another, or ``--jobs N`` at a time), or as Slurm
+jobs through submitit.
 
 Both skip what is done (:func:`seqba.compare.runs.is_done`), run the ``equal_time`` arm only after the ``ba`` and
 ``fixed_steps`` runs it is timed from, and print one progress line per run::
@@ -11,7 +12,9 @@ has finished), summed over the remaining runs; under Slurm, jobs run in parallel
 """
 from __future__ import annotations
 
+import concurrent.futures
 import shlex
+import threading
 import time
 from typing import Any, Callable
 
@@ -52,21 +55,62 @@ class Progress:
         self.echo(f"[{self.index[id(run)]}/{len(self.runs)}] {run.arm} seed {run.seed}: {what}")
 
 
-def run_local(study: Study, runs: list[RunSpec], echo: Callable[[str], None] = print) -> list[str]:
-    """Run every unfinished run in order, in this process's children; return the failures (one line each)."""
-    progress, failures = Progress(runs, echo), []
+def run_local(study: Study, runs: list[RunSpec], echo: Callable[[str], None] = print, jobs: int = 1) -> list[str]:
+    """Run every unfinished run here, ``jobs`` at a time, in this process's children; return the failures (one
+    line each).
+
+    With ``jobs`` > 1 the runs share this machine (its cores, or its one GPU): a pending run (``equal_time``) starts
+    once the same seed's ``ba`` and ``fixed_steps`` runs have ended, and its updates are measured from runs that
+    shared the machine the same way, so training seconds are comparable only between runs made under the same
+    ``jobs``. Runs start in ``runs`` order (seeds outer: whole seeds finish first).
+
+    Raises:
+        ValueError: ``jobs`` < 1.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    progress, failures, lock = Progress(runs, echo), [], threading.Lock()
+    todo = []
     for run in runs:
         if is_done(run):
             progress.line(run, "done earlier, skipped")
-            continue
-        progress.line(run, f"start ({progress.eta()}) -> {run.run_dir}")
+        else:
+            todo.append(run)
+
+    def one(run: RunSpec) -> None:
+        with lock:
+            progress.line(run, f"start ({progress.eta()}) -> {run.run_dir}")
         try:
             result = execute_run(resolve_pending(study, run))
         except (RunFailed, ValueError) as err:
-            failures.append(f"{run.arm} seed {run.seed}: {err}")
-            progress.line(run, f"FAILED: {err}")
-            continue
-        progress.line(run, f"done in {result['wall_seconds']:.1f} s")
+            with lock:
+                failures.append(f"{run.arm} seed {run.seed}: {err}")
+                progress.line(run, f"FAILED: {err}")
+            return
+        with lock:
+            progress.line(run, f"done in {result['wall_seconds']:.1f} s")
+
+    def ready(run: RunSpec, running: list[RunSpec]) -> bool:
+        if not run.pending:
+            return True
+        unsettled = {(r.arm, r.seed) for r in (*todo, *running)}
+        return not ({("ba", run.seed), ("fixed_steps", run.seed)} & unsettled)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict[concurrent.futures.Future, RunSpec] = {}
+        while todo or running:
+            for run in [r for r in todo if ready(r, list(running.values()))]:
+                if len(running) >= jobs:
+                    break
+                todo.remove(run)
+                running[pool.submit(one, run)] = run
+            if not running:  # only pending runs whose inputs never ran: let them fail with their own message
+                run = todo.pop(0)
+                running[pool.submit(one, run)] = run
+            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                future.result()
+                del running[future]
     return failures
 
 
