@@ -313,6 +313,8 @@ def test_jobs_two_runs_a_study_with_equal_time(tmp_path):
     assert [r["arm"] for r in rows] == ["fixed_steps", "ba", "equal_time"]
     assert int(rows[2]["updates"]) >= 6
     assert cli.main([str(RECIPES / "resnet44_cifar10_m40.yaml"), "--out", str(tmp_path / "s2"), "--jobs", "0"]) == 2
+    assert cli.main([str(RECIPES / "resnet44_cifar10_m40.yaml"), "--out", str(tmp_path / "s2"), "--baseline",
+                     "ba_fork_top"]) == 2
 
 
 def test_slurm_launcher_local_executor_with_significance(recipe, tmp_path):
@@ -336,6 +338,37 @@ def test_slurm_launcher_local_executor_with_significance(recipe, tmp_path):
     assert "p vs fixed_steps (test, per seed)" in table and "p vs fixed_steps (extra, per seed)" in table
     again = subprocess.run(compare_command(*args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 2
+
+
+def test_significance_against_another_baseline(tmp_path):
+    """--baseline ba: every arm's hypotheses are paired with ba's of the same seed (sacreBLEU's bootstrap), ba gets
+    none, and the table names ba; without a ba arm there are no p-values."""
+    from seqba.compare.report import collect_rows, format_table
+    from seqba.compare.significance import study_pvalues
+    from seqba.tasks import TASKS
+
+    refs = [f"the cat number {i} sat on the mat near door {i % 7}" for i in range(40)]
+    ref_file = tmp_path / "ref.txt"
+    ref_file.write_text("\n".join(refs) + "\n")
+    study = Study(out=str(tmp_path / "study"), recipe="r.yaml", task="translation", overrides=[],
+                  arms={"fixed_steps": [], "ba": [], "ba_fork_top": []}, seeds=[1],
+                  test_sets=[EvalSet("extra", str(ref_file), str(ref_file))])
+    hyps = {"fixed_steps": [f"a dog {i} sat" for i in range(40)], "ba": refs,
+            "ba_fork_top": [r if i % 2 else "x" for i, r in enumerate(refs)]}
+    for arm, lines in hyps.items():
+        run = study.run_dir(arm, 1)
+        run.mkdir(parents=True)
+        (run / "hyp.extra.txt").write_text("\n".join(lines) + "\n")
+    p = study_pvalues(study, list(hyps), baseline="ba")
+    assert set(p) == {("extra", "fixed_steps", 1), ("extra", "ba_fork_top", 1)}
+    assert p["extra", "ba_fork_top", 1] < 0.05 and p["extra", "fixed_steps", 1] < 0.05
+    assert study_pvalues(study, ["fixed_steps", "ba_fork_top"], baseline="ba") == {}
+    assert TASKS["translation"].significance.description.startswith("sacreBLEU paired bootstrap")
+    rows = [{"arm": a, "seed": 1, "updates": 1, "epochs_seen": "", "train_seconds": 1.0, "extra_bleu": 1.0,
+             "extra_bleu_p": round(p["extra", a, 1], 4) if a != "ba" else ""} for a in hyps]
+    table = format_table(study, rows, list(hyps), "r", baseline="ba")
+    assert "p vs ba (extra, per seed)" in table and "against ba of the same seed" in table
+    assert "| ba | 1 | 1 |  | 1.0 | **1.00 ± –** | — |" in table
 
 
 def test_paired_bootstrap_identical_hypotheses_are_not_significant():

@@ -23,7 +23,7 @@ from seqba.compare.arms import BUILTIN, derive_arms, count_updates, parse_arm
 from seqba.compare.curves import plot_study
 from seqba.compare.launchers import parse_executor_params, run_local, run_submitit
 from seqba.compare.report import collect_rows, format_table, write_csv
-from seqba.compare.significance import study_pvalues
+from seqba.compare.significance import BASELINE, study_pvalues
 from seqba.compare.study import check_unchanged, make_study, parse_test_set, plan_runs, save_study
 from seqba.errors import ConfigError, RunLockedError, SeqbaError, UsageError
 from seqba.runlock import RunLock
@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the resolved arms and runs, train nothing (a task that prepares its corpus on first "
                         "use still prepares it: an epoch's updates are counted from it)")
     p.add_argument("--report-only", action="store_true", help="rewrite results.csv, table.md, curves.png only")
+    p.add_argument("--baseline", default=None,
+                   help="the arm every arm's significance test is paired against, seed by seed (default "
+                        "fixed_steps; e.g. --baseline ba --report-only: do forked arms differ from BA?); one of "
+                        "--arms")
     return p
 
 
@@ -89,13 +93,14 @@ def _num_processes(launch_args: list[str]) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def write_report(study, arms: list[str], echo=print) -> Path:
-    """Write ``results.csv``, ``table.md`` and ``curves.png`` of the finished runs of ``arms``; return table.md."""
+def write_report(study, arms: list[str], echo=print, baseline: str = BASELINE) -> Path:
+    """Write ``results.csv``, ``table.md`` and ``curves.png`` of the finished runs of ``arms`` (p-values against
+    ``baseline``); return table.md."""
     out = Path(study.out)
-    rows = collect_rows(study, arms, study_pvalues(study, arms))
+    rows = collect_rows(study, arms, study_pvalues(study, arms, baseline), baseline)
     write_csv(rows, out / "results.csv")
     table = out / "table.md"
-    table.write_text(format_table(study, rows, arms, Path(study.recipe).stem))
+    table.write_text(format_table(study, rows, arms, Path(study.recipe).stem, baseline))
     plot_study(study, arms, out / "curves.png")
     echo(f"wrote {out / 'results.csv'} ({len(rows)} runs), {table}, {out / 'curves.png'}")
     return table
@@ -113,6 +118,8 @@ def _study(args: argparse.Namespace):
     for override in args.overrides:
         if _sets_reserved(override):
             raise ConfigError(f"override {override!r}: compare sets seed, output_dir and train.resume per run")
+    if args.baseline is not None and args.baseline not in [a.strip() for a in args.arms.split(",")]:
+        raise ConfigError(f"--baseline {args.baseline}: not among --arms {args.arms!r}")
     if args.jobs < 1:
         raise ConfigError(f"--jobs {args.jobs}: must be >= 1")
     if args.jobs > 1 and args.launcher != "local":
@@ -195,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 failures = run_submitit(study, runs, args.submitit_cluster, parse_executor_params(args.slurm_params))
             else:
                 failures = run_local(study, runs, jobs=args.jobs)
-        table = write_report(study, names)
+        table = write_report(study, names, baseline=args.baseline or BASELINE)
         print(table.read_text())
     except (ConfigError, FileNotFoundError) as err:
         return _error(err, 2)

@@ -15,7 +15,7 @@
     SET_METRIC                    every test metric (``TaskSpec.test_metrics``) on every test set (``test`` = the
                                   recipe's test split)
     SET_METRIC_p                  the family's significance test (``TaskSpec.significance``, on its METRIC): p-value
-                                  against fixed_steps of the same seed
+                                  against the baseline arm (fixed_steps, or ``--baseline``) of the same seed
 
 ``table.md``: per arm, ``n`` (finished runs), mean updates / epochs seen / training seconds, the best validation
 loss (mean ± std), and for every test
@@ -56,8 +56,9 @@ def _eval(run_dir: Path, name: str) -> dict:
         return {}
 
 
-def collect_rows(study, arms: list[str], pvalues: dict | None = None) -> list[dict]:
-    """One dict per trained (arm, seed) of ``arms``, in the order of ``arms`` then seeds (columns as above)."""
+def collect_rows(study, arms: list[str], pvalues: dict | None = None, baseline: str = BASELINE) -> list[dict]:
+    """One dict per trained (arm, seed) of ``arms``, in the order of ``arms`` then seeds (columns as above;
+    ``SET_METRIC_p`` against ``baseline``)."""
     unit, pvalues = study.unit, pvalues or {}
     rows = []
     for arm in arms:
@@ -81,7 +82,7 @@ def collect_rows(study, arms: list[str], pvalues: dict | None = None) -> list[di
                 for metric in study.spec.test_metrics:
                     if metric.name in metrics:
                         row[f"{test.name}_{metric.name}"] = metrics[metric.name]
-                if significance is not None and BASELINE in arms:
+                if significance is not None and baseline in arms:
                     p = pvalues.get((test.name, arm, seed))
                     row[f"{test.name}_{significance.metric}_p"] = round(p, 4) if p is not None else ""
             rows.append(row)
@@ -106,8 +107,8 @@ def _mean_std(values: list[float], scale: float = 1.0, digits: int = 2) -> tuple
     return mean, f"{mean:.{digits}f} ± {std}"
 
 
-def format_table(study, rows: list[dict], arms: list[str], recipe_name: str) -> str:
-    """The Markdown of ``table.md`` for ``rows`` (from :func:`collect_rows`)."""
+def format_table(study, rows: list[dict], arms: list[str], recipe_name: str, baseline: str = BASELINE) -> str:
+    """The Markdown of ``table.md`` for ``rows`` (from :func:`collect_rows`; p-values against ``baseline``)."""
     unit, spec = study.unit, study.spec
     by_arm = {arm: [r for r in rows if r["arm"] == arm] for arm in arms}
     shown = {VALID_LOSS.name: VALID_LOSS, **{f"{t.name}_{m.name}": m for t in study.test_sets
@@ -118,7 +119,7 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str) -> 
     for c in columns:
         header.append(c.replace("_", " ") + (" (%)" if shown[c].percent else ""))
         if any(r.get(f"{c}_p", "") != "" for r in rows):
-            header.append(f"p vs {BASELINE} ({c.rsplit('_', 1)[0]}, per seed)")
+            header.append(f"p vs {baseline} ({c.rsplit('_', 1)[0]}, per seed)")
     if paper:
         header.append(f"paper ({paper[2]})")
     cells: dict[str, dict[str, str]] = {arm: {} for arm in arms}
@@ -149,7 +150,7 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str) -> 
             row.append(text)
             if f"{c}_p" in header_keys(header, c):
                 ps = [r.get(f"{c}_p", "") for r in runs]
-                row.append("—" if arm == BASELINE else ", ".join(f"{p:.3f}" for p in ps if p != ""))
+                row.append("—" if arm == baseline else ", ".join(f"{p:.3f}" for p in ps if p != ""))
         if paper:
             row.append(f"{paper[1][arm]}" if arm in paper[1] else "")
         lines.append("| " + " | ".join(row) + " |")
@@ -157,7 +158,7 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str) -> 
              f"standard deviation over seeds (n runs), best mean in bold. `train s`: seconds of training updates "
              f"(from the logged {unit}/s; no validation); `epochs seen`: passes over the distinct training data."]
     if any("p vs" in h for h in header):
-        notes.append(spec.significance.description)
+        notes.append(f"p: {spec.significance.description} against {baseline} of the same seed, one value per seed.")
     elif spec.significance is None:
         notes.append(f"No significance test: the {study.task} task defines none for its test metrics "
                      "(TaskSpec.significance).")

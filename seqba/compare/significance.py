@@ -1,4 +1,5 @@
-"""Significance of every arm against the ``fixed_steps`` arm of the same seed, by the task's own paired test.
+"""Significance of every arm against a baseline arm of the same seed (``fixed_steps`` unless ``compare --baseline``
+names another), by the task's own paired test.
 
 The test is the family's ``TaskSpec.significance`` (e.g. sacreBLEU's paired bootstrap resampling of BLEU; see each
 task module), run on the per-example outputs each run's evaluation wrote (:func:`seqba.compare.study.outputs_file`)
@@ -22,11 +23,11 @@ def _lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").split("\n")[:-1]
 
 
-def study_pvalues(study, arms: list[str]) -> dict[tuple[str, str, int], float]:
-    """``(test set, arm, seed) -> p`` for every arm with outputs on a set where ``fixed_steps`` of that seed has
-    them too ({} for a family without a significance test, or without a fixed_steps arm)."""
+def study_pvalues(study, arms: list[str], baseline: str = BASELINE) -> dict[tuple[str, str, int], float]:
+    """``(test set, arm, seed) -> p`` for every arm with outputs on a set where ``baseline`` of that seed has
+    them too ({} for a family without a significance test, or without a ``baseline`` arm)."""
     test = study.spec.significance
-    if test is None or BASELINE not in arms:
+    if test is None or baseline not in arms:
         return {}
     out = {}
     for test_set in study.test_sets:
@@ -35,13 +36,13 @@ def study_pvalues(study, arms: list[str]) -> dict[tuple[str, str, int], float]:
         else:
             refs = test.references(config_lib.load(study.recipe, study.overrides), "test")
         for seed in study.seeds:
-            base = outputs_file(study.run_dir(BASELINE, seed), test_set.name)
+            base = outputs_file(study.run_dir(baseline, seed), test_set.name)
             if not base.is_file():
                 continue
             systems = {}
             for arm in arms:
                 hyp = outputs_file(study.run_dir(arm, seed), test_set.name)
-                if arm != BASELINE and hyp.is_file():
+                if arm != baseline and hyp.is_file():
                     systems[arm] = _lines(hyp)
             if systems:
                 for arm, p in test.paired(_lines(base), systems, refs).items():

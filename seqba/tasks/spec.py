@@ -76,12 +76,13 @@ class Metric:
 
 @dataclass(frozen=True)
 class SignificanceTest:
-    """A paired test of every arm of a study against its ``fixed_steps`` arm of the same seed, on the per-example
-    outputs that evaluation wrote (the file named by ``TaskSpec.outputs_option``).
+    """A paired test of every arm of a study against its baseline arm of the same seed (``fixed_steps``, or
+    ``compare --baseline``), on the per-example outputs that evaluation wrote (``TaskSpec.outputs_option``).
 
     Attributes:
         metric: the test metric the p-values are about (the report's ``SET_<metric>_p`` column).
-        description: one sentence for ``table.md`` (the test, its resamples, its source).
+        description: the test in a few words for ``table.md`` (its name, resamples, source; the report adds
+            "against BASELINE of the same seed").
         paired: ``paired(baseline, systems, references) -> {system: p}``: outputs and references one string per
             test example, in reference order.
         references: ``references(cfg, split) -> list[str]``: the references of a split of the recipe's data.

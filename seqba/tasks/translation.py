@@ -474,6 +474,5 @@ SPEC = TaskSpec(TranslationDataConfig, TransformerConfig, TranslationCriterionCo
                 batch_key="data.max_tokens", batch_unit="tokens", test_metrics=(Metric("bleu", True),),
                 curve_metric="ppl", test_set_options=("src", "ref"), outputs_option="output",
                 significance=SignificanceTest(
-                    "bleu", "p: sacreBLEU paired bootstrap resampling (1000 resamples) of the arm's BLEU against "
-                    "fixed_steps of the same seed, one value per seed.", paired_bootstrap, split_references),
+                    "bleu", "sacreBLEU paired bootstrap resampling (1000 resamples) of the arm's BLEU", paired_bootstrap, split_references),
                 analysis=TranslationGradients, fork_arms=fork_arms)
