@@ -179,11 +179,11 @@ def test_table_and_csv_from_fake_runs(tmp_path):
     write_csv(rows, tmp_path / "results.csv")
     assert (tmp_path / "results.csv").read_text() == (
         "arm,seed,updates,epochs_seen,distinct_images_seen,images_computed,train_seconds,wall_seconds,"
-        "images_per_s,best_valid_loss,best_valid_update,final_valid_loss,test_accuracy\n"
-        "fixed_steps,1,20,2.0,1280,1280,2.0,30.5,640.0,0.5,10,0.7,0.9\n"
-        "fixed_steps,2,20,2.0,1280,1280,2.0,31.5,640.0,0.7,20,0.7,0.92\n"
-        "ba,1,20,2.0,1280,5120,10.0,60.0,512.0,0.4,20,0.4,0.95\n"
-        "ba,2,20,2.0,1280,5120,10.0,62.0,512.0,0.4,10,0.4,0.97\n")  # a tie: the first update
+        "images_per_s,model_flops,best_valid_loss,best_valid_update,final_valid_loss,test_accuracy\n"
+        "fixed_steps,1,20,2.0,1280,1280,2.0,30.5,640.0,,0.5,10,0.7,0.9\n"
+        "fixed_steps,2,20,2.0,1280,1280,2.0,31.5,640.0,,0.7,20,0.7,0.92\n"
+        "ba,1,20,2.0,1280,5120,10.0,60.0,512.0,,0.4,20,0.4,0.95\n"
+        "ba,2,20,2.0,1280,5120,10.0,62.0,512.0,,0.4,10,0.4,0.97\n")  # a tie: the first update; no FLOPs logged
     table = format_table(study, rows, arms, "resnet44_cifar10_m40").splitlines()
     assert table[:4] == [
         "| arm | n | updates | epochs seen | train s | best valid loss | test accuracy (%) | paper (accuracy %) |",
@@ -369,6 +369,55 @@ def test_significance_against_another_baseline(tmp_path):
     table = format_table(study, rows, list(hyps), "r", baseline="ba")
     assert "p vs ba (extra, per seed)" in table and "against ba of the same seed" in table
     assert "| ba | 1 | 1 |  | 1.0 | **1.00 ± –** | — |" in table
+
+
+def test_equal_time_verdict_is_made_from_the_numbers():
+    """The verdict under the table: per BA arm, the paired difference to equal_time, wins, p-values, FLOPs and
+    seconds ratios, and its label (pays / not settled / does not pay); nothing without an equal_time arm."""
+    from seqba.compare.report import equal_time_verdict
+
+    study = Study(out="o", recipe="r.yaml", task="translation", overrides=[], arms={}, seeds=[1, 2, 3],
+                  test_sets=[EvalSet("test")])
+
+    def row(arm, seed, bleu, flops, seconds):
+        return {"arm": arm, "seed": seed, "test_bleu": bleu, "model_flops": flops, "train_seconds": seconds}
+
+    rows = [row("equal_time", s, 18.0 + s, 1e12, 100.0) for s in (1, 2, 3)]
+    rows += [row("ba", s, 19.5 + s, 4e12, 100.0) for s in (1, 2, 3)]                     # wins every seed
+    rows += [row("ba_fork", s, 18.0 + s + d, 3e12, 80.0) for s, d in ((1, 1.0), (2, -0.5), (3, 0.2))]
+    rows += [row("ba_symkl", s, 17.0 + s, 4e12, 110.0) for s in (1, 2, 3)]                # loses
+    rows += [row("fixed_steps", s, 10.0, 1e12, 50.0) for s in (1, 2, 3)]                  # not a BA arm
+    arms = ["fixed_steps", "ba", "ba_fork", "ba_symkl", "equal_time"]
+    p = {("test", "ba", s): 0.01 for s in (1, 2, 3)}
+    p.update({("test", a, s): 0.5 for a in ("ba_fork", "ba_symkl") for s in (1, 2, 3)})
+    text = equal_time_verdict(study, rows, arms, p)
+    lines = [ln for ln in text.splitlines() if ln.startswith("- ")]
+    assert [ln.split("`")[1] for ln in lines] == ["ba", "ba_fork", "ba_symkl"]
+    assert lines[0] == ("- `ba` vs `equal_time`, test bleu: +1.50 on the mean (per seed +1.50 / +1.50 / +1.50; "
+                        "better for 3 of 3 seeds; p 0.010 / 0.010 / 0.010; 4.00x the model FLOPs, 1.00x the "
+                        "training seconds): **pays** at equal time.")
+    assert "better for 2 of 3 seeds" in lines[1] and "**not settled** at equal time. The measured" in lines[1]
+    assert "-1.00 on the mean" in lines[2] and lines[2].endswith("**does not pay** at equal time.")
+    # a win on every seed whose paired test is not significant is not settled; no test: the seeds decide
+    weak = {k: (0.2 if k[1] == "ba" else v) for k, v in p.items()}
+    assert "`ba` vs" in equal_time_verdict(study, rows, arms, weak).splitlines()[2]
+    assert "**not settled**" in equal_time_verdict(study, rows, arms, weak).splitlines()[2]
+    assert "**pays**" in equal_time_verdict(study, rows, arms, None).splitlines()[2]
+    assert equal_time_verdict(study, rows, ["fixed_steps", "ba"], p) == ""
+    assert "not equal" not in lines[0] and "The measured times were not equal (0.80x)" in lines[1]
+
+
+def test_model_flops_summed_from_the_records():
+    """results.csv's model_flops: per window (updates x logged FLOPs per update), the unlogged tail at the last
+    rate; None when any training record lacks the count."""
+    from seqba.compare.records import summarise
+
+    records = [{"step": 10, "tokens_per_step": 100.0, "tokens_per_s": 1000.0, "model_flops_per_step": 2.0},
+               {"step": 20, "tokens_per_step": 100.0, "tokens_per_s": 1000.0, "model_flops_per_step": 3.0},
+               {"step": 25, "valid_loss": 1.0}]
+    assert summarise(records, "tokens").model_flops == 10 * 2.0 + 10 * 3.0 + 5 * 3.0
+    del records[0]["model_flops_per_step"]
+    assert summarise(records, "tokens").model_flops is None
 
 
 def test_paired_bootstrap_identical_hypotheses_are_not_significant():

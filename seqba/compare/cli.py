@@ -22,7 +22,7 @@ from seqba import eval as eval_cli
 from seqba.compare.arms import BUILTIN, derive_arms, count_updates, parse_arm
 from seqba.compare.curves import plot_study
 from seqba.compare.launchers import parse_executor_params, run_local, run_submitit
-from seqba.compare.report import collect_rows, format_table, write_csv
+from seqba.compare.report import equal_time_verdict, collect_rows, format_table, write_csv
 from seqba.compare.significance import BASELINE, study_pvalues
 from seqba.compare.study import check_unchanged, make_study, parse_test_set, plan_runs, save_study
 from seqba.errors import ConfigError, RunLockedError, SeqbaError, UsageError
@@ -100,7 +100,9 @@ def write_report(study, arms: list[str], echo=print, baseline: str = BASELINE) -
     rows = collect_rows(study, arms, study_pvalues(study, arms, baseline), baseline)
     write_csv(rows, out / "results.csv")
     table = out / "table.md"
-    table.write_text(format_table(study, rows, arms, Path(study.recipe).stem, baseline))
+    verdict = equal_time_verdict(study, rows, arms, study_pvalues(study, arms, "equal_time"))
+    table.write_text(format_table(study, rows, arms, Path(study.recipe).stem, baseline)
+                     + (f"\n{verdict}" if verdict else ""))
     plot_study(study, arms, out / "curves.png")
     echo(f"wrote {out / 'results.csv'} ({len(rows)} runs), {table}, {out / 'curves.png'}")
     return table

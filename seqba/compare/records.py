@@ -28,6 +28,7 @@ class RunSummary:
     distinct_seen: float
     computed: float
     train_seconds: float
+    model_flops: float | None = None  # forward + backward model FLOPs of the training updates (None: not logged)
 
     @property
     def seconds_per_update(self) -> float:
@@ -73,7 +74,8 @@ def _timeline(records: list[dict], unit: str) -> list[tuple[int, float, float, f
 def summarise(records: list[dict], unit: str) -> RunSummary:
     """Totals of a run from its records (``unit``: the task's ``batch_unit``).
 
-    ``updates`` is the largest ``step`` of any record (the final validation record carries the last update).
+    ``updates`` is the largest ``step`` of any record (the final validation record carries the last update);
+    ``model_flops`` sums the logged ``model_flops_per_step`` (:mod:`seqba.flops`' convention), None if not logged.
     """
     updates = max((r.get("step", 0) for r in records), default=0)
     line = _timeline(records, unit)
@@ -84,7 +86,19 @@ def summarise(records: list[dict], unit: str) -> RunSummary:
         seconds += n * last[f"{unit}_per_step"] / last[f"{unit}_per_s"]
         distinct += n * last.get(f"distinct_{unit}_per_step", 0.0)
         computed += n * last[f"{unit}_per_step"]
-    return RunSummary(int(updates), distinct, computed, seconds)
+    return RunSummary(int(updates), distinct, computed, seconds, _model_flops(training, int(updates)))
+
+
+def _model_flops(training: list[dict], updates: int) -> float | None:
+    """Model FLOPs of the run's updates from ``model_flops_per_step`` (every training record must log it; the
+    unlogged tail at the last record's rate); None when the task logs none."""
+    if not training or any("model_flops_per_step" not in r for r in training):
+        return None
+    flops, prev = 0.0, 0
+    for r in training:
+        flops += (r["step"] - prev) * r["model_flops_per_step"]
+        prev = r["step"]
+    return flops + max(updates - prev, 0) * training[-1]["model_flops_per_step"]
 
 
 def validation_curve(records: list[dict], unit: str, metric: str = "loss"

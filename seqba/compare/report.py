@@ -10,6 +10,9 @@
     train_seconds                 seconds of training updates, from the logged rates (no validation, no saving)
     wall_seconds                  wall time of the process that finished the run (startup and validation included)
     UNIT_per_s                    UNIT_computed / train_seconds
+    model_flops                   forward + backward model FLOPs of the training updates, as the task logs them
+                                  (:mod:`seqba.flops`' count: 6 x matmul parameters x rows, plus attention); empty
+                                  when the task logs none
     best_valid_loss               lowest validation loss of the run, and best_valid_update where it was reached
     final_valid_loss              the last validation loss (see :func:`seqba.compare.records.validation_losses`)
     SET_METRIC                    every test metric (``TaskSpec.test_metrics``) on every test set (``test`` = the
@@ -35,7 +38,7 @@ from seqba.compare.runs import is_trained, read_done
 from seqba.compare.significance import BASELINE
 from seqba.tasks.spec import Metric
 
-__all__ = ["PAPER", "collect_rows", "write_csv", "format_table"]
+__all__ = ["PAPER", "collect_rows", "write_csv", "format_table", "equal_time_verdict"]
 
 #: How the table shows the best validation loss (beside the task's test metrics).
 VALID_LOSS = Metric("best_valid_loss", higher_is_better=False, digits=4)
@@ -74,7 +77,8 @@ def collect_rows(study, arms: list[str], pvalues: dict | None = None, baseline: 
                    f"distinct_{unit}_seen": round(s.distinct_seen), f"{unit}_computed": round(s.computed),
                    "train_seconds": round(s.train_seconds, 2),
                    "wall_seconds": read_done(run_dir).get("wall_seconds", ""),
-                   f"{unit}_per_s": round(s.throughput, 1)}
+                   f"{unit}_per_s": round(s.throughput, 1),
+                   "model_flops": float(f"{s.model_flops:.4g}") if s.model_flops is not None else ""}
             row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in validation_losses(records).items()})
             significance = study.spec.significance
             for test in study.test_sets:
@@ -115,7 +119,8 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str, bas
                                              for m in spec.test_metrics}}
     columns = [c for c in dict.fromkeys(k for r in rows for k in r) if c in shown]
     paper = PAPER.get(recipe_name)
-    header = ["arm", "n", "updates", "epochs seen", "train s"]
+    flops = any(r.get("model_flops", "") != "" for r in rows)
+    header = ["arm", "n", "updates", "epochs seen", "train s", *(["model FLOPs"] if flops else [])]
     for c in columns:
         header.append(c.replace("_", " ") + (" (%)" if shown[c].percent else ""))
         if any(r.get(f"{c}_p", "") != "" for r in rows):
@@ -143,6 +148,9 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str, bas
         epochs = [r["epochs_seen"] for r in runs if r["epochs_seen"] != ""]
         row.append(f"{statistics.fmean(epochs):.2f}" if epochs else "")
         row.append(f"{statistics.fmean(r['train_seconds'] for r in runs):.1f}")
+        if flops:
+            counted = [r["model_flops"] for r in runs if r.get("model_flops", "") != ""]
+            row.append(f"{statistics.fmean(counted):.3g}" if counted else "")
         for c in columns:
             text = cells[arm].get(c, "")
             if text and math.isclose(means[arm, c], best[c], rel_tol=0, abs_tol=1e-12):
@@ -156,7 +164,9 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str, bas
         lines.append("| " + " | ".join(row) + " |")
     notes = [f"Study of `{recipe_name}` ({study.task}); seeds {', '.join(map(str, study.seeds))}; mean ± sample "
              f"standard deviation over seeds (n runs), best mean in bold. `train s`: seconds of training updates "
-             f"(from the logged {unit}/s; no validation); `epochs seen`: passes over the distinct training data."]
+             f"(from the logged {unit}/s; no validation); `epochs seen`: passes over the distinct training data."
+             + (" `model FLOPs`: forward + backward FLOPs of the training updates (seqba.flops: 6 x matmul "
+                "parameters x rows, plus attention)." if flops else "")]
     if any("p vs" in h for h in header):
         notes.append(f"p: {spec.significance.description} against {baseline} of the same seed, one value per seed.")
     elif spec.significance is None:
@@ -175,3 +185,76 @@ def header_keys(header: list[str], column: str) -> set[str]:
     """``{column}_p`` when the header has a p-value column for ``column``."""
     tag = f"({column.rsplit('_', 1)[0]}, per seed)"
     return {f"{column}_p"} if any(h.endswith(tag) for h in header) else set()
+
+
+#: Arms that are not a BA variant (M = 1), so the verdict does not weigh them against equal_time.
+_BASELINE_ARMS = ("fixed_steps", "fixed_samples", "equal_time")
+
+
+def equal_time_verdict(study, rows: list[dict], arms: list[str], pvalues: dict | None = None) -> str:
+    """A short paragraph, made from the numbers: does each BA arm beat ``equal_time`` (fixed #steps trained for
+    BA's wall-clock on the same seed), seed by seed? "" when ``equal_time`` or every BA arm is missing.
+
+    The metric is the task's first test metric on the ``test`` set (the best validation loss when no run has it).
+    Per BA arm: the mean difference to ``equal_time`` over the seeds both finished, the per-seed differences, the
+    seeds it wins, the family's paired test against ``equal_time`` (``pvalues``: ``(set, arm, seed) -> p`` from
+    :func:`seqba.compare.significance.study_pvalues` with ``baseline="equal_time"``) where it has one, and the
+    ratio of model FLOPs and training seconds. The label: "pays" when the arm wins every paired seed (and, with a
+    test, p < 0.05 for every seed), "does not pay" when it loses on the mean, "not settled" otherwise.
+
+    Args:
+        rows: :func:`collect_rows` of the study; arms: its arms in table order.
+    """
+    if "equal_time" not in arms:
+        return ""
+    metric = next(iter(study.spec.test_metrics), None)
+    column = f"test_{metric.name}" if metric else ""
+    if metric is None or not any(r.get(column, "") != "" for r in rows):
+        metric, column = VALID_LOSS, VALID_LOSS.name
+    by = {(r["arm"], r["seed"]): r for r in rows if r.get(column, "") != ""}
+    base = {seed: r for (arm, seed), r in by.items() if arm == "equal_time"}
+    name = "best validation loss" if column == VALID_LOSS.name else f"test {metric.name}"
+    scale = 100.0 if metric.percent else 1.0
+    sign = 1.0 if metric.higher_is_better else -1.0
+    lines = []
+    for arm in arms:
+        if arm in _BASELINE_ARMS:
+            continue
+        seeds = [seed for seed in study.seeds if (arm, seed) in by and seed in base]
+        if not seeds:
+            continue
+        diffs = [(by[arm, s][column] - base[s][column]) * scale for s in seeds]
+        wins = sum(sign * d > 0 for d in diffs)
+        mean = statistics.fmean(diffs)
+        text = (f"`{arm}` vs `equal_time`, {name}: {mean:+.{metric.digits}f} on the mean "
+                f"(per seed {' / '.join(f'{d:+.{metric.digits}f}' for d in diffs)}; better for {wins} of "
+                f"{len(seeds)} seeds")
+        ps = [pvalues.get(("test", arm, s)) for s in seeds] if pvalues and column != VALID_LOSS.name else []
+        tested = bool(ps) and all(p is not None for p in ps)
+        if tested:
+            text += f"; p {' / '.join(f'{p:.3f}' for p in ps)}"
+        ratios, time_ratio = [], None
+        for key, what in (("model_flops", "model FLOPs"), ("train_seconds", "training seconds")):
+            pairs = [(by[arm, s].get(key, ""), base[s].get(key, "")) for s in seeds]
+            if all(a != "" and b for a, b in pairs):
+                ratio = statistics.fmean(a / b for a, b in pairs)
+                ratios.append(f"{ratio:.2f}x the {what}")
+                time_ratio = ratio if key == "train_seconds" else time_ratio
+        if ratios:
+            text += "; " + ", ".join(ratios)
+        if sign * mean <= 0:
+            label = "does not pay"
+        elif wins == len(seeds) and (not tested or all(p < 0.05 for p in ps)):
+            label = "pays"
+        else:
+            label = "not settled"
+        caveat = ""
+        if time_ratio is not None and not 1 / 1.2 <= time_ratio <= 1.2:
+            caveat = (f" The measured times were not equal ({time_ratio:.2f}x): runs that shared the machine, or a "
+                      "step bound by something other than its arithmetic; time it on an idle machine to settle it.")
+        lines.append(f"{text}): **{label}** at equal time.{caveat}")
+    if not lines:
+        return ""
+    head = ("Is BA worth its compute? `equal_time` trains fixed #steps for the `ba` arm's measured wall-clock on "
+            "the same seed; each BA arm against it (generated from the runs above):")
+    return head + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
