@@ -124,16 +124,20 @@ class OptimConfig:
     """Optimizer and learning-rate schedule (names as fairseq's).
 
     Attributes:
-        optimizer: ``adam`` (Adam with ``betas``, ``eps``) or ``sgd`` (``momentum``, ``nesterov``).
+        optimizer: ``adam`` (Adam with ``betas``, ``eps``; ``weight_decay`` as an L2 term in the gradient, as
+            fairseq's ``adam`` and ``torch.optim.Adam``), ``adamw`` (the same moments with decoupled weight decay,
+            Loshchilov & Hutter 2019, ``torch.optim.AdamW``: each step shrinks a parameter by lr x weight_decay, the
+            GPT/nanoGPT/torchtune default) or ``sgd`` (``momentum``, ``nesterov``).
         lr: peak learning rate.
         lr_scheduler: ``inverse_sqrt`` (linear warmup for ``warmup_updates`` from ``warmup_init_lr``, then
             lr * sqrt(warmup_updates / step), Vaswani et al. 2017 as fairseq), ``step`` (multiply by ``lr_gamma`` at
             each update in ``lr_steps``, He et al. 2016) or ``constant``.
         clip_norm: clip the gradient L2 norm to this (0 disables).
-        weight_decay: L2 penalty added to the gradient (torch's coupled form); tasks may exempt BN and bias parameters.
+        weight_decay: ``adam``/``sgd``: L2 penalty added to the gradient (torch's coupled form); ``adamw``: decoupled
+            decay. Tasks may exempt BN, LayerNorm, bias and embedding parameters (their parameter groups).
     """
 
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = 5e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-8
@@ -176,11 +180,11 @@ class OptimConfig:
             if self.lr_scheduler == "step" and self.lr_gamma > 1 and self.lr_steps:
                 log_peak += len(self.lr_steps) * math.log(self.lr_gamma)  # after the last milestone
                 name = "lr_gamma"
-            if self.optimizer == "adam":
+            if self.optimizer in ("adam", "adamw"):
                 log_peak -= math.log1p(-self.betas[0])
             _require(name, log_peak <= math.log(FLOAT32_MAX),
                      f"the step size it schedules reaches about 1e{log_peak / math.log(10):.0f} (the peak lr"
-                     f"{' / (1 - betas[0]), Adam' if self.optimizer == 'adam' else ''}), beyond float32's largest "
+                     f"{' / (1 - betas[0]), Adam' if self.optimizer != 'sgd' else ''}), beyond float32's largest "
                      f"{FLOAT32_MAX:.4g}")
 
 

@@ -21,18 +21,23 @@ __all__ = ["build_optimizer", "lr_multiplier"]
 
 
 def build_optimizer(cfg: OptimConfig, param_groups: list[dict]) -> torch.optim.Optimizer:
-    """Adam (``betas``, ``eps``) or SGD (``momentum``, ``nesterov``) with ``weight_decay`` as the group default.
+    """Adam or AdamW (``betas``, ``eps``) or SGD (``momentum``, ``nesterov``) with ``weight_decay`` as the group
+    default (a task's groups may set 0 for parameters it exempts).
+
+    ``adamw`` is ``torch.optim.AdamW`` (Loshchilov & Hutter 2019, "Decoupled weight decay regularization",
+    Algorithm 2): the decay multiplies the parameter by 1 - lr x weight_decay before the Adam step instead of
+    entering the moments, so it is not rescaled by the adaptive denominator (nanoGPT's and torchtune's optimizer).
 
     Raises:
         ValueError: for an unknown ``optimizer``.
     """
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                weight_decay=cfg.weight_decay)
+    if cfg.optimizer in ("adam", "adamw"):
+        kind = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        return kind(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
-    raise ValueError(f"optim.optimizer must be 'adam' or 'sgd', got {cfg.optimizer!r}")
+    raise ValueError(f"optim.optimizer must be 'adam', 'adamw' or 'sgd', got {cfg.optimizer!r}")
 
 
 def lr_multiplier(cfg: OptimConfig, step: int) -> float:
