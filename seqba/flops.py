@@ -20,6 +20,15 @@ k (:class:`seqba.models.fork.Fork`) the layers below k cost once per sample, the
 times, and the cross-attention keys and values of copies made at or above the encoder's top are computed once per
 sample when the copies are adjacent (they read one memory row).
 
+For the AWD-LSTM (:class:`seqba.models.awd_lstm.AWDLSTM`), a layer of input size i and hidden size h costs its
+two gate matmuls, 6 · 4h(i + h) FLOPs per token (:func:`awd_lstm_step_flops`); the tied (or untied) decoder
+6 · V · d_last per token. Gate nonlinearities, DropConnect and locked dropout are elementwise and left out.
+
+Convolutional networks (the image task's ResNets) are measured rather than derived:
+:func:`per_example_training_flops` counts one example's forward with ``torch.utils.flop_counter.FlopCounterMode``
+(convolutions and linears: 2 FLOPs per multiply-accumulate) and multiplies by 3 (backward = 2 × forward: the
+gradients of the inputs and of the weights), the same convention as above.
+
 The peak: :func:`matmul_peak` times ``torch.matmul`` on the given shapes (the step's own GEMMs) in the given
 dtype and thread count and keeps the fastest; "MFU on this CPU" is the step's model FLOP/s over that measured peak,
 not over a vendor figure.
@@ -31,8 +40,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["transformer_step_flops", "decoder_lm_step_flops", "matmul_peak"]
+__all__ = ["transformer_step_flops", "decoder_lm_step_flops", "awd_lstm_step_flops", "per_example_training_flops",
+           "matmul_peak"]
 
 
 def transformer_step_flops(src_lengths: Sequence[int] | np.ndarray, tgt_lengths: Sequence[int] | np.ndarray, *,
@@ -160,3 +172,83 @@ def decoder_lm_step_flops(tokens_per_row: int, rows: int, *, d_model: int, ffn_d
     block = (6 * (4 * d * d + 2 * d * f) * t + 12 * d * t * t) * rows
     head = 6 * vocab_size * d * t * rows
     return float(fork_layer * block + (num_layers - fork_layer) * block * repeats + head * repeats)
+
+
+def awd_lstm_step_flops(tokens_per_row: int, rows: int, *, layer_sizes: Sequence[int], vocab_size: int,
+                        repeats: int = 1, fork_layer: int = 0) -> float:
+    """Model FLOPs (forward + backward) of one training step of the AWD-LSTM
+    (:class:`seqba.models.awd_lstm.AWDLSTM`) over ``rows`` columns of a window of T tokens, in the module's
+    convention (6 · matmul parameters · tokens)::
+
+        LSTM layer l   6 · 4h(i + h) · T     per row   (i = layer_sizes[l], h = layer_sizes[l + 1]: the input-to-
+                                                        hidden and hidden-to-hidden gate matmuls, 2 forward, 4 back)
+        head           6 · V · d_last · T    per row   (d_last = layer_sizes[-1]; tied to the embedding or not)
+
+    With M copies the LSTM layers from ``fork_layer`` k on and the head run on M·B columns, the first k layers
+    on B (the AWD-LSTM's fork, ``ba.fork_layer`` in 1..L: k = L shares every LSTM layer and copies only the
+    output dropout and the head; k = 0: BA at the input, everything M times). Per-copy masks
+    (``model.per_copy_masks``) split the same matmuls into M calls and cost the same.
+
+    Args:
+        tokens_per_row: T, the window's length (the drawn one with variable BPTT).
+        rows: B, distinct columns (streams) in the step.
+        layer_sizes: L + 1 sizes: the embedding size (layer 0's input), then each layer's hidden size
+            (``[E, H, ..., H, E]`` with tied weights).
+        vocab_size: V.
+        repeats: M, copies of each column.
+        fork_layer: k, LSTM layers run once per column; 0: BA at the input.
+
+    Returns:
+        FLOPs as a float.
+
+    Raises:
+        ValueError: ``tokens_per_row`` or ``rows`` < 0, fewer than two ``layer_sizes``, ``repeats`` < 1, or
+            ``fork_layer`` outside [0, L].
+    """
+    if tokens_per_row < 0 or rows < 0:
+        raise ValueError(f"tokens_per_row and rows must be >= 0, got {tokens_per_row} and {rows}")
+    sizes = [float(v) for v in layer_sizes]
+    if len(sizes) < 2:
+        raise ValueError(f"layer_sizes needs the input size and at least one layer's, got {list(layer_sizes)}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    layers = len(sizes) - 1
+    if not 0 <= fork_layer <= layers:
+        raise ValueError(f"fork_layer must be in [0, {layers}], got {fork_layer}")
+    per_row = float(tokens_per_row) * rows
+    lstm = [6 * 4 * h * (i + h) * per_row for i, h in zip(sizes[:-1], sizes[1:])]
+    head = 6 * vocab_size * sizes[-1] * per_row
+    return float(sum(lstm[:fork_layer]) + sum(lstm[fork_layer:]) * repeats + head * repeats)
+
+
+def per_example_training_flops(model: nn.Module, example: Tensor) -> float:
+    """Model FLOPs (forward + backward) of training ``model`` on one example, measured: 3 × the FLOPs that
+    ``torch.utils.flop_counter.FlopCounterMode`` counts in a forward of ``example`` (the module's convention:
+    backward = 2 × forward), divided by the rows of ``example``.
+
+    The forward runs in eval mode under ``torch.no_grad()``, so that it leaves training untouched: no dropout masks
+    drawn from the RNG, no BatchNorm (or ghost BatchNorm) running statistics or ``num_batches_tracked`` updated, no
+    graph kept. Every submodule's ``training`` flag is restored afterwards, whatever it was. Counts what the counter
+    knows (convolutions, matmuls, attention); elementwise work (BN, activations, pooling) is left out, as above.
+
+    Args:
+        model: the network, on the device of ``example``.
+        example: one batch of n >= 1 inputs of the training shape, e.g. float (1, C, H, W) images.
+
+    Returns:
+        FLOPs per example as a float.
+
+    Raises:
+        ValueError: an ``example`` with no rows.
+    """
+    if example.dim() == 0 or example.size(0) < 1:
+        raise ValueError(f"example must hold at least one row, got shape {tuple(example.shape)}")
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(example)
+    finally:
+        for m, training in modes:
+            m.training = training
+    return 3.0 * counter.get_total_flops() / example.size(0)

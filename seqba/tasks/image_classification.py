@@ -61,6 +61,7 @@ from seqba.errors import ConfigError, FieldError
 from seqba.data.images import ImageTensorDataset, collate_images, load_cifar10, load_cifar10_hf, load_mnist
 from seqba.data.paths import data_root
 from seqba.data.transforms import CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD, Augment, mixup
+from seqba.flops import per_example_training_flops
 from seqba.models.resnet import CifarResNet, ResNetConfig, param_groups
 from seqba.repeat import repeat_batch
 from seqba.samplers import TokenBudgetBatchSampler
@@ -254,6 +255,8 @@ class ImageClassificationTask(Task):
         for split, held in (("train", images), ("test (validation)", self.valid_images)):  # now, not mid-run
             if len(held) == 0:
                 raise ConfigError(f"the {split} split of {data.dataset} ({_split_source(data)}) holds no images")
+        self.model: CifarResNet | None = None
+        self.image_flops: float | None = None  # forward + backward FLOPs of one training image, measured once
         self.augment_images = build_augment(data)  # (R, C, H, W) uint8 -> float, one random view per row
         self.consistency = ConsistencyTerm.from_config(ba)  # None without ba.consistency
         self.sampler = TokenBudgetBatchSampler(
@@ -268,7 +271,8 @@ class ImageClassificationTask(Task):
                            rows, ghost)
 
     def build_model(self) -> CifarResNet:
-        return build_model(self.cfg)
+        self.model = build_model(self.cfg)  # the eager module, for the FLOP count of step_logs
+        return self.model
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         """Weight decay on conv/linear weights only, not on BN parameters or biases."""
@@ -334,6 +338,18 @@ class ImageClassificationTask(Task):
         else:
             losses = F.cross_entropy(logits, batch["label"], reduction="none", label_smoothing=eps)
         return losses, CopyLayout(ba.repeats, ba.layout).copy_of_rows(len(losses), losses.device)
+
+    def step_logs(self, batch: dict[str, torch.Tensor], expanded: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The step's model FLOPs: the M·B rows computed times the FLOPs of training on one image, measured at the
+        first step on one row of the training shape (:func:`seqba.flops.per_example_training_flops`: a forward in
+        eval mode under no_grad, times 3; no random numbers drawn, BN running statistics untouched, the training
+        mode restored), logged as ``model_flops_per_step`` and ``model_flops_per_s``."""
+        image = expanded["image"]  # (N, C, H, W) float: the rows the model is trained on
+        if self.model is None:  # no model built by this task (the trainer always builds one): nothing to count
+            return {}
+        if self.image_flops is None:
+            self.image_flops = per_example_training_flops(self.model, image[:1])
+        return {"model_flops_count": self.image_flops * image.shape[0]}
 
     # -- evaluation ---------------------------------------------------------------------------------------
     def validate(self, model: nn.Module) -> dict[str, float]:

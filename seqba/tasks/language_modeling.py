@@ -52,6 +52,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from seqba.errors import ConfigError, FieldError
 from seqba.data.lm import SPLITS, BPTTIterator, batchify
+from seqba.flops import awd_lstm_step_flops
 from seqba.gradstats import per_sample_grads
 from seqba.layout import CopyLayout
 from seqba.consistency import ConsistencyTerm
@@ -222,6 +223,17 @@ class LanguageModelingTask(StreamLMTask):
         # out of place: the old tensors may still be saved for this chunk's backward
         self.hidden = [(torch.cat([h[:, :lo], nh, h[:, hi:]], 1), torch.cat([c[:, :lo], nc, c[:, hi:]], 1))
                        for (h, c), (nh, nc) in zip(self.hidden, new)]
+
+    def step_logs(self, batch: LMBatch, expanded: LMBatch) -> dict[str, float]:
+        """The step's model FLOPs as executed (:func:`seqba.flops.awd_lstm_step_flops` over the window's drawn
+        length T and its B streams: a fork's lower LSTM layers once per stream, the rest and the decoder M times),
+        logged as ``model_flops_per_step`` and ``model_flops_per_s``."""
+        rnns = self.model.rnns
+        flops = awd_lstm_step_flops(batch.x.size(0), batch.x.size(1),
+                                    layer_sizes=[rnns[0].input_size, *(rnn.hidden_size for rnn in rnns)],
+                                    vocab_size=self.vocab_size, repeats=self.cfg.ba.repeats,
+                                    fork_layer=self.cfg.ba.fork_layer)
+        return {"model_flops_count": flops}
 
     def lr_scale(self, batch: LMBatch) -> float:
         return batch.lr_scale  # drawn length / bptt (1.0 with fixed windows), as the reference

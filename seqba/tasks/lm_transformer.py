@@ -135,7 +135,8 @@ class WindowLMTask(StreamLMTask):
 
     def step_logs(self, batch: LMBatch, expanded: LMBatch) -> dict[str, float]:
         """The step's model FLOPs as executed (:func:`seqba.flops.decoder_lm_step_flops`: a fork's lower blocks
-        once per stream), logged as ``model_flops_per_s``; the native Transformer only."""
+        once per stream), logged as ``model_flops_per_s``; the native Transformer only: ``hf`` logs none ({}), its
+        sizes being its config file's."""
         model = self.cfg.model
         if model.arch != "transformer":
             return {}
