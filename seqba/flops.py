@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["transformer_step_flops", "decoder_lm_step_flops", "awd_lstm_step_flops", "per_example_training_flops",
+__all__ = ["transformer_step_flops", "decoder_lm_step_flops", "causal_lm_step_flops", "awd_lstm_step_flops", "per_example_training_flops",
            "matmul_peak"]
 
 
@@ -134,6 +134,41 @@ def matmul_peak(shapes: Iterable[tuple[int, int, int]], dtype: torch.dtype = tor
     name = max(per_shape, key=per_shape.get)
     return {"flops_per_s": per_shape[name], "shape": tuple(int(v) for v in name.split("x")), "per_shape": per_shape,
             "dtype": str(dtype).removeprefix("torch."), "threads": threads or before}
+
+
+def causal_lm_step_flops(model: nn.Module, tokens_per_row: int, rows: int, *, repeats: int = 1) -> float:
+    """Model FLOPs (forward + backward) of one training step of any causal LM built from a Hugging Face config
+    (``model.arch: hf``), counted from the module itself in this module's convention::
+
+        6 · (matmul weights) · T  +  12 · d · T² · layers      per row
+
+    Matmul weights: every 2-D parameter outside the ``nn.Embedding`` modules (``nn.Linear``, GPT-2's ``Conv1D``,
+    gated MLPs, grouped-query projections: whatever the architecture has), plus the output projection once
+    (``get_output_embeddings()``, tied to the input embedding or not); embedding lookups are free. Attention: d =
+    ``config.hidden_size``, layers = ``config.num_hidden_layers``, over the full T x T square as nanoGPT and PaLM
+    count it. On a GPT-2 config this equals :func:`decoder_lm_step_flops` of the same sizes.
+
+    Args:
+        model: a ``transformers`` causal LM (``PreTrainedModel`` with ``config`` and ``get_output_embeddings``).
+        tokens_per_row: T, the window length; rows: B, distinct windows; repeats: M, copies of each (all computed).
+
+    Returns:
+        FLOPs as a float.
+
+    Raises:
+        ValueError: ``tokens_per_row`` or ``rows`` < 0, or ``repeats`` < 1.
+    """
+    if tokens_per_row < 0 or rows < 0:
+        raise ValueError(f"tokens_per_row and rows must be >= 0, got {tokens_per_row} and {rows}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    lookups = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    weights = {id(p): p for p in model.parameters() if p.dim() == 2 and id(p) not in lookups}
+    head = model.get_output_embeddings().weight
+    weights[id(head)] = head
+    matmul = float(sum(p.numel() for p in weights.values()))
+    t, d, layers = float(tokens_per_row), float(model.config.hidden_size), float(model.config.num_hidden_layers)
+    return (6 * matmul * t + 12 * d * t * t * layers) * rows * repeats
 
 
 def decoder_lm_step_flops(tokens_per_row: int, rows: int, *, d_model: int, ffn_dim: int, num_layers: int,

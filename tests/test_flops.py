@@ -5,8 +5,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from seqba.flops import (awd_lstm_step_flops, decoder_lm_step_flops, matmul_peak, per_example_training_flops,
-                         transformer_step_flops)
+from seqba.flops import (awd_lstm_step_flops, causal_lm_step_flops, decoder_lm_step_flops, matmul_peak,
+                         per_example_training_flops, transformer_step_flops)
 from seqba.models.fork import Fork
 from seqba.models.transformer import Transformer
 from seqba.models.transformer_lm import TransformerLM
@@ -82,6 +82,24 @@ def test_decoder_lm_step_flops_match_torch_counter(repeats, fork_layer, layout):
     ours = decoder_lm_step_flops(6, 2, d_model=DM, ffn_dim=F, num_layers=LM_LAYERS, vocab_size=V, repeats=repeats,
                                  fork_layer=fork_layer)
     assert ours == pytest.approx(_lm_counted(repeats, fork_layer, layout), rel=1e-9)
+
+
+def test_hf_causal_lm_flops_equal_the_native_count_and_the_torch_counter():
+    """A tiny GPT-2 (HF, Conv1D projections, tied head): the module-based count equals decoder_lm_step_flops of the
+    same sizes and FlopCounterMode of a real forward + backward (eager attention: its matmuls are visible)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=V, n_positions=8, n_embd=DM, n_layer=LM_LAYERS, n_head=2, n_inner=F,
+                                     attn_implementation="eager")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config)
+    ours = causal_lm_step_flops(model, 6, 2, repeats=3)
+    assert ours == decoder_lm_step_flops(6, 2, d_model=DM, ffn_dim=F, num_layers=LM_LAYERS, vocab_size=V, repeats=3)
+    tokens = torch.randint(0, V, (6, 6))  # 2 windows x 3 copies
+    with FlopCounterMode(display=False) as counter:
+        model(tokens).logits.sum().backward()
+    assert ours == pytest.approx(counter.get_total_flops(), rel=1e-9)
+    with pytest.raises(ValueError):
+        causal_lm_step_flops(model, 6, 2, repeats=0)
 
 
 def test_decoder_lm_step_flops_refuses_bad_arguments():

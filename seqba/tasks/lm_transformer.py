@@ -36,7 +36,7 @@ from torch.func import functional_call
 
 from seqba.consistency import ConsistencyTerm
 from seqba.data.lm import Corpus
-from seqba.flops import decoder_lm_step_flops
+from seqba.flops import causal_lm_step_flops, decoder_lm_step_flops
 from seqba.gradstats import per_sample_grads
 from seqba.layout import CopyLayout
 from seqba.errors import ConfigError
@@ -82,6 +82,7 @@ class WindowLMTask(StreamLMTask):
     def build_model(self) -> nn.Module:
         model = build_lm_model(self.cfg.model, self.vocab_size)
         check_positions(model, self.cfg.data.bptt, self.cfg.model.arch)
+        self.model = model
         return model
 
     def param_groups(self, model: nn.Module) -> list[dict]:
@@ -134,15 +135,18 @@ class WindowLMTask(StreamLMTask):
         return losses, CopyLayout(self.copies_of(batch), "tiled").copy_of_rows(len(losses), losses.device)
 
     def step_logs(self, batch: LMBatch, expanded: LMBatch) -> dict[str, float]:
-        """The step's model FLOPs as executed (:func:`seqba.flops.decoder_lm_step_flops`: a fork's lower blocks
-        once per stream), logged as ``model_flops_per_s``; the native Transformer only: ``hf`` logs none ({}), its
-        sizes being its config file's."""
-        model = self.cfg.model
-        if model.arch != "transformer":
+        """The step's model FLOPs as executed, logged as ``model_flops_per_s``: the native Transformer by its sizes
+        (:func:`seqba.flops.decoder_lm_step_flops`: a fork's lower blocks once per stream), ``hf`` from the module
+        (:func:`seqba.flops.causal_lm_step_flops`: its matmul weights and its config's width and depth)."""
+        model, ba = self.cfg.model, self.cfg.ba
+        if model.arch == "hf" and self.model is not None:
+            flops = causal_lm_step_flops(self.model.model, batch.x.size(0), batch.x.size(1), repeats=ba.repeats)
+        elif model.arch == "transformer":
+            flops = decoder_lm_step_flops(batch.x.size(0), batch.x.size(1), d_model=model.d_model,
+                                          ffn_dim=model.ffn_dim, num_layers=model.num_layers,
+                                          vocab_size=self.vocab_size, repeats=ba.repeats, fork_layer=ba.fork_layer)
+        else:
             return {}
-        flops = decoder_lm_step_flops(batch.x.size(0), batch.x.size(1), d_model=model.d_model, ffn_dim=model.ffn_dim,
-                                      num_layers=model.num_layers, vocab_size=self.vocab_size,
-                                      repeats=self.cfg.ba.repeats, fork_layer=self.cfg.ba.fork_layer)
         return {"model_flops_count": flops}
 
     # -- evaluation ---------------------------------------------------------------------------------------
