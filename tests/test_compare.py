@@ -369,6 +369,12 @@ def test_significance_against_another_baseline(tmp_path):
     table = format_table(study, rows, list(hyps), "r", baseline="ba")
     assert "p vs ba (extra, per seed)" in table and "against ba of the same seed" in table
     assert "| ba | 1 | 1 |  | 1.0 | **1.00 ± –** | — |" in table
+    rows += [{**rows[0], "seed": 2, "model_flops": 5.0}, {**rows[1], "seed": 2, "model_flops": 7.0},
+             {**rows[1], "seed": 3, "model_flops": 9.0}]
+    rows[1]["model_flops"] = 8.0
+    lines = format_table(study, rows, list(hyps), "r", baseline="ba").splitlines()
+    assert lines[0].startswith("| arm | n | updates | epochs seen | train s | model FLOPs |")
+    assert [ln.split(" | ")[5] for ln in lines[2:5]] == ["", "8", ""]  # only an arm whose every run has them
 
 
 def test_equal_time_verdict_is_made_from_the_numbers():

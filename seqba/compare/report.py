@@ -148,9 +148,9 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str, bas
         epochs = [r["epochs_seen"] for r in runs if r["epochs_seen"] != ""]
         row.append(f"{statistics.fmean(epochs):.2f}" if epochs else "")
         row.append(f"{statistics.fmean(r['train_seconds'] for r in runs):.1f}")
-        if flops:
+        if flops:  # a mean only over every run of the arm (runs made before a task logged FLOPs have none)
             counted = [r["model_flops"] for r in runs if r.get("model_flops", "") != ""]
-            row.append(f"{statistics.fmean(counted):.3g}" if counted else "")
+            row.append(f"{statistics.fmean(counted):.3g}" if len(counted) == len(runs) else "")
         for c in columns:
             text = cells[arm].get(c, "")
             if text and math.isclose(means[arm, c], best[c], rel_tol=0, abs_tol=1e-12):
