@@ -8,10 +8,10 @@ with seeds, an equal-wall-clock arm, significance, a table and plots. Modules, i
     arms.py          derive fixed_steps / fixed_samples / ba / equal_time / custom arms from one BA recipe
     study.py         the study (study.json) and its runs OUT/runs/ARM/seed_S; equal_time resolved per seed
     runs.py          one run: seqba.train then seqba.eval per test set, as subprocesses; skips what is done
-    launchers.py     local (in sequence) or submitit/Slurm (one job per run); progress lines with an ETA
+    launchers.py     local (in sequence, or --jobs N at a time) or submitit/Slurm (one job per run); progress, ETA
     records.py       a run's metrics.jsonl -> updates, samples seen, rows computed, training seconds, curves
-    significance.py  the task's paired test of each arm against fixed_steps, per seed (TaskSpec.significance)
-    report.py        results.csv and table.md;  curves.py: curves.png
+    significance.py  the task's paired test of each arm against fixed_steps (or --baseline), per seed
+    report.py        results.csv and table.md, with the equal-time verdict;  curves.py: curves.png
     cli.py           the command line
 
 Tiny CPU run::
