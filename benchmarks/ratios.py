@@ -146,6 +146,8 @@ HEADLINES: dict[str, Callable[[], dict]] = {
     "MFU: Multi30k recipe fp32, 1 thread": lambda: mfu("mfu_recipe_speed", "settings", "fp32_default_malloc"),
     **{f"MFU: bench_train small bf16, {name}": (lambda n=name: mfu("mfu_train_small", n))
        for name in ("bare_m1", "seqba_m1", "seqba_m4")},
+    **{f"MFU: bench_train Transformer-base bf16, {name}": (lambda n=name: mfu("mfu_train_base", n))
+       for name in ("bare_m1", "seqba_m1", "seqba_m4")},
     "MFU run: Multi30k recipe bf16 / fp32 tokens/s": lambda: recipe_speed("mfu_recipe_speed", "bf16",
                                                                           "fp32_default_malloc"),
 }
