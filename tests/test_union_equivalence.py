@@ -35,7 +35,7 @@ def test_two_processes_give_the_update_of_the_union_batch(recipe, tmp_path):
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     assert [r["world"] for r in ranks] == [2, 2]
 
-    launched = [[torch.load(out / f"params{u}_rank{r}.pt") for r in range(2)] for u in range(UPDATES + 1)]
+    launched = [[torch.load(out / f"params{u}_rank{r}.pt", weights_only=True) for r in range(2)] for u in range(UPDATES + 1)]
     assert all(same_weights(rank0, rank1) for rank0, rank1 in launched)  # DDP keeps the ranks' weights equal
 
     single = build_trainer(recipe, *OVERRIDES, f"output_dir={tmp_path / 'single'}")
