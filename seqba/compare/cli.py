@@ -97,10 +97,12 @@ def write_report(study, arms: list[str], echo=print, baseline: str = BASELINE) -
     """Write ``results.csv``, ``table.md`` and ``curves.png`` of the finished runs of ``arms`` (p-values against
     ``baseline``); return table.md."""
     out = Path(study.out)
-    rows = collect_rows(study, arms, study_pvalues(study, arms, baseline), baseline)
+    pvalues = study_pvalues(study, arms, baseline)
+    rows = collect_rows(study, arms, pvalues, baseline)
     write_csv(rows, out / "results.csv")
     table = out / "table.md"
-    verdict = equal_time_verdict(study, rows, arms, study_pvalues(study, arms, "equal_time"))
+    vs_equal_time = pvalues if baseline == "equal_time" else study_pvalues(study, arms, "equal_time")
+    verdict = equal_time_verdict(study, rows, arms, vs_equal_time)
     table.write_text(format_table(study, rows, arms, Path(study.recipe).stem, baseline)
                      + (f"\n{verdict}" if verdict else ""))
     plot_study(study, arms, out / "curves.png")
