@@ -9,8 +9,9 @@ Pipeline (``prepare_translation``), streamed: no split is ever held in memory wh
       -> valid/test raw text kept as {split}.{lang}.txt (all lines, never filtered: BLEU needs them all)
       -> one joint SentencePiece BPE on train source + target (pad=0, unk=1, bos=2, eos=3), fed by an iterator;
          on a large corpus SentencePiece keeps a seeded sample of ``spm_input_sentence_size`` sentences
-      -> every split encoded in blocks of lines, over ``workers`` processes, in order, appended to
-         {split}.{lang}.bin/.idx (see seqba.data.translation)
+      -> every split encoded in blocks of lines, over ``workers`` processes, in order, each word looked up in a
+         per-process cache (seqba.data.word_cache: the same ids), appended to {split}.{lang}.bin/.idx (see
+         seqba.data.translation)
       -> manifest.json (counts, drops per filter, options, sha256 of inputs); the whole folder appears at once
 
 Memory: the SentencePiece sample (about 0.5 kB per sentence in the trainer), a few blocks of lines per encoding
@@ -65,6 +66,7 @@ from seqba.errors import FieldError, SeqbaError
 from seqba.runlock import RunLock
 from seqba.data.translation import (BOS_ID, EOS_ID, MANIFEST, PAD_ID, SPLITS, SPM_MODEL, UNK_ID, IndexedWriter,
                                     recorded_users, record_user, token_dtype)
+from seqba.data.word_cache import WordCachedEncoder
 
 try:
     import fcntl
@@ -695,7 +697,7 @@ def read_lines(path: str | os.PathLike, moses_escaped: bool = False) -> list[str
 
 
 # -- parallel encoding ------------------------------------------------------------------------------------------
-_WORKER_STATE: dict = {}  # in an encoding process: {"processor", "dtype"}
+_WORKER_STATE: dict = {}  # in an encoding process: {"encoder", "dtype"}
 
 
 def _encoding_workers(config: PrepareConfig, text_bytes: int) -> int:
@@ -709,15 +711,15 @@ def _encoding_workers(config: PrepareConfig, text_bytes: int) -> int:
 def _init_worker(model: bytes, dtype: str) -> None:
     import sentencepiece as spm
 
-    _WORKER_STATE.update(processor=spm.SentencePieceProcessor(model_proto=model), dtype=np.dtype(dtype))
+    encoder = WordCachedEncoder(spm.SentencePieceProcessor(model_proto=model))
+    _WORKER_STATE.update(encoder=encoder, dtype=np.dtype(dtype))
 
 
 def _encode_block(lines: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
     """Encode one block of lines: (flat ids in the corpus dtype, int64 lengths, unknown-piece count)."""
-    ids = _WORKER_STATE["processor"].encode(lines, out_type=int, num_threads=1)  # processes are the parallelism
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=_WORKER_STATE["dtype"], count=int(lengths.sum()))
-    return flat, lengths, int(np.count_nonzero(flat == UNK_ID))
+    ids, lengths = _WORKER_STATE["encoder"].encode(lines)  # one process each: processes are the parallelism
+    flat = np.array(ids, dtype=_WORKER_STATE["dtype"])
+    return flat, np.array(lengths, dtype=np.int64), int(np.count_nonzero(flat == UNK_ID))
 
 
 class _Encoder:
