@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics = spec.evaluate(cfg, state, options)
     except (FileNotFoundError, ValueError, SeqbaError, RuntimeError) as err:
         return _error(err)
-    line = json.dumps({"task": cfg.task, "checkpoint": str(checkpoint), **metrics})
+    update = {"update": meta["step"]} if isinstance(meta.get("step"), int) else {}  # the checkpoint's update
+    line = json.dumps({"task": cfg.task, "checkpoint": str(checkpoint), **update, **metrics})
     print(line)
     if args.metrics_out:
         Path(args.metrics_out).write_text(line + "\n")

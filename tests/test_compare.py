@@ -196,6 +196,24 @@ def test_table_and_csv_from_fake_runs(tmp_path):
     assert plot_study(study, arms, tmp_path / "curves.png") and (tmp_path / "curves.png").stat().st_size > 1000
 
 
+def test_the_evaluated_checkpoints_update_is_a_column(tmp_path):
+    """seqba.eval records the update of the checkpoint it read; the CSV shows it (it need not be the update of the
+    best validation loss: translation keeps its best checkpoint by NLL), and leaves it out for older evaluations."""
+    study = Study(out=str(tmp_path), recipe=str(RECIPES / "resnet44_cifar10_m40.yaml"), task="image_classification",
+                  overrides=[], arms={"fixed_steps": ["ba.repeats=1"], "ba": []}, seeds=[1],
+                  test_sets=[EvalSet("test")], updates_per_epoch={"fixed_steps": 10, "ba": 10})
+    for arm in ("fixed_steps", "ba"):
+        fake_run(study.run_dir(arm, 1), 64.0, 640.0, 0.9, 30.0, (0.5, 0.7))
+    assert all("checkpoint_update" not in row for row in collect_rows(study, ["fixed_steps", "ba"]))
+    (study.run_dir("ba", 1) / "eval.test.json").write_text(json.dumps({"update": 20, "accuracy": 0.9}))
+    rows = collect_rows(study, ["fixed_steps", "ba"])
+    assert [(r["best_valid_update"], r["checkpoint_update"]) for r in rows] == [(10, ""), (10, 20)]
+    write_csv(rows, tmp_path / "results.csv")
+    header, fixed, ba = (tmp_path / "results.csv").read_text().splitlines()
+    assert header.split(",")[-3:] == ["final_valid_loss", "checkpoint_update", "test_accuracy"]
+    assert fixed.endswith(",0.7,,0.9") and ba.endswith(",0.7,20,0.9")
+
+
 # -- end to end ----------------------------------------------------------------------------------------------------
 
 def compare_command(*args):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from runs import ROOT
 from seqba import config as config_lib
@@ -69,6 +70,8 @@ def test_train_eval_analyze_and_compare_through_the_commands(toy_recipe, tmp_pat
     seqba("seqba.eval", "--checkpoint", run, "--device", "cpu", "--max-examples", 10, "--metrics-out", out)
     result = json.loads(out.read_text())
     assert result["task"] == "tests.toy_task" and result["sequences"] == 10 and 0 <= result["accuracy"] <= 1
+    best = torch.load(run / "checkpoint_best.pt", weights_only=True)["step"]  # the update it evaluated
+    assert result["update"] == best and best in [r["step"] for r in records if "valid_accuracy" in r]
     refused = seqba("seqba.eval", "--checkpoint", run, "--tta", 2, expect=2)  # another family's option
     assert refused.stderr.startswith("error: --tta (a image_classification option) does not apply to")
     assert "a tests.toy_task checkpoint" in refused.stderr

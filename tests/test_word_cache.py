@@ -33,7 +33,8 @@ def _model(lines: list[str], vocab_size: int) -> "sentencepiece.SentencePiecePro
 
 @pytest.fixture(scope="module")
 def awkward_model():
-    words = ["Zürich", "Straße", "naïve", "café", "x\u00a0y", "ﬁne", "Ⅷ", "か\u3099", "e\u0301", "😀", "▁x", "ab"]
+    words = ["Zürich", "Straße", "naïve", "café", "x\u00a0y", "ﬁne", "Ⅷ", "か\u3099", "e\u0301", "😀", "▁x",
+             "ab"]
     lines = [" ".join(itertools.islice(itertools.cycle(words), i, i + 1 + i % 7)) for i in range(400)]
     return _model(lines + ["".join(AWKWARD)] * 3, vocab_size=120)
 

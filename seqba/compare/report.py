@@ -15,6 +15,10 @@
                                   when the task logs none
     best_valid_loss               lowest validation loss of the run, and best_valid_update where it was reached
     final_valid_loss              the last validation loss (see :func:`seqba.compare.records.validation_losses`)
+    checkpoint_update             the update of the checkpoint the test metrics come from
+                                  (``TaskSpec.report_checkpoint``: the best by the task's own validation metric,
+                                  e.g. NLL for translation, which need not be at best_valid_update); empty for
+                                  evaluations that did not record it
     SET_METRIC                    every test metric (``TaskSpec.test_metrics``) on every test set (``test`` = the
                                   recipe's test split)
     SET_METRIC_p                  the family's significance test (``TaskSpec.significance``, on its METRIC): p-value
@@ -80,9 +84,12 @@ def collect_rows(study, arms: list[str], pvalues: dict | None = None, baseline: 
                    f"{unit}_per_s": round(s.throughput, 1),
                    "model_flops": float(f"{s.model_flops:.4g}") if s.model_flops is not None else ""}
             row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in validation_losses(records).items()})
+            evals = {test.name: _eval(run_dir, test.name) for test in study.test_sets}
+            row["checkpoint_update"] = next((e["update"] for e in evals.values() if isinstance(e.get("update"), int)),
+                                            "")  # "": an evaluation made before seqba.eval recorded it
             significance = study.spec.significance
             for test in study.test_sets:
-                metrics = _eval(run_dir, test.name)
+                metrics = evals[test.name]
                 for metric in study.spec.test_metrics:
                     if metric.name in metrics:
                         row[f"{test.name}_{metric.name}"] = metrics[metric.name]
@@ -90,6 +97,9 @@ def collect_rows(study, arms: list[str], pvalues: dict | None = None, baseline: 
                     p = pvalues.get((test.name, arm, seed))
                     row[f"{test.name}_{significance.metric}_p"] = round(p, 4) if p is not None else ""
             rows.append(row)
+    if all(row["checkpoint_update"] == "" for row in rows):  # a study evaluated before the column existed
+        for row in rows:
+            del row["checkpoint_update"]
     return rows
 
 
