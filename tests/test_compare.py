@@ -210,7 +210,7 @@ def test_the_evaluated_checkpoints_update_is_a_column(tmp_path):
     assert [(r["best_valid_update"], r["checkpoint_update"]) for r in rows] == [(10, ""), (10, 20)]
     write_csv(rows, tmp_path / "results.csv")
     header, fixed, ba = (tmp_path / "results.csv").read_text().splitlines()
-    assert header.split(",")[-3:] == ["final_valid_loss", "checkpoint_update", "test_accuracy"]
+    assert header.split(",")[-3:] == ["final_valid_loss", "checkpoint_update", "test_accuracy"]  # no p: no outputs
     assert fixed.endswith(",0.7,,0.9") and ba.endswith(",0.7,20,0.9")
 
 

@@ -11,14 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from seqba import config as config_lib
 from seqba.ba import BatchAugmentation
+from seqba.checkpoint import load_model_file
 from seqba import eval as eval_cli
 from seqba import train as train_cli
 from seqba.data.transforms import CIFAR10_MEAN, CIFAR10_STD
 from seqba.models.ghost_bn import GhostBatchNorm2d
-from seqba.tasks.image_classification import ImageClassificationTask, ImageDataConfig, load_split
+from seqba.tasks.image_classification import (ImageClassificationTask, ImageDataConfig, load_split, mcnemar_exact,
+                                              split_labels)
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 CIFAR_RECIPES = sorted(RECIPES.glob("resnet44_cifar10_*.yaml"))
@@ -254,10 +258,16 @@ def run_recipe_and_eval(recipe, tmp_path, capsys, *overrides):
     assert 0.0 <= metrics["accuracy"] <= 1.0 and math.isfinite(metrics["loss"])
     assert eval_cli.main(["--checkpoint", str(out / "checkpoint_best.pt"), "--device", "cpu"]) == 0
     plain = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert eval_cli.main(["--checkpoint", str(out), "--device", "cpu", "--tta", "2"]) == 0
+    predictions = tmp_path / "predictions.txt"
+    assert eval_cli.main(["--checkpoint", str(out), "--device", "cpu", "--tta", "2", "--output", str(predictions)]) == 0
     tta = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.0 <= plain["accuracy"] <= 1.0 and 0.0 <= tta["tta_accuracy"] <= 1.0 and tta["tta"] == 2
     assert plain["accuracy"] == tta["accuracy"]  # the plain score does not depend on --tta
+    cfg, _, _ = load_model_file(out / "checkpoint_best.pt")
+    labels = split_labels(cfg, "test")  # one predicted class per line, scored as the reported accuracy
+    lines = predictions.read_text().splitlines()
+    assert len(lines) == len(labels) == plain["images"] and set(lines) <= {str(c) for c in range(10)}
+    assert sum(p == r for p, r in zip(lines, labels)) / len(labels) == plain["accuracy"]
     return plain
 
 
@@ -275,3 +285,30 @@ def test_cifar_recipe_on_fake_folder(recipe, fake_cifar, tmp_path, capsys):
 
 def test_recipes_found():
     assert len(CIFAR_RECIPES) == 3 and len(MNIST_RECIPES) == 3  # m1, m4, m4_js
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2)), max_size=60))
+def test_mcnemar_exact_matches_the_binomial_enumeration(triples):
+    """Against the slow two-sided exact binomial test: the probability of every split of the discordant images at
+    most as likely as the observed one (scipy's binomtest "minlike" definition)."""
+    base, system, refs = ([str(t[i]) for t in triples] for i in range(3))
+    b = sum(x == r != y for x, y, r in zip(base, system, refs))
+    c = sum(y == r != x for x, y, r in zip(base, system, refs))
+    n = b + c
+    pmf = [math.comb(n, i) / 2 ** n for i in range(n + 1)]
+    expected = min(1.0, sum(q for q in pmf if q <= pmf[b] * (1 + 1e-9)))
+    assert mcnemar_exact(base, {"s": system}, refs)["s"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_mcnemar_exact_values_and_errors():
+    refs = list("0123456789" * 3)
+    right, wrong = refs[:], ["x"] * len(refs)
+    assert mcnemar_exact(right, {"same": right, "all wrong": wrong}, refs) == {"same": 1.0,
+                                                                               "all wrong": 2 / 2 ** 30}
+    scipy_stats = pytest.importorskip("scipy.stats")
+    system = right[:20] + wrong[:10]  # 10 discordant images, all in the baseline's favour, and 3 the other way
+    base = wrong[:3] + right[3:]
+    assert mcnemar_exact(base, {"s": system}, refs)["s"] == pytest.approx(scipy_stats.binomtest(3, 13).pvalue)
+    with pytest.raises(ValueError, match="s: 2 predictions for 30 images"):
+        mcnemar_exact(right, {"s": right[:2]}, refs)

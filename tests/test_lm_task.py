@@ -17,7 +17,9 @@ from seqba import config as config_lib
 from seqba.ba import BatchAugmentation
 from seqba import eval as eval_cli
 from seqba import train as train_cli
+from seqba.checkpoint import load_model_file
 from seqba.tasks.language_modeling import LanguageModelingTask, should_average
+from seqba.tasks.lm_significance import BLOCK_TOKENS, block_references
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").rglob("awd_lstm_ptb*.yaml"))
@@ -79,10 +81,19 @@ def test_recipe_trains_and_evaluates(recipe, ptb, tmp_path, capsys):
     losses = train_losses(run)
     assert sorted(losses) == [1, 2, 3] and all(math.isfinite(v) for v in losses.values())
     capsys.readouterr()
-    assert eval_cli.main(["--checkpoint", str(run / "checkpoint_best.pt"), "--split", "test", "--device", "cpu"]) == 0
+    blocks = tmp_path / "blocks.txt"
+    assert eval_cli.main(["--checkpoint", str(run / "checkpoint_best.pt"), "--split", "test", "--device", "cpu",
+                          "--output", str(blocks)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert math.isfinite(result["ppl"]) and 1 < result["ppl"] < 10000
     assert result["bpw"] == pytest.approx(math.log2(result["ppl"]))
+    cfg, _, _ = load_model_file(run / "checkpoint_best.pt")  # one summed NLL per block of the test stream
+    tokens = [int(n) for n in block_references(cfg, "test")]
+    nll = [float(line) for line in blocks.read_text().splitlines()]
+    assert len(nll) == len(tokens) and all(n <= BLOCK_TOKENS for n in tokens)
+    length = sum(tokens)  # the AWD-LSTM scores all but the first of each stream; the Transformers all but one
+    bsz = cfg.data.test_batch_size if cfg.model.arch == "awd_lstm" else 1
+    assert math.exp(sum(nll) / ((length // bsz - 1) * bsz)) == pytest.approx(result["ppl"], rel=1e-6)
     src = tmp_path / "src.txt"
     src.write_text("the cat\n")  # --src/--ref are translation options: refused, not silently ignored (issue 8)
     assert eval_cli.main(["--checkpoint", str(run / "checkpoint_best.pt"), "--src", str(src)]) == 2

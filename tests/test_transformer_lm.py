@@ -174,6 +174,7 @@ def test_config_errors_other():
 def slow_strided_nll(model, tokens, context, stride):
     """The HF docs' loop verbatim in spirit: one window at a time, targets already scored masked out."""
     scored_at = torch.zeros(tokens.numel(), dtype=torch.long)
+    per_position = torch.full((tokens.numel(),), float("nan"), dtype=torch.float64)
     nll, prev_end, last = 0.0, 0, tokens.numel() - 1
     for begin in range(0, last, stride):
         end = min(begin + context, last)
@@ -182,11 +183,12 @@ def slow_strided_nll(model, tokens, context, stride):
         token_nll = F.cross_entropy(logits, tokens[begin + 1:end + 1], reduction="none")
         nll += token_nll[-new:].sum().item()
         scored_at[end + 1 - new:end + 1] += 1
+        per_position[end + 1 - new:end + 1] = token_nll[-new:].double()
         prev_end = end
         if end == last:
             break
     assert scored_at[0] == 0 and (scored_at[1:] == 1).all()  # every token after the first scored exactly once
-    return nll
+    return nll, per_position
 
 
 @pytest.mark.parametrize("length,context,stride,batch", [(50, 8, 8, 3), (50, 8, 3, 2), (51, 8, 1, 16),
@@ -194,12 +196,14 @@ def slow_strided_nll(model, tokens, context, stride):
 def test_sliding_window_equals_the_slow_loop(length, context, stride, batch):
     model = _model(dropout=0.3, max_positions=24).train()
     tokens = torch.randint(0, V, (length,), generator=torch.Generator().manual_seed(2))
-    nll, scored = sliding_window_nll(model, tokens, context, stride, batch)
+    token_nll = torch.full((length,), float("nan"), dtype=torch.float64)
+    nll, scored = sliding_window_nll(model, tokens, context, stride, batch, token_nll)
     assert model.training  # restored
     assert scored == length - 1
     with torch.no_grad():
-        expected = slow_strided_nll(model.eval(), tokens, context, stride)
+        expected, per_position = slow_strided_nll(model.eval(), tokens, context, stride)
     assert nll == pytest.approx(expected, rel=1e-5)
+    assert torch.isnan(token_nll[0]) and torch.allclose(token_nll[1:], per_position[1:], rtol=1e-5, atol=1e-6)
 
 
 def test_sliding_window_full_context_and_context_free_model():

@@ -22,7 +22,8 @@
     SET_METRIC                    every test metric (``TaskSpec.test_metrics``) on every test set (``test`` = the
                                   recipe's test split)
     SET_METRIC_p                  the family's significance test (``TaskSpec.significance``, on its METRIC): p-value
-                                  against the baseline arm (fixed_steps, or ``--baseline``) of the same seed
+                                  against the baseline arm (fixed_steps, or ``--baseline``) of the same seed;
+                                  left out when no run wrote per-example outputs
 
 ``table.md``: per arm, ``n`` (finished runs), mean updates / epochs seen / training seconds, the best validation
 loss (mean ± std), and for every test
@@ -86,7 +87,7 @@ def collect_rows(study, arms: list[str], pvalues: dict | None = None, baseline: 
             row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in validation_losses(records).items()})
             evals = {test.name: _eval(run_dir, test.name) for test in study.test_sets}
             row["checkpoint_update"] = next((e["update"] for e in evals.values() if isinstance(e.get("update"), int)),
-                                            "")  # "": an evaluation made before seqba.eval recorded it
+                                            "")
             significance = study.spec.significance
             for test in study.test_sets:
                 metrics = evals[test.name]
@@ -97,9 +98,12 @@ def collect_rows(study, arms: list[str], pvalues: dict | None = None, baseline: 
                     p = pvalues.get((test.name, arm, seed))
                     row[f"{test.name}_{significance.metric}_p"] = round(p, 4) if p is not None else ""
             rows.append(row)
-    if all(row["checkpoint_update"] == "" for row in rows):  # a study evaluated before the column existed
-        for row in rows:
-            del row["checkpoint_update"]
+    # Columns no run fills (evaluations made before seqba.eval recorded the update or wrote per-example outputs)
+    # are left out rather than shown empty.
+    for key in {k for row in rows for k in row if k == "checkpoint_update" or k.endswith("_p")}:
+        if all(row.get(key, "") == "" for row in rows):
+            for row in rows:
+                row.pop(key, None)
     return rows
 
 

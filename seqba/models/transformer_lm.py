@@ -254,7 +254,7 @@ def _windows(length: int, context: int, stride: int) -> list[tuple[int, int, int
 
 @torch.no_grad()
 def sliding_window_nll(model: nn.Module, tokens: Tensor, context: int, stride: int,
-                       batch_size: int) -> tuple[float, int]:
+                       batch_size: int, token_nll: Tensor | None = None) -> tuple[float, int]:
     """Summed next-token NLL of a whole split with a sliding window ("Perplexity of fixed-length models",
     Hugging Face transformers docs, strided method).
 
@@ -270,6 +270,8 @@ def sliding_window_nll(model: nn.Module, tokens: Tensor, context: int, stride: i
         context: window length T (at most the model's ``max_positions``).
         stride: new targets per window, 1 <= stride <= context.
         batch_size: windows per forward.
+        token_nll: a (L,) float64 CPU tensor that receives the NLL of predicting each position (every one from the
+            second on), or None.
 
     Returns:
         (sum of -log p(token) in nats over the scored tokens as a float, number of tokens scored = L - 1);
@@ -283,7 +285,7 @@ def sliding_window_nll(model: nn.Module, tokens: Tensor, context: int, stride: i
     if context < 1 or not 1 <= stride <= context or batch_size < 1:
         raise ValueError(f"sliding_window_nll: need context >= 1, 1 <= stride <= context and batch_size >= 1, got "
                          f"context={context}, stride={stride}, batch_size={batch_size}")
-    device = next(model.parameters()).device
+    device, out = next(model.parameters()).device, token_nll
     windows = _windows(tokens.numel(), context, stride)
     was_training = model.training
     model.eval()
@@ -305,6 +307,9 @@ def sliding_window_nll(model: nn.Module, tokens: Tensor, context: int, stride: i
             keep = torch.arange(size, device=device)[None, :] >= size - new[:, None]  # the last `new` of each row
             nll += float(token_nll[keep].sum(dtype=torch.float64))
             scored += int(new.sum())
+            if out is not None:  # window (b, e) scores the targets of its last n inputs: positions e + 1 - n .. e
+                for row, (_, e, n) in enumerate(group):
+                    out[e + 1 - n:e + 1] = token_nll[row, size - n:].double().cpu()
     finally:
         model.train(was_training)
     return nll, scored

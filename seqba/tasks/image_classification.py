@@ -46,6 +46,7 @@ Shape notation: N = rows, B = distinct images, M = repeats, C = channels, H = he
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -68,9 +69,8 @@ from seqba.samplers import TokenBudgetBatchSampler
 from seqba.gradstats import per_sample_grads
 from seqba.layout import CopyLayout
 from seqba.consistency import ConsistencyTerm
-from seqba.layout import CopyLayout
 from seqba.tasks.base import GradAdapter, Task
-from seqba.tasks.spec import EvalOptions, Metric, TaskSpec, option
+from seqba.tasks.spec import EvalOptions, Metric, SignificanceTest, TaskSpec, option
 
 logger = logging.getLogger(__name__)
 
@@ -373,12 +373,15 @@ class ImageEvalOptions(EvalOptions):
     """``python -m seqba.eval`` options of an image checkpoint (``split``: ``train`` or ``test``)."""
 
     tta: int = option(0, "average over N augmented copies per image (0: off)", low=0)
+    output: str | None = option(None, "write the predicted class of every image here, one per line in split order",
+                                file="write")
 
 
 def evaluate(cfg: Any, model_state: dict, args: ImageEvalOptions) -> dict[str, float]:
     """Top-1 accuracy (and cross-entropy) on ``args.split``; with ``args.tta = n > 0`` also the accuracy of the
     softmax averaged over n random crop/flip views per image (no cutout), drawn with a generator seeded by
-    ``cfg.seed`` (so repeated evaluations agree).
+    ``cfg.seed`` (so repeated evaluations agree). ``args.output``: the predicted class of every image (without
+    test-time augmentation), one per line, in split order (what :func:`mcnemar_exact` compares).
 
     Raises:
         ValueError: an unknown split.
@@ -391,10 +394,13 @@ def evaluate(cfg: Any, model_state: dict, args: ImageEvalOptions) -> dict[str, f
     batch_size = eval_batch_size(cfg)
     labels = labels.to(device)
     probs = predict(model, images, build_augment(cfg.data), batch_size, device)
+    predicted = probs.argmax(-1)
+    if args.output:
+        Path(args.output).write_text("".join(f"{c}\n" for c in predicted.tolist()))
     metrics: dict[str, Any] = {
         "split": args.split,
         "images": len(labels),
-        "accuracy": int((probs.argmax(-1) == labels).sum()) / len(labels),
+        "accuracy": int((predicted == labels).sum()) / len(labels),
         "loss": float(-torch.log(probs.gather(1, labels[:, None]).clamp_min(1e-12)).double().mean()),
     }
     tta = args.tta
@@ -475,10 +481,46 @@ class ImageGradients(GradAdapter):
         return per_sample_grads(loss_fn, self.params, views, s["label"].expand(copies + 1), method="vmap")
 
 
-#: Validation is the test split (module docstring), so studies report the last checkpoint, not the best-of. No
-#: significance test is defined for accuracy (a paired one would need per-image predictions, which eval does not
-#: write).
+def mcnemar_exact(baseline: list[str], systems: dict[str, list[str]], references: list[str]) -> dict[str, float]:
+    """Two-sided exact McNemar p-value of each system's accuracy against ``baseline`` on the same images.
+
+    Only the discordant images count: ``b`` that the baseline classifies right and the system wrong, ``c`` the
+    reverse; under the null hypothesis (equal accuracy) each is one of ``b + c`` fair coin flips, so
+    ``p = min(1, 2 * P(Binomial(b + c, 1/2) <= min(b, c)))`` (McNemar 1947, exact form; the test Dietterich 1998
+    recommends for two classifiers on one test set; equals ``scipy.stats.binomtest(b, b + c).pvalue``). 1.0 when
+    no image is discordant.
+
+    Args:
+        baseline, systems: predicted classes, one string per image, in reference order.
+        references: the true class of each image.
+
+    Raises:
+        ValueError: predictions and references of different lengths.
+    """
+    out = {}
+    for name, predicted in [("<baseline>", baseline), *systems.items()]:
+        if len(predicted) != len(references):
+            raise ValueError(f"{name}: {len(predicted)} predictions for {len(references)} images")
+    for name, predicted in systems.items():
+        b = sum(x == r != y for x, y, r in zip(baseline, predicted, references))
+        c = sum(y == r != x for x, y, r in zip(baseline, predicted, references))
+        n = b + c
+        tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))  # exact integers: no underflow at large n
+        out[name] = min(1.0, 2 * tail / 2 ** n) if n else 1.0
+    return out
+
+
+def split_labels(cfg: Any, split: str) -> list[str]:
+    """The true class of every image of ``split``, as strings in split order (the references of the test)."""
+    return [str(c) for c in load_split(cfg.data, split)[1].tolist()]
+
+
+#: Validation is the test split (module docstring), so studies report the last checkpoint, not the best-of.
 SPEC = TaskSpec(ImageDataConfig, ResNetConfig, ImageCriterionConfig, ImageClassificationTask, evaluate=evaluate,
                 eval_options=ImageEvalOptions, check=check_config, batch_key="data.batch_size", batch_unit="images",
                 test_metrics=(Metric("accuracy", True, percent=True), Metric("tta_accuracy", True, percent=True)),
-                curve_metric="accuracy", report_checkpoint="checkpoint_last.pt", analysis=ImageGradients)
+                curve_metric="accuracy", report_checkpoint="checkpoint_last.pt", outputs_option="output",
+                significance=SignificanceTest(
+                    "accuracy", "exact McNemar test (two-sided; images one arm classifies right and the other wrong)",
+                    mcnemar_exact, split_labels),
+                analysis=ImageGradients)

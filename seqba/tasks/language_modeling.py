@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -60,10 +61,11 @@ from seqba.losses import activation_regularization, temporal_activation_regulari
 from seqba.models.awd_lstm import AWDLSTM, Hidden, detach_hidden
 from seqba.tasks.base import GradAdapter
 from seqba.tasks.lm_models import LMModelConfig, build_lm_model
-from seqba.tasks.lm_streams import (LMBatch, LMDataConfig, StreamLMTask, check_split_size, corpus_root,
-                                    load_lm_corpus, word_metrics)
+from seqba.tasks.lm_streams import (LMBatch, LMDataConfig, LMEvalOptions, StreamLMTask, check_split_size,
+                                    corpus_root, load_lm_corpus, word_metrics)
 from seqba.tasks.lm_transformer import WindowLMGradients, WindowLMTask, evaluate_windows
-from seqba.tasks.spec import EvalOptions, Metric, TaskSpec
+from seqba.tasks.lm_significance import block_references, paired_randomization, write_block_nll
+from seqba.tasks.spec import Metric, SignificanceTest, TaskSpec
 
 logger = logging.getLogger("seqba.tasks.language_modeling")
 
@@ -96,21 +98,32 @@ class LMCriterionConfig:
 
 
 @torch.no_grad()
-def corpus_nll(model: AWDLSTM, data: Tensor, batch_size: int, bptt: int) -> tuple[float, int]:
+def corpus_nll(model: AWDLSTM, data: Tensor, batch_size: int, bptt: int,
+               token_nll: Tensor | None = None) -> tuple[float, int]:
     """Summed next-word NLL (nats) of ``model`` over the (L,) token stream ``data``, and the words scored.
 
     ``data`` is cut into ``batch_size`` streams, read in fixed ``bptt`` windows with the hidden state carried, as
     ``evaluate`` of awd-lstm-lm (which divides by the rows instead of the (rows - 1) * batch_size words scored).
-    The model must be in eval mode; runs on the model's device.
+    The model must be in eval mode; runs on the model's device. ``token_nll``: a (L,) float64 CPU tensor that
+    receives the NLL of predicting each scored position of ``data`` (the first of each stream and the
+    ``L % batch_size`` dropped at the end are left as they are), for :mod:`seqba.tasks.lm_significance`.
     """
     device = model.encoder.weight.device
     source = batchify(data, batch_size).to(device)  # (L // bsz, bsz)
+    rows = source.size(0)
     hidden = model.init_hidden(batch_size)
     total = torch.zeros((), dtype=torch.float64, device=device)
+    start = 0  # source row of the window's first input
     for batch in BPTTIterator(source, bptt, variable=False):
         logits, hidden, _, _ = model(batch.x, hidden)  # (T, bsz, V)
-        total += F.cross_entropy(logits.flatten(0, 1).float(), batch.y.flatten(), reduction="sum").double()
-    return total.item(), (source.size(0) - 1) * batch_size
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), batch.y.flatten(), reduction="none")  # (T * bsz,)
+        total += nll.sum(dtype=torch.float64)
+        if token_nll is not None:  # target row start + 1 + t of stream b is position b * rows + start + 1 + t
+            steps = batch.y.size(0)
+            positions = (torch.arange(batch_size)[None, :] * rows + start + 1 + torch.arange(steps)[:, None])
+            token_nll[positions.flatten()] = nll.detach().double().cpu()
+        start += batch.x.size(0)
+    return total.item(), (rows - 1) * batch_size
 
 
 def should_average(history: list[float], nonmono: int) -> bool:
@@ -295,7 +308,7 @@ def lm_task(cfg, accelerator) -> StreamLMTask:
     return task_class(cfg, accelerator)
 
 
-def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, float]:
+def evaluate(cfg, model_state: dict, args: LMEvalOptions) -> dict[str, float]:
     """Perplexity and bits per word of a checkpoint on ``args.split``: the AWD-LSTM reads ``bptt`` windows with its
     state carried (batch size 1 for test, as the reference); the Transformers slide a window
     (:func:`~seqba.tasks.lm_transformer.evaluate_windows`).
@@ -320,7 +333,11 @@ def evaluate(cfg, model_state: dict, args: EvalOptions) -> dict[str, float]:
     model = build_lm_model(cfg.model, vocab)
     model.load_state_dict(model_state)
     model.to(torch.device(args.device)).eval()
-    nll, words = corpus_nll(model, getattr(corpus, args.split), bsz, cfg.data.bptt)
+    stream = getattr(corpus, args.split)
+    token_nll = torch.full((len(stream),), math.nan, dtype=torch.float64) if args.output else None
+    nll, words = corpus_nll(model, stream, bsz, cfg.data.bptt, token_nll)
+    if token_nll is not None:
+        write_block_nll(token_nll, args.output)
     metrics = word_metrics(nll / words)
     print(f"{args.split}: ppl {metrics['ppl']:.2f}, {metrics['bpw']:.4f} bits per word "
           f"({words} words, batch size {bsz}, bptt {cfg.data.bptt})")
@@ -437,9 +454,11 @@ def fork_arms(cfg) -> dict[str, int]:
     return {"ba_fork_1": 1, "ba_fork_top": top}
 
 
-#: No significance test is defined for perplexity (a paired test would need per-window losses, which eval does not
-#: write).
 SPEC = TaskSpec(LMDataConfig, LMModelConfig, LMCriterionConfig, lm_task, evaluate=evaluate,
-                check=check_config, batch_key="data.batch_size", batch_unit="words",
+                eval_options=LMEvalOptions, check=check_config, batch_key="data.batch_size", batch_unit="words",
                 test_metrics=(Metric("ppl", False), Metric("bpw", False, digits=4)), curve_metric="ppl",
+                outputs_option="output",
+                significance=SignificanceTest(
+                    "ppl", "approximate randomization (10,000 sign flips) of the summed NLL per block of 100 test "
+                    "tokens", paired_randomization, block_references),
                 analysis=lm_gradients, fork_arms=fork_arms)

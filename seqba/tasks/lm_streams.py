@@ -31,6 +31,7 @@ from seqba.errors import ConfigError, FieldError
 from seqba.metrics import perplexity
 from seqba.models.fork import Fork
 from seqba.tasks.base import Task
+from seqba.tasks.spec import EvalOptions, option
 
 logger = logging.getLogger("seqba.tasks.language_modeling")
 
@@ -84,6 +85,14 @@ class LMDataConfig:
     def stride(self) -> int:
         """The evaluation stride of the Transformers: ``eval_stride``, else ``bptt``."""
         return self.eval_stride or self.bptt
+
+
+@dataclass
+class LMEvalOptions(EvalOptions):
+    """``python -m seqba.eval`` options of a language-model checkpoint (every ``model.arch``)."""
+
+    output: str | None = option(None, "write the summed NLL (nats) of every block of 100 tokens here, one per line "
+                                "(what a study's paired test compares)", file="write")
 
 
 class LMBatch(NamedTuple):

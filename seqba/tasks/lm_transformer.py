@@ -26,6 +26,7 @@ windows), and reports perplexity and bits per word; the stride is logged and ret
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Iterator
 
 import numpy as np
@@ -43,19 +44,21 @@ from seqba.errors import ConfigError
 from seqba.models.transformer_lm import sliding_window_nll
 from seqba.tasks.base import GradAdapter
 from seqba.tasks.lm_models import build_lm_model, no_decay_groups
-from seqba.tasks.lm_streams import LMBatch, StreamLMTask, check_split_size, load_lm_corpus, word_metrics
-from seqba.tasks.spec import EvalOptions
+from seqba.tasks.lm_significance import write_block_nll
+from seqba.tasks.lm_streams import (LMBatch, LMEvalOptions, StreamLMTask, check_split_size, load_lm_corpus,
+                                    word_metrics)
 
 logger = logging.getLogger("seqba.tasks.language_modeling")
 
 __all__ = ["WindowLMTask", "WindowLMGradients", "evaluate_windows", "split_nll"]
 
 
-def split_nll(model: nn.Module, stream: Tensor, cfg: Any) -> tuple[float, int]:
+def split_nll(model: nn.Module, stream: Tensor, cfg: Any, token_nll: Tensor | None = None) -> tuple[float, int]:
     """Summed next-token NLL (nats) of ``model`` over the (L,) token stream ``stream`` and the tokens scored
-    (L - 1): windows of ``data.bptt`` tokens every ``data.eval_stride`` (``data.eval_batch_size`` per forward)."""
+    (L - 1): windows of ``data.bptt`` tokens every ``data.eval_stride`` (``data.eval_batch_size`` per forward).
+    ``token_nll``: a (L,) float64 tensor that receives each position's NLL (see ``sliding_window_nll``)."""
     data = cfg.data
-    return sliding_window_nll(model, stream, data.bptt, data.stride, data.eval_batch_size)
+    return sliding_window_nll(model, stream, data.bptt, data.stride, data.eval_batch_size, token_nll)
 
 
 def check_positions(model: nn.Module, bptt: int, where: str) -> None:
@@ -156,7 +159,7 @@ class WindowLMTask(StreamLMTask):
         return word_metrics(nll / scored)
 
 
-def evaluate_windows(cfg, model_state: dict, args: EvalOptions) -> dict[str, float]:
+def evaluate_windows(cfg, model_state: dict, args: LMEvalOptions) -> dict[str, float]:
     """Perplexity and bits per word of a Transformer checkpoint on ``args.split`` by sliding window; the result
     also states the window (``eval_context``) and its stride (``eval_stride``).
 
@@ -174,7 +177,11 @@ def evaluate_windows(cfg, model_state: dict, args: EvalOptions) -> dict[str, flo
         raise ValueError(f"the checkpoint's weights do not fit model.arch {cfg.model.arch} with the corpus's "
                          f"{len(corpus.dictionary)} words: {first}") from None
     model.to(torch.device(args.device)).eval()
-    nll, scored = split_nll(model, getattr(corpus, args.split), cfg)
+    stream = getattr(corpus, args.split)
+    token_nll = torch.full((len(stream),), math.nan, dtype=torch.float64) if args.output else None
+    nll, scored = split_nll(model, stream, cfg, token_nll)
+    if token_nll is not None:
+        write_block_nll(token_nll, args.output)
     metrics = word_metrics(nll / scored)
     print(f"{args.split}: ppl {metrics['ppl']:.2f}, {metrics['bpw']:.4f} bits per word ({scored} words, windows "
           f"of {cfg.data.bptt} every {cfg.data.stride} tokens)")
