@@ -10,14 +10,11 @@ negated. Blocks of consecutive text, not single tokens, are the unit because a t
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCK_TOKENS", "block_nll", "block_references", "exact_randomization", "paired_randomization",
-           "write_block_nll"]
+__all__ = ["BLOCK_TOKENS", "block_nll", "block_references", "paired_randomization", "write_block_nll"]
 
 #: Stream positions per block of the test (about four Penn Treebank sentences).
 BLOCK_TOKENS = 100
@@ -91,12 +88,3 @@ def paired_randomization(baseline: list[str], systems: dict[str, list[str]], ref
         out[name] = (1 + hits) / (rounds + 1)
     return out
 
-
-def exact_randomization(d: list[float]) -> float:
-    """The exact two-sided p-value of the sign-flip test (every one of the 2^n sign patterns): the slow, obvious
-    reference of :func:`paired_randomization` for a few blocks (tests)."""
-    n, observed = len(d), abs(math.fsum(d))
-    tolerance = 1e-9 * math.fsum(abs(x) for x in d)
-    hits = sum(abs(math.fsum(x if mask >> i & 1 else -x for i, x in enumerate(d))) >= observed - tolerance
-               for mask in range(2 ** n))
-    return hits / 2 ** n
