@@ -148,6 +148,15 @@ HEADLINES: dict[str, Callable[[], dict]] = {
        for name in ("bare_m1", "seqba_m1", "seqba_m4")},
     **{f"MFU: bench_train Transformer-base bf16, {name}": (lambda n=name: mfu("mfu_train_base", n))
        for name in ("bare_m1", "seqba_m1", "seqba_m4")},
+    **{f"consistency: {kind} / fused CE, V=32000 {dtype}": (lambda k=kind, d=dtype: stored(
+        "consistency", "results", f"V=32000 {d}", k, "over_ce"))
+       for dtype in ("float32", "bfloat16") for kind in ("sym_kl unfused", "sym_kl fused", "sym_kl fused compiled")},
+    **{f"consistency on the H200: {kind} / CE, V=32000 {dtype}": (lambda k=kind, d=dtype: stored(
+        "consistency_cuda", "results", f"V=32000 {d}", k, "over_ce"))
+       for kind, dtype in (("sym_kl fused compiled", "float32"), ("sym_kl fused compiled", "bfloat16"),
+                           ("sym_kl fused", "float32"), ("sym_kl unfused", "float32"))},
+    "word cache: line by line / cached, cold": lambda: stored("word_cache", "speedup", "cached cold"),
+    "word cache: line by line / cached, warm": lambda: stored("word_cache", "speedup", "cached warm"),
     "MFU run: Multi30k recipe bf16 / fp32 tokens/s": lambda: recipe_speed("mfu_recipe_speed", "bf16",
                                                                           "fp32_default_malloc"),
 }

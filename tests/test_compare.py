@@ -243,6 +243,30 @@ def test_a_changed_recipe_or_eval_args_is_refused_not_mixed(recipe, tmp_path, ca
                               "(now 0.01): the recipe or its overrides changed since"), err
 
 
+def test_a_study_moved_with_its_recipe_reports_from_its_records_alone(recipe, tmp_path, capsys):
+    """A study folder copied elsewhere without its weights (how docs/studies commits one), beside a copy of its
+    recipe at another path, reports the same results.csv with --report-only; a recipe of another name is refused."""
+    import shutil
+
+    out = tmp_path / "study"
+    overrides = ["train.max_updates=2", "train.validate_interval_updates=0"]
+    argv = ["--arms", "fixed_steps,ba", "--seeds", "1", "--eval-args=--beam=2", *overrides]
+    assert cli.main([str(recipe), "--out", str(out), *argv]) == 0
+    moved = tmp_path / "elsewhere" / "study"
+    shutil.copytree(out, moved, ignore=shutil.ignore_patterns("*.pt", "checkpoints", ".lock"))
+    assert not list(moved.rglob("*.pt"))
+    other = tmp_path / "clone" / "recipes" / recipe.name
+    other.parent.mkdir(parents=True)
+    shutil.copy(recipe, other)
+    capsys.readouterr()
+    assert cli.main([str(other), "--out", str(moved), "--report-only", *argv]) == 0, capsys.readouterr().err
+    assert (moved / "results.csv").read_text() == (out / "results.csv").read_text()
+    renamed = other.with_name("other.yaml")
+    shutil.copy(recipe, renamed)
+    assert cli.main([str(renamed), "--out", str(moved), "--report-only", *argv]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {moved} is a study of recipe ")
+
+
 def test_resume_after_kill_mid_study(tmp_path):
     """SIGKILL the study while its second run trains (after a checkpoint): the rerun skips the finished run,
     the killed run resumes from its checkpoint, and the study completes."""

@@ -215,6 +215,21 @@ def test_eval_refuses_a_checkpoint_of_another_corpus(run, tmp_path, capsys, monk
     assert eval_cli.main(["--checkpoint", str(path), "--beam", "1", "--max-len-b", "2"]) == 0
 
 
+def test_resume_refuses_a_checkpoint_of_another_corpus_and_leaves_the_run_alone(run, capsys, monkeypatch):
+    """Resuming on a corpus rebuilt since the checkpoint was written is one line naming both fingerprints; the
+    run folder is not touched (the checkpoint and the metrics stay as they were)."""
+    recorded = translation.SPEC.fingerprint(config_lib.load(run.parent / "tiny.yaml", []))
+    before = {p.name: p.read_bytes() for p in (run / "checkpoint_last.pt", run / "metrics.jsonl")}
+    monkeypatch.setattr(translation, "SPEC", dataclasses.replace(translation.SPEC, fingerprint=lambda c: "bbbb2222"))
+    capsys.readouterr()
+    assert train_cli.main([str(run.parent / "tiny.yaml"), "train.max_updates=4", "train.resume=auto"]) != 0
+    one_error(capsys, "cannot resume from", recorded, "bbbb2222", "in another output_dir")
+    assert {p.name: p.read_bytes() for p in (run / "checkpoint_last.pt", run / "metrics.jsonl")} == before
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 # -- 14. unreadable corpus files name the file -------------------------------------------------------------------
 
 

@@ -99,15 +99,22 @@ class Study:
 def save_study(study: Study) -> None:
     """Write ``OUT/study.json`` atomically.
 
+    A study folder may be moved or copied with its recipe (a clone of the repository, a committed study whose runs
+    keep their records but not their weights): the recipe is matched by file name, and :func:`check_unchanged`
+    compares what each run was trained with against what the recipe resolves to now.
+
     Raises:
-        ConfigError: an existing ``study.json`` gives another recipe, task or study overrides, or other overrides
-            for an arm of the same name.
+        ConfigError: an existing ``study.json`` gives another recipe file name, task or study overrides, or other
+            overrides for an arm of the same name.
     """
     path = Path(study.out) / "study.json"
     if path.is_file():
         old = json.loads(path.read_text())
         for key in ("recipe", "task", "overrides"):
-            if old.get(key) != getattr(study, key):
+            before, now = old.get(key), getattr(study, key)
+            if key == "recipe" and before is not None:
+                before, now = Path(before).name, Path(now).name
+            if before != now:
                 raise ConfigError(f"{study.out} is a study of {key} {old.get(key)!r}, not {getattr(study, key)!r}; "
                                   "use another --out")
         for arm, overrides in study.arms.items():
