@@ -96,6 +96,45 @@ def test_arms_images_count_updates(tmp_path):
     assert arms[3].pending and not arms[0].pending
 
 
+def test_an_equal_time_arm_per_ba_arm():
+    """``equal_time_X`` is fixed #steps timed from the listed BA arm X (a forked arm costs less than BA, so it needs
+    its own); X and fixed_steps must be listed, and X must be a BA arm."""
+    path = RECIPES / "transformer_multi30k_m4.yaml"
+    names = ["fixed_steps", "ba", "ba_fork_enc", "equal_time", "equal_time_ba_fork_enc"]
+    arms = {a.name: a for a in derive_arms(path, [], names, counter=no_counting)}
+    assert arms["equal_time_ba_fork_enc"].pending and arms["equal_time"].pending
+    assert arms["equal_time_ba_fork_enc"].overrides == arms["fixed_steps"].overrides == arms["equal_time"].overrides
+    assert "(ba_fork_enc s/update) / (fixed_steps s/update)" in arms["equal_time_ba_fork_enc"].note
+    assert "(ba s/update)" in arms["equal_time"].note
+    for bad, message in ((["fixed_steps", "ba", "equal_time_ba_fork_enc"], "timed from the ba_fork_enc and "
+                                                                              "fixed_steps arms: list both"),
+                         (["fixed_steps", "ba", "equal_time_fixed_steps"], "not from the baseline fixed_steps"),
+                         (["fixed_steps", "ba", "equal_time_"], "unknown arm 'equal_time_'")):
+        with pytest.raises(ConfigError, match=message):
+            derive_arms(path, [], bad, counter=no_counting)
+
+
+def test_an_equal_time_arm_is_timed_from_its_own_arm(tmp_path):
+    """resolve_pending reads the seconds per update of the arm an equal-time arm is timed from."""
+    from seqba.compare.runs import RunSpec
+    from seqba.compare.study import make_study, resolve_pending
+
+    path = RECIPES / "transformer_multi30k_m4.yaml"
+    names = ["fixed_steps", "ba", "ba_fork_enc", "equal_time", "equal_time_ba_fork_enc"]
+    arms = derive_arms(path, ["train.max_updates=100"], names, counter=no_counting)
+    study = make_study(tmp_path / "study", path, ["train.max_updates=100"], arms, [1], [])
+    for arm, rate in (("fixed_steps", 1000.0), ("ba", 250.0), ("ba_fork_enc", 500.0)):  # tokens/s, 100 per update
+        run = study.run_dir(arm, 1)
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 100, "tokens_per_step": 100.0,
+                                                       "tokens_per_s": rate}) + "\n")
+    updates = {}
+    for name in ("equal_time", "equal_time_ba_fork_enc"):
+        spec = resolve_pending(study, RunSpec(name, 1, str(study.run_dir(name, 1)), [], pending=True))
+        updates[name] = config_lib.load(spec.train_args[0], spec.train_args[1:]).train.max_updates
+    assert updates == {"equal_time": 400, "equal_time_ba_fork_enc": 200}
+
+
 def test_equal_time_overrides():
     """BA takes 0.4 s/update, fixed_steps 0.1 s: equal_time trains 4x the updates, lr milestones 4x later."""
     path = RECIPES / "resnet_mnist_m4.yaml"
@@ -303,7 +342,7 @@ def test_local_launcher_jobs_schedule(monkeypatch, tmp_path):
     from seqba.compare import launchers
     from seqba.compare.runs import RunFailed, RunSpec
 
-    runs = [RunSpec(arm, seed, str(tmp_path / arm / str(seed)), [], pending=arm == "equal_time")
+    runs = [RunSpec(arm, seed, str(tmp_path / arm / str(seed)), [], pending=arm.startswith("equal_time"))
             for seed in (1, 2) for arm in ("fixed_steps", "ba", "equal_time")]
     lock, events, live = threading.Lock(), [], [0, 0]
 
@@ -339,6 +378,32 @@ def test_local_launcher_jobs_schedule(monkeypatch, tmp_path):
     assert failures == ["ba seed 2: ba seed 2 broke", "equal_time seed 2: no ba measurement for seed 2"]
     with pytest.raises(ValueError, match="jobs must be >= 1"):
         launchers.run_local(None, runs, jobs=0)
+
+
+def test_an_equal_time_arm_waits_for_the_arm_it_is_timed_from(monkeypatch, tmp_path):
+    """--jobs 3: equal_time_ba_fork starts only once ba_fork (the slowest run) has ended, not when ba has."""
+    import threading
+
+    from seqba.compare import launchers
+    from seqba.compare.runs import RunSpec
+
+    runs = [RunSpec(arm, 1, str(tmp_path / arm), [], pending=arm.startswith("equal_time"))
+            for arm in ("fixed_steps", "ba", "ba_fork", "equal_time_ba_fork")]
+    lock, events = threading.Lock(), []
+
+    def fake_execute(spec):
+        with lock:
+            events.append(("start", spec.arm))
+        time.sleep(0.3 if spec.arm == "ba_fork" else 0.02)
+        with lock:
+            events.append(("end", spec.arm))
+        return {"wall_seconds": 0.1}
+
+    monkeypatch.setattr(launchers, "execute_run", fake_execute)
+    monkeypatch.setattr(launchers, "resolve_pending", lambda study, spec: spec)
+    monkeypatch.setattr(launchers, "is_done", lambda spec: False)
+    assert launchers.run_local(None, runs, echo=lambda line: None, jobs=3) == []
+    assert events.index(("end", "ba_fork")) < events.index(("start", "equal_time_ba_fork"))
 
 
 def test_jobs_two_runs_a_study_with_equal_time(tmp_path):
@@ -453,6 +518,15 @@ def test_equal_time_verdict_is_made_from_the_numbers():
     assert "**pays**" in equal_time_verdict(study, rows, arms, None).splitlines()[2]
     assert equal_time_verdict(study, rows, ["fixed_steps", "ba"], p) == ""
     assert "not equal" not in lines[0] and "The measured times were not equal (0.80x)" in lines[1]
+    # a BA arm with its own equal-time arm is judged against it; the others against equal_time
+    rows += [row("equal_time_ba_fork", s, 18.0 + s + 0.5, 3e12, 80.0) for s in (1, 2, 3)]
+    own = equal_time_verdict(study, rows, [*arms, "equal_time_ba_fork"], p)
+    lines = [ln for ln in own.splitlines() if ln.startswith("- ")]
+    assert [ln.split("`")[1:4:2] for ln in lines] == [["ba", "equal_time"], ["ba_fork", "equal_time_ba_fork"],
+                                                     ["ba_symkl", "equal_time"]]
+    assert "-0.27 on the mean (per seed +0.50 / -1.00 / -0.30" in lines[1] and "1.00x the training seconds" in lines[1]
+    assert "(`equal_time_X`: for arm X's; here `equal_time_ba_fork`)" in own.splitlines()[0]
+    assert equal_time_verdict(study, rows, ["fixed_steps", "ba_fork", "equal_time_ba_fork"], p).count("- `") == 1
 
 
 def test_model_flops_summed_from_the_records():

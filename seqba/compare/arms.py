@@ -9,6 +9,7 @@ updates::
     fixed_steps     1   B       U         "fixed #steps": same steps, M x fewer rows per step
     fixed_samples   1   M·B     U         "fixed #samples": same steps and rows, M x more distinct samples
     equal_time      1   B       U·r       same wall-clock as ba: r = (s/update of ba) / (s/update of fixed_steps)
+    equal_time_X    1   B       U·r_X     same wall-clock as the listed BA arm X (e.g. ``equal_time_ba_fork_enc``)
     ba_fork_*       M   B       U         the task's forked arms (``TaskSpec.fork_arms``: ``ba.fork_layer = k``)
     NAME (custom)   the recipe plus ``--arm NAME:key=value,...``
 
@@ -40,10 +41,26 @@ from seqba import config as config_lib
 from seqba.errors import ConfigError
 from seqba.tasks import TASKS
 
-__all__ = ["BUILTIN", "batch_key", "Arm", "derive_arms", "parse_arm", "count_updates", "equal_time_overrides"]
+__all__ = ["BUILTIN", "batch_key", "Arm", "derive_arms", "parse_arm", "count_updates", "equal_time_overrides",
+           "timed_arm", "is_baseline", "BASELINES"]
 
-#: The arms the command knows by name.
+#: The arms the command knows by name (and ``equal_time_X`` for any BA arm X of the study).
 BUILTIN = ("fixed_steps", "fixed_samples", "ba", "equal_time")
+#: The M = 1 arms: baselines, never a BA variant.
+BASELINES = ("fixed_steps", "fixed_samples", "equal_time")
+
+
+def timed_arm(name: str) -> str | None:
+    """The arm whose measured wall-clock an equal-time arm matches: ``equal_time`` -> ``ba``, ``equal_time_X`` -> X;
+    None for any other arm."""
+    if name == "equal_time":
+        return "ba"
+    return name[len("equal_time_"):] or None if name.startswith("equal_time_") else None
+
+
+def is_baseline(name: str) -> bool:
+    """Whether ``name`` is an M = 1 arm (fixed_steps, fixed_samples, or an equal-time arm)."""
+    return name in BASELINES or timed_arm(name) is not None
 
 
 def batch_key(task: str) -> str:
@@ -69,7 +86,7 @@ class Arm:
     Attributes:
         overrides: applied after the study's overrides, before ``seed`` and ``output_dir``.
         note: one line for the printed plan.
-        pending: ``equal_time`` only: the updates are set per seed from measured runs
+        pending: equal-time arms only (:func:`timed_arm`): the updates are set per seed from measured runs
             (:func:`equal_time_overrides`), so ``overrides`` hold the rest.
     """
 
@@ -178,21 +195,30 @@ def derive_arms(recipe: str | Path, overrides: list[str], names: list[str], cust
         counter: counts updates (:func:`count_updates`; tests pass a stub).
 
     Raises:
-        ConfigError: an unknown or repeated arm name, a recipe with M = 1, ``equal_time`` without both ``ba`` and
-            ``fixed_steps``, or an arm whose config does not load (the message names the arm).
+        ConfigError: an unknown or repeated arm name, a recipe with M = 1, an equal-time arm without both the arm
+            it is timed from and ``fixed_steps``, or timed from a baseline, or an arm whose config does not load (the
+            message names the arm).
     """
     known = {a.name: a for a in custom}
     cfg = config_lib.load(recipe, overrides)
     forks = TASKS[cfg.task].fork_arms(cfg) if TASKS[cfg.task].fork_arms else {}  # name -> ba.fork_layer
     for name in names:
-        if name not in BUILTIN and name not in known and name not in forks:
-            builtin = ", ".join([*BUILTIN, *forks])
+        if name in known or name in forks:
+            continue
+        if name not in BUILTIN and timed_arm(name) is None:
+            builtin = ", ".join([*BUILTIN, *forks, "equal_time_ARM"])
             defined = f"; --arm: {', '.join(known)}" if known else " (or define it with --arm NAME:key=value,...)"
             raise ConfigError(f"unknown arm {name!r}; built-in arms: {builtin}{defined}")
     if len(set(names)) != len(names):
         raise ConfigError(f"--arms lists an arm twice: {','.join(names)}")
-    if "equal_time" in names and not {"ba", "fixed_steps"} <= set(names):
-        raise ConfigError("equal_time is timed from the ba and fixed_steps arms: list both in --arms")
+    for name in names:
+        source = timed_arm(name) if name not in known else None
+        if source is None:
+            continue
+        if is_baseline(source):
+            raise ConfigError(f"{name}: an equal-time arm is timed from a BA arm, not from the baseline {source}")
+        if not {source, "fixed_steps"} <= set(names):
+            raise ConfigError(f"{name} is timed from the {source} and fixed_steps arms: list both in --arms")
     m = cfg.ba.repeats
     derived = [n for n in names if n in BUILTIN and n != "ba"]
     if derived and m < 2:
@@ -215,12 +241,12 @@ def derive_arms(recipe: str | Path, overrides: list[str], names: list[str], cust
     for name in names:
         if name == "ba":
             arms.append(Arm("ba", [], f"the recipe: M={m}, {key}={batch}, {updates} updates"))
-        elif name == "fixed_steps" or name == "equal_time":
+        elif name == "fixed_steps" or (timed_arm(name) and name not in known):
             micro = [f"ba.sample_chunks={max(1, cfg.ba.sample_chunks // m)}"] if cfg.ba.sample_chunks > 1 else []
             arm = Arm(name, _m1(cfg) + micro + schedule, f"M=1, {key}={batch}, {updates} updates")
-            if name == "equal_time":
-                arm.pending, arm.note = True, f"M=1, {key}={batch}, updates = {updates} x (ba s/update) / " \
-                                              "(fixed_steps s/update), per seed"
+            if name != "fixed_steps":
+                arm.pending, arm.note = True, f"M=1, {key}={batch}, updates = {updates} x ({timed_arm(name)} " \
+                                              "s/update) / (fixed_steps s/update), per seed"
             arms.append(arm)
         elif name in forks and name not in known:
             arms.append(Arm(name, [f"ba.fork_layer={forks[name]}"], f"the recipe with its M copies made after layer "

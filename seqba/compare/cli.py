@@ -22,7 +22,7 @@ from seqba import eval as eval_cli
 from seqba.compare.arms import BUILTIN, derive_arms, count_updates, parse_arm
 from seqba.compare.curves import plot_study
 from seqba.compare.launchers import parse_executor_params, run_local, run_submitit
-from seqba.compare.report import equal_time_verdict, collect_rows, format_table, write_csv
+from seqba.compare.report import collect_rows, equal_time_counterparts, equal_time_verdict, format_table, write_csv
 from seqba.compare.significance import BASELINE, study_pvalues
 from seqba.compare.study import check_unchanged, make_study, parse_test_set, plan_runs, save_study
 from seqba.errors import ConfigError, RunLockedError, SeqbaError, UsageError
@@ -101,7 +101,10 @@ def write_report(study, arms: list[str], echo=print, baseline: str = BASELINE) -
     rows = collect_rows(study, arms, pvalues, baseline)
     write_csv(rows, out / "results.csv")
     table = out / "table.md"
-    vs_equal_time = pvalues if baseline == "equal_time" else study_pvalues(study, arms, "equal_time")
+    vs_equal_time = {}  # each BA arm's p-values against its own equal-time arm
+    for arm, counterpart in equal_time_counterparts(arms).items():
+        against = pvalues if baseline == counterpart else study_pvalues(study, [arm, counterpart], counterpart)
+        vs_equal_time.update({key: p for key, p in against.items() if key[1] == arm})
     verdict = equal_time_verdict(study, rows, arms, vs_equal_time)
     table.write_text(format_table(study, rows, arms, Path(study.recipe).stem, baseline)
                      + (f"\n{verdict}" if verdict else ""))

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import yaml
 
+from seqba.compare.arms import timed_arm
 from seqba.compare.runs import RunFailed, RunSpec, execute_run, is_done, read_done
 from seqba.compare.study import Study, resolve_pending
 from seqba.errors import ConfigError
@@ -60,9 +61,9 @@ def run_local(study: Study, runs: list[RunSpec], echo: Callable[[str], None] = p
     line each).
 
     With ``jobs`` > 1 the runs share this machine (its cores, or its one GPU): a pending run (``equal_time``) starts
-    once the same seed's ``ba`` and ``fixed_steps`` runs have ended, and its updates are measured from runs that
-    shared the machine the same way, so training seconds are comparable only between runs made under the same
-    ``jobs``. Runs start in ``runs`` order (seeds outer: whole seeds finish first).
+    once the same seed's ``ba`` (for ``equal_time_X``: X) and ``fixed_steps`` runs have ended, and its updates are
+    measured from runs that shared the machine the same way, so training seconds are comparable only between runs
+    made under the same ``jobs``. Runs start in ``runs`` order (seeds outer: whole seeds finish first).
 
     Raises:
         ValueError: ``jobs`` < 1.
@@ -94,7 +95,7 @@ def run_local(study: Study, runs: list[RunSpec], echo: Callable[[str], None] = p
         if not run.pending:
             return True
         unsettled = {(r.arm, r.seed) for r in (*todo, *running)}
-        return not ({("ba", run.seed), ("fixed_steps", run.seed)} & unsettled)
+        return not ({(timed_arm(run.arm), run.seed), ("fixed_steps", run.seed)} & unsettled)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         running: dict[concurrent.futures.Future, RunSpec] = {}

@@ -38,12 +38,13 @@ import math
 import statistics
 from pathlib import Path
 
+from seqba.compare.arms import is_baseline
 from seqba.compare.records import read_records, summarise, validation_losses
 from seqba.compare.runs import is_trained, read_done
 from seqba.compare.significance import BASELINE
 from seqba.tasks.spec import Metric
 
-__all__ = ["PAPER", "collect_rows", "write_csv", "format_table", "equal_time_verdict"]
+__all__ = ["PAPER", "collect_rows", "write_csv", "format_table", "equal_time_counterparts", "equal_time_verdict"]
 
 #: How the table shows the best validation loss (beside the task's test metrics).
 VALID_LOSS = Metric("best_valid_loss", higher_is_better=False, digits=4)
@@ -201,46 +202,55 @@ def header_keys(header: list[str], column: str) -> set[str]:
     return {f"{column}_p"} if any(h.endswith(tag) for h in header) else set()
 
 
-#: Arms that are not a BA variant (M = 1), so the verdict does not weigh them against equal_time.
-_BASELINE_ARMS = ("fixed_steps", "fixed_samples", "equal_time")
+def equal_time_counterparts(arms: list[str]) -> dict[str, str]:
+    """BA arm -> the equal-time arm it is judged against: its own ``equal_time_X`` where the study has one, else
+    ``equal_time`` (timed from ``ba``) where the study has that; BA arms with neither are left out."""
+    out = {}
+    for arm in arms:
+        if is_baseline(arm):
+            continue
+        own = f"equal_time_{arm}"
+        if own in arms or "equal_time" in arms:
+            out[arm] = own if own in arms else "equal_time"
+    return out
 
 
 def equal_time_verdict(study, rows: list[dict], arms: list[str], pvalues: dict | None = None) -> str:
-    """A short paragraph, made from the numbers: does each BA arm beat ``equal_time`` (fixed #steps trained for
-    BA's wall-clock on the same seed), seed by seed? "" when ``equal_time`` or every BA arm is missing.
+    """A short paragraph, made from the numbers: does each BA arm beat its equal-time counterpart (fixed #steps
+    trained for that arm's wall-clock on the same seed; :func:`equal_time_counterparts`), seed by seed? "" when no
+    BA arm has one.
 
     The metric is the task's first test metric on the ``test`` set (the best validation loss when no run has it).
-    Per BA arm: the mean difference to ``equal_time`` over the seeds both finished, the per-seed differences, the
-    seeds it wins, the family's paired test against ``equal_time`` (``pvalues``: ``(set, arm, seed) -> p`` from
-    :func:`seqba.compare.significance.study_pvalues` with ``baseline="equal_time"``) where it has one, and the
+    Per BA arm: the mean difference to its counterpart over the seeds both finished, the per-seed differences, the
+    seeds it wins, the family's paired test against the counterpart (``pvalues``: ``(set, arm, seed) -> p`` of each
+    arm against its counterpart, from :func:`seqba.compare.significance.study_pvalues`) where it has one, and the
     ratio of model FLOPs and training seconds. The label: "pays" when the arm wins every paired seed (and, with a
     test, p < 0.05 for every seed), "does not pay" when it loses on the mean, "not settled" otherwise.
 
     Args:
         rows: :func:`collect_rows` of the study; arms: its arms in table order.
     """
-    if "equal_time" not in arms:
+    counterparts = equal_time_counterparts(arms)
+    if not counterparts:
         return ""
     metric = next(iter(study.spec.test_metrics), None)
     column = f"test_{metric.name}" if metric else ""
     if metric is None or not any(r.get(column, "") != "" for r in rows):
         metric, column = VALID_LOSS, VALID_LOSS.name
     by = {(r["arm"], r["seed"]): r for r in rows if r.get(column, "") != ""}
-    base = {seed: r for (arm, seed), r in by.items() if arm == "equal_time"}
     name = "best validation loss" if column == VALID_LOSS.name else f"test {metric.name}"
     scale = 100.0 if metric.percent else 1.0
     sign = 1.0 if metric.higher_is_better else -1.0
     lines = []
-    for arm in arms:
-        if arm in _BASELINE_ARMS:
-            continue
+    for arm, counterpart in counterparts.items():
+        base = {seed: r for (a, seed), r in by.items() if a == counterpart}
         seeds = [seed for seed in study.seeds if (arm, seed) in by and seed in base]
         if not seeds:
             continue
         diffs = [(by[arm, s][column] - base[s][column]) * scale for s in seeds]
         wins = sum(sign * d > 0 for d in diffs)
         mean = statistics.fmean(diffs)
-        text = (f"`{arm}` vs `equal_time`, {name}: {mean:+.{metric.digits}f} on the mean "
+        text = (f"`{arm}` vs `{counterpart}`, {name}: {mean:+.{metric.digits}f} on the mean "
                 f"(per seed {' / '.join(f'{d:+.{metric.digits}f}' for d in diffs)}; better for {wins} of "
                 f"{len(seeds)} seeds")
         ps = [pvalues.get(("test", arm, s)) for s in seeds] if pvalues and column != VALID_LOSS.name else []
@@ -269,6 +279,8 @@ def equal_time_verdict(study, rows: list[dict], arms: list[str], pvalues: dict |
         lines.append(f"{text}): **{label}** at equal time.{caveat}")
     if not lines:
         return ""
+    own = sorted({c for c in counterparts.values() if c != "equal_time"})
     head = ("Is BA worth its compute? `equal_time` trains fixed #steps for the `ba` arm's measured wall-clock on "
-            "the same seed; each BA arm against it (generated from the runs above):")
+            "the same seed" + (f" (`equal_time_X`: for arm X's; here {', '.join(f'`{c}`' for c in own)})"
+                               if own else "") + "; each BA arm against its equal-time arm (generated from the runs above):")
     return head + "\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from seqba import config as config_lib
-from seqba.compare.arms import Arm, equal_time_overrides
+from seqba.compare.arms import Arm, equal_time_overrides, timed_arm
 from seqba.compare.records import read_records, summarise
 from seqba.compare.runs import RunSpec
 from seqba.errors import ConfigError
@@ -243,7 +243,8 @@ def measured_seconds_per_update(study: Study, arm: str, seed: int) -> float:
 
 
 def resolve_pending(study: Study, spec: RunSpec) -> RunSpec:
-    """Set the updates of a pending (``equal_time``) run from the same seed's finished ``ba`` and ``fixed_steps``.
+    """Set the updates of a pending (equal-time) run from the same seed's finished ``fixed_steps`` run and the arm it
+    is timed from (:func:`~seqba.compare.arms.timed_arm`: ``ba`` for ``equal_time``).
 
     Deterministic (finished runs' records do not change), so a resumed study sets the same number again.
 
@@ -254,8 +255,8 @@ def resolve_pending(study: Study, spec: RunSpec) -> RunSpec:
         return spec
     arm = Arm(spec.arm, study.arms[spec.arm], pending=True)
     cfg = config_lib.load(study.recipe, [*study.overrides, *arm.overrides])
-    overrides = equal_time_overrides(arm, cfg, measured_seconds_per_update(study, "ba", spec.seed),
-                                     measured_seconds_per_update(study, "fixed_steps", spec.seed))
+    timed = measured_seconds_per_update(study, timed_arm(spec.arm), spec.seed)
+    overrides = equal_time_overrides(arm, cfg, timed, measured_seconds_per_update(study, "fixed_steps", spec.seed))
     run_dir = study.run_dir(spec.arm, spec.seed)
     train_args = [study.recipe, *study.overrides, *overrides, *_run_overrides(spec.seed, run_dir)]
     return RunSpec(spec.arm, spec.seed, spec.run_dir, train_args, spec.launch_args, spec.evals, pending=False)
