@@ -484,6 +484,20 @@ def test_significance_against_another_baseline(tmp_path):
     assert [ln.split(" | ")[5] for ln in lines[2:5]] == ["", "8", ""]  # only an arm whose every run has them
 
 
+def test_a_p_column_only_for_the_metric_that_has_p_values():
+    """A test set with two metrics, only the first tested (the LM's perplexity and bits/word): one p column, after
+    the tested metric, and every row has as many cells as the header."""
+    study = Study(out="study", recipe="r.yaml", task="language_modeling", overrides=[],
+                  arms={"fixed_steps": [], "ba": []}, seeds=[1], test_sets=[EvalSet("test")])
+    rows = [{"arm": a, "seed": 1, "updates": 1, "epochs_seen": "", "train_seconds": 1.0, "test_ppl": ppl,
+             "test_ppl_p": p, "test_bpw": bpw} for a, ppl, p, bpw in (("fixed_steps", 300.0, "", 8.2),
+                                                                      ("ba", 290.0, 0.01, 8.1))]
+    lines = format_table(study, rows, ["fixed_steps", "ba"], "r").splitlines()
+    assert lines[0] == "| arm | n | updates | epochs seen | train s | test ppl | p vs fixed_steps (test, per seed) | test bpw |"
+    assert all(line.count("|") == lines[0].count("|") for line in lines[1:4])
+    assert lines[3] == "| ba | 1 | 1 |  | 1.0 | **290.00 ± –** | 0.010 | **8.1000 ± –** |"
+
+
 def test_equal_time_verdict_is_made_from_the_numbers():
     """The verdict under the table: per BA arm, the paired difference to equal_time, wins, p-values, FLOPs and
     seconds ratios, and its label (pays / not settled / does not pay); nothing without an equal_time arm."""

@@ -136,9 +136,10 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str, bas
     paper = PAPER.get(recipe_name)
     flops = any(r.get("model_flops", "") != "" for r in rows)
     header = ["arm", "n", "updates", "epochs seen", "train s", *(["model FLOPs"] if flops else [])]
+    tested = {c for c in columns if any(r.get(f"{c}_p", "") != "" for r in rows)}  # columns with a p column
     for c in columns:
         header.append(c.replace("_", " ") + (" (%)" if shown[c].percent else ""))
-        if any(r.get(f"{c}_p", "") != "" for r in rows):
+        if c in tested:
             header.append(f"p vs {baseline} ({c.rsplit('_', 1)[0]}, per seed)")
     if paper:
         header.append(f"paper ({paper[2]})")
@@ -171,7 +172,7 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str, bas
             if text and math.isclose(means[arm, c], best[c], rel_tol=0, abs_tol=1e-12):
                 text = f"**{text}**"
             row.append(text)
-            if f"{c}_p" in header_keys(header, c):
+            if c in tested:
                 ps = [r.get(f"{c}_p", "") for r in runs]
                 row.append("—" if arm == baseline else ", ".join(f"{p:.3f}" for p in ps if p != ""))
         if paper:
@@ -194,12 +195,6 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str, bas
         if study.notes.get(arm):
             notes.append(f"`{arm}`: {study.notes[arm]}.")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-
-
-def header_keys(header: list[str], column: str) -> set[str]:
-    """``{column}_p`` when the header has a p-value column for ``column``."""
-    tag = f"({column.rsplit('_', 1)[0]}, per seed)"
-    return {f"{column}_p"} if any(h.endswith(tag) for h in header) else set()
 
 
 def equal_time_counterparts(arms: list[str]) -> dict[str, str]:
