@@ -6,6 +6,9 @@ Settings (each a separate process; rounds interleaved so that other jobs on shar
   allocator defaults (``SEQBA_MALLOC=default``): the reference;
 * ``fp32``: fp32, eager, the CLI's default ``configure_malloc()``;
 * ``bf16``: ``train.mixed_precision=bf16`` (autocast), eager, ``configure_malloc()``;
+* ``auto``: ``train.mixed_precision=auto`` (``seqba.precision``) with a cache of its own, empty at the start: the
+  first round's run probes fp32 against bf16 before it trains (outside its timed windows), later rounds read the
+  choice; the choice and the probe's figures are stored in the output (``auto_choice``);
 * ``fp32_compiled`` / ``bf16_compiled`` (``--compile``): plus ``train.compile=true`` (inductor; its compile time falls
   in the warm-up updates and is excluded);
 * ``ref_fp32_default_malloc`` / ``ref_bf16`` (``--reference-rev REV``): the same two settings run by seqba as it was
@@ -49,6 +52,7 @@ SETTINGS = {
     "fp32_default_malloc": ({"SEQBA_MALLOC": "default"}, ["train.mixed_precision=no"]),
     "fp32": ({}, ["train.mixed_precision=no"]),
     "bf16": ({}, ["train.mixed_precision=bf16"]),
+    "auto": ({}, ["train.mixed_precision=auto"]),
     "fp32_compiled": ({}, ["train.mixed_precision=no", "train.compile=true"]),
     "bf16_compiled": ({}, ["train.mixed_precision=bf16", "train.compile=true"]),
     # the consistency term's cost against BA alone (issue 21: <= 1.15x); alpha as the Multi30k symkl recipe
@@ -162,6 +166,8 @@ def main() -> None:
         if unknown:
             p.error(f"--settings: unknown {', '.join(sorted(unknown))}; valid: {', '.join(settings)}")
         settings = [s for s in settings if s in wanted]
+    if "auto" in settings:  # a cache of this benchmark's own: the first auto run probes, later rounds reuse it
+        os.environ["SEQBA_PRECISION_CACHE"] = str(Path(tempfile.mkdtemp(prefix="seqba-precision-")) / "cache.json")
     peaks_before = recipe_peaks(args.recipe, args.overrides)
     runs: dict[str, list[dict]] = {s: [] for s in settings}
     for r in range(args.rounds):
@@ -171,6 +177,9 @@ def main() -> None:
     peaks = mfu_lib.best_peaks(peaks_before, recipe_peaks(args.recipe, args.overrides)) if peaks_before else {}
     rates = {s: [row["rate"] for row in runs[s]] for s in settings}
     old = "ref_fp32_default_malloc" in rates
+    auto_choice = None
+    if "auto" in settings:
+        auto_choice = list(json.loads(Path(os.environ["SEQBA_PRECISION_CACHE"]).read_text()).values())
     result = {"recipe": args.recipe, "overrides": args.overrides, "updates": args.updates, "warmup": args.warmup,
               "reference_rev": args.reference_rev,
               "code_rev": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
@@ -179,7 +188,7 @@ def main() -> None:
               "threads": args.threads, "machine": machine(),
               "python": platform.python_version(), "torch": __import__("torch").__version__,
               "note": "interleaved rounds on shared CPU cores; compare ratios, not absolute rates",
-              "mfu_note": mfu_lib.FLOPS_NOTE, "peaks": peaks,
+              "mfu_note": mfu_lib.FLOPS_NOTE, "peaks": peaks, "auto_choice": auto_choice,
               # ratios: per round (both settings timed in the same round), then their median and range
               "settings": {s: {"per_round": [round(v, 1) for v in rates[s]],
                                "median": round(statistics.median(rates[s]), 1),
@@ -188,7 +197,7 @@ def main() -> None:
                                    rates[s], rates["fp32_default_malloc"]), 3),
                                **({"ratio_to_ref_fp32_default_malloc": summarize(per_round_ratios(
                                    rates[s], rates["ref_fp32_default_malloc"]), 3)} if old else {}),
-                               **setting_mfu(runs[s], peaks, precision(s), args.threads)}
+                               **setting_mfu(runs[s], peaks, precision(s, auto_choice), args.threads)}
                            for s in settings}}
     for s in settings:
         row = result["settings"][s]
@@ -204,8 +213,10 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 
-def precision(setting: str) -> str:
-    """train.mixed_precision of a setting (``ref_`` settings: the same as the setting)."""
+def precision(setting: str, auto_choice: list[dict] | None = None) -> str:
+    """train.mixed_precision of a setting (``ref_`` settings: the same as the setting; ``auto``: what it chose)."""
+    if setting == "auto":
+        return auto_choice[0]["choice"] if auto_choice else "no"
     return "bf16" if "train.mixed_precision=bf16" in SETTINGS[setting.removeprefix("ref_")][1] else "no"
 
 
