@@ -30,7 +30,7 @@ import yaml
 
 from seqba.errors import ConfigError
 
-__all__ = ["resolve_precision", "machine_key", "probe_precision"]
+__all__ = ["resolve_precision", "machine_key", "probe_precision", "cpu_model"]
 
 CANDIDATES = ("no", "bf16")
 RATES = ("tokens_per_s", "words_per_s", "images_per_s")  # a task's throughput key in metrics.jsonl
@@ -41,7 +41,9 @@ def cache_path() -> Path:
     return Path(os.environ.get("SEQBA_PRECISION_CACHE", Path.home() / ".cache" / "seqba" / "precision.json"))
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """This machine's CPU model name (``/proc/cpuinfo``'s ``model name``, e.g. ``Intel(R) Xeon(R) Processor``; else
+    :func:`platform.processor`)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -54,7 +56,7 @@ def _cpu_model() -> str:
 def machine_key(config: dict) -> str:
     """What a cached choice depends on: the CPU model, torch's version and CPU capability, the thread count, and
     the run's task, model and batch sections (16 hex digits of sha256)."""
-    blob = json.dumps({"cpu": _cpu_model(), "torch": torch.__version__,
+    blob = json.dumps({"cpu": cpu_model(), "torch": torch.__version__,
                        "capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
                        "task": config.get("task"), "model": config.get("model"), "data": config.get("data"),
                        "ba": config.get("ba")}, sort_keys=True, default=str)
@@ -149,6 +151,6 @@ def resolve_precision(requested: str, config: dict, num_processes: int = 1) -> t
                           "once with one process (it times fp32 and bf16 and caches the faster), or set "
                           "train.mixed_precision to no or bf16")
     result = probe_precision(config)
-    _write_cache(key, {**result, "cpu": _cpu_model(), "torch": torch.__version__})
+    _write_cache(key, {**result, "cpu": cpu_model(), "torch": torch.__version__})
     return result["choice"], (f"auto, timed now: bf16/fp32 throughput {result['bf16_over_fp32']:.2f}, median of "
                               f"{len(result['rates']['no'])} interleaved rounds (cached in {cache_path()})")

@@ -331,6 +331,9 @@ def test_resume_after_kill_mid_study(tmp_path):
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [(r["arm"], r["updates"]) for r in rows] == [("fixed_steps", "60"), ("ba", "60")]
     assert (out / "table.md").is_file() and (out / "curves.png").is_file()
+    from seqba.compare.runs import this_machine  # each run records where it trained; the table says it
+    assert [r["machine"] for r in rows] == [this_machine()] * 2
+    assert f"- Machine: {this_machine()}." in (out / "table.md").read_text()
 
 
 def test_local_launcher_jobs_schedule(monkeypatch, tmp_path):
@@ -496,6 +499,27 @@ def test_a_p_column_only_for_the_metric_that_has_p_values():
     assert lines[0] == "| arm | n | updates | epochs seen | train s | test ppl | p vs fixed_steps (test, per seed) | test bpw |"
     assert all(line.count("|") == lines[0].count("|") for line in lines[1:4])
     assert lines[3] == "| ba | 1 | 1 |  | 1.0 | **290.00 ± –** | 0.010 | **8.1000 ± –** |"
+
+
+def test_runs_on_different_machines_are_named_and_the_verdict_says_so():
+    """A study whose runs trained on two machines lists which ran where under the table, and the equal-time verdict
+    flags each seed whose equal-time run trained on another machine than the BA run it was timed from."""
+    from seqba.compare.report import equal_time_verdict, machine_note
+
+    study = Study(out="o", recipe="r.yaml", task="translation", overrides=[], arms={}, seeds=[1, 2],
+                  test_sets=[EvalSet("test")])
+    rows = [{"arm": arm, "seed": seed, "test_bleu": bleu, "train_seconds": 100.0, "machine": machine}
+            for arm, seed, bleu, machine in (("ba", 1, 20.0, "AMD x2"), ("ba", 2, 20.0, "AMD x2"),
+                                             ("equal_time", 1, 19.0, "Xeon x2"), ("equal_time", 2, 19.0, "AMD x2"))]
+    arms = ["ba", "equal_time"]
+    assert machine_note(rows, arms) == ("Machines (training seconds compare only within one): AMD x2: ba 1, ba 2, "
+                                        "equal_time 2; Xeon x2: equal_time 1.")
+    assert machine_note([{**r, "machine": "AMD x2"} for r in rows], arms) == "Machine: AMD x2."
+    assert machine_note([{**r, "machine": ""} for r in rows], arms) == ""
+    assert "not recorded: ba 1" in machine_note([{**rows[0], "machine": ""}, *rows[1:]], arms)
+    verdict = equal_time_verdict(study, rows, arms)
+    assert "Seed 1: `equal_time` trained on another machine than `ba`" in verdict
+    assert "another machine" not in equal_time_verdict(study, [{**r, "machine": ""} for r in rows], arms)
 
 
 def test_equal_time_verdict_is_made_from_the_numbers():

@@ -83,6 +83,7 @@ def collect_rows(study, arms: list[str], pvalues: dict | None = None, baseline: 
                    f"distinct_{unit}_seen": round(s.distinct_seen), f"{unit}_computed": round(s.computed),
                    "train_seconds": round(s.train_seconds, 2),
                    "wall_seconds": read_done(run_dir).get("wall_seconds", ""),
+                   "machine": read_done(run_dir).get("machine", ""),
                    f"{unit}_per_s": round(s.throughput, 1),
                    "model_flops": float(f"{s.model_flops:.4g}") if s.model_flops is not None else ""}
             row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in validation_losses(records).items()})
@@ -101,7 +102,7 @@ def collect_rows(study, arms: list[str], pvalues: dict | None = None, baseline: 
             rows.append(row)
     # Columns no run fills (evaluations made before seqba.eval recorded the update or wrote per-example outputs)
     # are left out rather than shown empty.
-    for key in {k for row in rows for k in row if k == "checkpoint_update" or k.endswith("_p")}:
+    for key in {k for row in rows for k in row if k in ("checkpoint_update", "machine") or k.endswith("_p")}:
         if all(row.get(key, "") == "" for row in rows):
             for row in rows:
                 row.pop(key, None)
@@ -183,6 +184,9 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str, bas
              f"(from the logged {unit}/s; no validation); `epochs seen`: passes over the distinct training data."
              + (" `model FLOPs`: forward + backward FLOPs of the training updates (seqba.flops: 6 x matmul "
                 "parameters x rows, plus attention)." if flops else "")]
+    machines = machine_note(rows, arms)
+    if machines:
+        notes.append(machines)
     if any("p vs" in h for h in header):
         notes.append(f"p: {spec.significance.description} against {baseline} of the same seed, one value per seed.")
     elif spec.significance is None:
@@ -195,6 +199,23 @@ def format_table(study, rows: list[dict], arms: list[str], recipe_name: str, bas
         if study.notes.get(arm):
             notes.append(f"`{arm}`: {study.notes[arm]}.")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def machine_note(rows: list[dict], arms: list[str]) -> str:
+    """Where the runs trained (``machine`` of their ``train.done``): one machine -> ``"Machine: X."``; several ->
+    which runs ran where, since training seconds (and, on some tasks, results: float rounding differs between CPU
+    kinds) are then not comparable across them; "" when no run recorded one."""
+    where: dict[str, list[str]] = {}
+    for arm in arms:
+        for row in rows:
+            if row["arm"] == arm:
+                where.setdefault(row.get("machine", "") or "not recorded", []).append(f"{arm} {row['seed']}")
+    if set(where) <= {"not recorded"}:
+        return ""
+    if len(where) == 1:
+        return f"Machine: {next(iter(where))}."
+    return ("Machines (training seconds compare only within one): "
+            + "; ".join(f"{machine}: {', '.join(runs)}" for machine, runs in where.items()) + ".")
 
 
 def equal_time_counterparts(arms: list[str]) -> dict[str, str]:
@@ -271,6 +292,12 @@ def equal_time_verdict(study, rows: list[dict], arms: list[str], pvalues: dict |
         if time_ratio is not None and not 1 / 1.2 <= time_ratio <= 1.2:
             caveat = (f" The measured times were not equal ({time_ratio:.2f}x): runs that shared the machine, or a "
                       "step bound by something other than its arithmetic; time it on an idle machine to settle it.")
+        moved = [s for s in seeds if by[arm, s].get("machine") and base[s].get("machine")
+                 and by[arm, s]["machine"] != base[s]["machine"]]
+        if moved:
+            caveat += (f" Seed{'s' if len(moved) > 1 else ''} {', '.join(map(str, moved))}: `{counterpart}` trained "
+                       f"on another machine than `{arm}` (see Machines), so its updates were bought with time "
+                       "measured elsewhere.")
         lines.append(f"{text}): **{label}** at equal time.{caveat}")
     if not lines:
         return ""

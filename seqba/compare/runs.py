@@ -5,7 +5,7 @@ The same code path as a user's own run: each step is a subprocess ``python -m se
 ``python -m seqba.eval --checkpoint ... --metrics-out ...``. Files in the run directory, besides the run's own::
 
     train.log            stdout and stderr of seqba.train (appended on every attempt)
-    train.done           {"wall_seconds", "finished"}: written after seqba.train exited 0 -> training is skipped
+    train.done           {"wall_seconds", "finished", "machine"}: written after seqba.train exited 0 -> training is skipped
     eval.NAME.json       seqba.eval's metrics for test set NAME (renamed into place on success) -> eval skipped
     eval.NAME.log        its output;  hyp.NAME.txt: per-example outputs (tasks with TaskSpec.outputs_option)
 
@@ -75,6 +75,19 @@ def read_done(run_dir: str | Path) -> dict:
         return {}
 
 
+def this_machine() -> str:
+    """What a run's seconds were measured on: ``"<CPU model> x<cores>"``, plus ``" + <GPU name>"`` when CUDA is
+    available (e.g. ``"Intel(R) Xeon(R) Processor x2"``). Written into ``train.done`` by the process that finished
+    the training, so that a study whose runs landed on different machines says so (training seconds, and the
+    float rounding of a run, depend on it)."""
+    import torch
+
+    from seqba.precision import cpu_model
+
+    name = f"{cpu_model()} x{os.cpu_count()}"
+    return name + (f" + {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -111,7 +124,8 @@ def execute_run(spec: RunSpec) -> dict:
         launcher = ([sys.executable, "-m", "accelerate.commands.launch", *spec.launch_args] if spec.launch_args
                     else [sys.executable])
         _run([*launcher, "-m", "seqba.train", *spec.train_args], spec.path / "train.log")
-        done = {"wall_seconds": round(time.perf_counter() - start, 3), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+        done = {"wall_seconds": round(time.perf_counter() - start, 3), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "machine": this_machine()}
         tmp = spec.path / ".train.done.tmp"
         tmp.write_text(json.dumps(done) + "\n")
         os.replace(tmp, spec.path / "train.done")
