@@ -76,14 +76,13 @@ def collect_rows(study, arms: list[str], pvalues: dict | None = None, baseline: 
             if not is_trained(run_dir):
                 continue
             records = read_records(run_dir)
-            s = summarise(records, unit)
+            s, done = summarise(records, unit), read_done(run_dir)
             per_epoch = study.updates_per_epoch.get(arm)
             row = {"arm": arm, "seed": seed, "updates": s.updates,
                    "epochs_seen": round(s.updates / per_epoch, 3) if per_epoch else "",
                    f"distinct_{unit}_seen": round(s.distinct_seen), f"{unit}_computed": round(s.computed),
                    "train_seconds": round(s.train_seconds, 2),
-                   "wall_seconds": read_done(run_dir).get("wall_seconds", ""),
-                   "machine": read_done(run_dir).get("machine", ""),
+                   "wall_seconds": done.get("wall_seconds", ""), "machine": done.get("machine", ""),
                    f"{unit}_per_s": round(s.throughput, 1),
                    "model_flops": float(f"{s.model_flops:.4g}") if s.model_flops is not None else ""}
             row.update({k: round(v, 4) if isinstance(v, float) else v for k, v in validation_losses(records).items()})
