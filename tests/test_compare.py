@@ -547,7 +547,7 @@ def test_equal_time_verdict_is_made_from_the_numbers():
     assert lines[0] == ("- `ba` vs `equal_time`, test bleu: +1.50 on the mean (per seed +1.50 / +1.50 / +1.50; "
                         "better for 3 of 3 seeds; p 0.010 / 0.010 / 0.010; 4.00x the model FLOPs, 1.00x the "
                         "training seconds): **pays** at equal time.")
-    assert "better for 2 of 3 seeds" in lines[1] and "**not settled** at equal time. The measured" in lines[1]
+    assert "better for 2 of 3 seeds" in lines[1] and "**not settled** at equal time. `equal_time` matched" in lines[1]
     assert "-1.00 on the mean" in lines[2] and lines[2].endswith("**does not pay** at equal time.")
     # a win on every seed whose paired test is not significant is not settled; no test: the seeds decide
     weak = {k: (0.2 if k[1] == "ba" else v) for k, v in p.items()}
@@ -555,7 +555,12 @@ def test_equal_time_verdict_is_made_from_the_numbers():
     assert "**not settled**" in equal_time_verdict(study, rows, arms, weak).splitlines()[2]
     assert "**pays**" in equal_time_verdict(study, rows, arms, None).splitlines()[2]
     assert equal_time_verdict(study, rows, ["fixed_steps", "ba"], p) == ""
-    assert "not equal" not in lines[0] and "The measured times were not equal (0.80x)" in lines[1]
+    assert "not equal" not in lines[0] and "matched" not in lines[0]
+    # ba_fork is cheaper than ba, whose wall-clock equal_time matched: said so, not blamed on the machine
+    assert lines[1].endswith("`equal_time` matched `ba`'s wall-clock, not this arm's (0.80x its seconds): the "
+                             "baseline had more time than this arm; `equal_time_ba_fork` would match it.")
+    slow = [{**r, "train_seconds": 130.0} if r["arm"] == "ba" else r for r in rows]
+    assert "The measured times were not equal (1.30x)" in equal_time_verdict(study, slow, arms, p).splitlines()[2]
     # a BA arm with its own equal-time arm is judged against it; the others against equal_time
     rows += [row("equal_time_ba_fork", s, 18.0 + s + 0.5, 3e12, 80.0) for s in (1, 2, 3)]
     own = equal_time_verdict(study, rows, [*arms, "equal_time_ba_fork"], p)

@@ -38,7 +38,7 @@ import math
 import statistics
 from pathlib import Path
 
-from seqba.compare.arms import is_baseline
+from seqba.compare.arms import is_baseline, timed_arm
 from seqba.compare.records import read_records, summarise, validation_losses
 from seqba.compare.runs import is_trained, read_done
 from seqba.compare.significance import BASELINE
@@ -289,8 +289,14 @@ def equal_time_verdict(study, rows: list[dict], arms: list[str], pvalues: dict |
             label = "not settled"
         caveat = ""
         if time_ratio is not None and not 1 / 1.2 <= time_ratio <= 1.2:
-            caveat = (f" The measured times were not equal ({time_ratio:.2f}x): runs that shared the machine, or a "
-                      "step bound by something other than its arithmetic; time it on an idle machine to settle it.")
+            if timed_arm(counterpart) != arm:
+                caveat = (f" `{counterpart}` matched `{timed_arm(counterpart)}`'s wall-clock, not this arm's "
+                          f"({time_ratio:.2f}x its seconds): the baseline had {'less' if time_ratio > 1 else 'more'} "
+                          f"time than this arm; `equal_time_{arm}` would match it.")
+            else:
+                caveat = (f" The measured times were not equal ({time_ratio:.2f}x): runs that shared the machine, "
+                          "or a step bound by something other than its arithmetic; time it on an idle machine to "
+                          "settle it.")
         moved = [s for s in seeds if by[arm, s].get("machine") and base[s].get("machine")
                  and by[arm, s]["machine"] != base[s]["machine"]]
         if moved:
