@@ -1,5 +1,6 @@
 """Helpers shared by the end-to-end tests: a tiny translation recipe, metrics readers, CLI subprocesses."""
 import json
+import socket
 import os
 import subprocess
 import sys
@@ -57,3 +58,11 @@ def run_module(module, *args, env=None, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now: each `accelerate launch` of the tests gets its own (`--main_process_port`),
+    so a port held by an earlier launch (or in TIME_WAIT) cannot fail a later one with EADDRINUSE."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

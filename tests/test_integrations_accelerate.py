@@ -12,6 +12,7 @@ import pytest
 from torch.utils.data import DataLoader
 
 from seqba import TokenBudgetBatchSampler
+from runs import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def accelerate_launch(script: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Two gloo CPU processes (`--cpu --num_processes 2` would silently run one)."""
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
-    return subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", str(script), *args],
+    return subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()), str(script), *args],
                           cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=timeout)
 

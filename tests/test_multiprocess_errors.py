@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from runs import RECIPE
+from runs import free_port, RECIPE
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def launch_two(*args, env=None):
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
-    return subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "-m", "seqba.train", *args],
+    return subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "seqba.train", *args],
                           cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
                           capture_output=True, text=True, timeout=600)
 

@@ -11,7 +11,7 @@ import pytest
 from seqba import eval as eval_cli
 from seqba import train as train_cli
 
-from runs import KILLRUN, RECIPE, ROOT, data_dir, losses, recipe, run_module  # noqa: F401 (fixtures)
+from runs import free_port, KILLRUN, RECIPE, ROOT, data_dir, losses, recipe, run_module  # noqa: F401 (fixtures)
 
 
 def test_train_then_eval(recipe, tmp_path, capsys):
@@ -109,7 +109,7 @@ def test_two_processes_with_accelerate_launch(recipe, tmp_path, group_size):
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
     out = tmp_path / f"run{group_size}"
     proc = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "-m", "seqba.train", str(recipe),
+        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "seqba.train", str(recipe),
          f"ba.group_size={group_size}", "train.max_updates=4", "train.validate_interval_updates=2", f"output_dir={out}"],
         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
