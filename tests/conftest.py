@@ -30,8 +30,9 @@ def _fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-# `accelerate launch` listens on one fixed port (29500): under pytest-xdist (`-n 2 --dist loadgroup`, the README's
-# test command) every test that launches processes runs on the same worker, one after another.
+# Each `accelerate launch` starts two processes: under pytest-xdist (`-n 2 --dist loadgroup`, the README's test
+# command) every test that launches them runs on the same worker, one after another, so two launches never
+# share the two cores (each launch also has its own port: `runs.accelerate_launch_two`).
 LAUNCHING_MODULES = {"test_multiprocess.py", "test_multiprocess_errors.py", "test_integrations_accelerate.py"}
 
 

@@ -1,7 +1,8 @@
 """Helpers shared by the end-to-end tests: a tiny translation recipe, metrics readers, CLI subprocesses."""
 import json
-import socket
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,8 +62,15 @@ def run_module(module, *args, env=None, check=True):
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now: each `accelerate launch` of the tests gets its own (`--main_process_port`),
-    so a port held by an earlier launch (or in TIME_WAIT) cannot fail a later one with EADDRINUSE."""
+    """A TCP port free on 127.0.0.1 now (for a test's own rendezvous: ``MASTER_PORT`` or ``--main_process_port``)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def accelerate_launch_two() -> list[str]:
+    """The command prefix of ``accelerate launch`` with two gloo CPU processes (``--cpu --num_processes 2`` would
+    silently run one), on a port of its own: a port held by an earlier launch (or in TIME_WAIT) cannot fail it with
+    EADDRINUSE, as Accelerate's fixed default 29500 did."""
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    return [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port())]

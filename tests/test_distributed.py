@@ -1,6 +1,5 @@
 """Two CPU processes (torch.distributed, gloo): one BA group gets identical batches but different dropout masks."""
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -11,11 +10,7 @@ import torch.multiprocessing as mp
 from seqba import RepeatBatchSampler, TokenBudgetBatchSampler
 from seqba.distributed import rank_group, seed_worker_rngs, worker_seed
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from runs import free_port
 
 
 def _worker(rank, world, port, group_size, out):

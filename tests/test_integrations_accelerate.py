@@ -1,9 +1,7 @@
 """Rank-sharded seqba samplers and Accelerate: prepare() refuses them, prepare_data_loader() keeps all the data."""
 import json
 import os
-import shutil
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,15 +10,14 @@ import pytest
 from torch.utils.data import DataLoader
 
 from seqba import TokenBudgetBatchSampler
-from runs import free_port
+from runs import accelerate_launch_two
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def accelerate_launch(script: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Two gloo CPU processes (`--cpu --num_processes 2` would silently run one)."""
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
-    return subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()), str(script), *args],
+    return subprocess.run([*accelerate_launch_two(), str(script), *args],
                           cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
                           capture_output=True, text=True, timeout=timeout)
 

@@ -1,13 +1,12 @@
 """The language-model and image recipes under two gloo processes, with and without a BA rank group."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from runs import free_port
+from runs import accelerate_launch_two
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {
@@ -21,9 +20,8 @@ CASES = {
 @pytest.mark.parametrize("group_size", [1, 2])
 @pytest.mark.parametrize("recipe", sorted(CASES))
 def test_two_processes(recipe, group_size, tmp_path, shared_data):
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
     proc = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "seqba.train",
+        [*accelerate_launch_two(), "-m", "seqba.train",
          str(ROOT / "recipes" / f"{recipe}.yaml"), *CASES[recipe], f"ba.group_size={group_size}",
          "train.progress_bar=false", f"output_dir={tmp_path / 'run'}"],
         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "SEQBA_DATA": str(shared_data)},

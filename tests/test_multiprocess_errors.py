@@ -2,21 +2,19 @@
 rank (the other ranks stop quietly at the same point). ``accelerate launch`` itself then adds torchrun's failure
 report; that part is the launcher's."""
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from runs import free_port, RECIPE
+from runs import accelerate_launch_two, RECIPE
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def launch_two(*args, env=None):
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
-    return subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "seqba.train", *args],
+    return subprocess.run([*accelerate_launch_two(), "-m", "seqba.train", *args],
                           cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
                           capture_output=True, text=True, timeout=600)
 

@@ -1,17 +1,14 @@
 """End-to-end tests of seqba.train / seqba.eval on a tiny Transformer and a tiny synthetic corpus (CPU)."""
 import json
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from seqba import eval as eval_cli
 from seqba import train as train_cli
 
-from runs import free_port, KILLRUN, RECIPE, ROOT, data_dir, losses, recipe, run_module  # noqa: F401 (fixtures)
+from runs import accelerate_launch_two, KILLRUN, RECIPE, ROOT, data_dir, losses, recipe, run_module  # noqa: F401 (fixtures)
 
 
 def test_train_then_eval(recipe, tmp_path, capsys):
@@ -106,10 +103,9 @@ def test_cli_rejects_unknown_key(recipe, capsys):
 
 @pytest.mark.parametrize("group_size", [2, 1])
 def test_two_processes_with_accelerate_launch(recipe, tmp_path, group_size):
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
     out = tmp_path / f"run{group_size}"
     proc = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()), "-m", "seqba.train", str(recipe),
+        [*accelerate_launch_two(), "-m", "seqba.train", str(recipe),
          f"ba.group_size={group_size}", "train.max_updates=4", "train.validate_interval_updates=2", f"output_dir={out}"],
         cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,16 +8,14 @@ the optimizer state.
 """
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from equivalence import assert_same_updates, build_trainer, parameters, same_weights, union_batch, updates
-from runs import free_port, ROOT, data_dir, recipe  # noqa: F401 (fixtures)
+from runs import accelerate_launch_two, ROOT, data_dir, recipe  # noqa: F401 (fixtures)
 
 WORKER = Path(__file__).with_name("union_worker.py")
 UPDATES = 2  # union_worker.UPDATES
@@ -25,10 +23,9 @@ OVERRIDES = ["ba.repeats=2", "ba.group_size=1", "train.max_updates=2"]
 
 
 def test_two_processes_give_the_update_of_the_union_batch(recipe, tmp_path):
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
     out = tmp_path / "launch"
     out.mkdir()
-    proc = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()), str(WORKER), str(recipe),
+    proc = subprocess.run([*accelerate_launch_two(), str(WORKER), str(recipe),
                            str(out), *OVERRIDES], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

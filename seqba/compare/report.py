@@ -289,8 +289,9 @@ def equal_time_verdict(study, rows: list[dict], arms: list[str], pvalues: dict |
             label = "not settled"
         caveat = ""
         if time_ratio is not None and not 1 / 1.2 <= time_ratio <= 1.2:
-            if timed_arm(counterpart) != arm:
-                caveat = (f" `{counterpart}` matched `{timed_arm(counterpart)}`'s wall-clock, not this arm's "
+            timed = timed_arm(counterpart)
+            if timed != arm:
+                caveat = (f" `{counterpart}` matched `{timed}`'s wall-clock, not this arm's "
                           f"({time_ratio:.2f}x its seconds): the baseline had {'less' if time_ratio > 1 else 'more'} "
                           f"time than this arm; `equal_time_{arm}` would match it.")
             else:
