@@ -236,3 +236,54 @@ def test_sample_chunks_and_consistency_by_stream(corpus):
     assert split == pytest.approx(whole, rel=1e-5)
     for name in g_whole:
         torch.testing.assert_close(g_split[name], g_whole[name], rtol=1e-4, atol=1e-6)
+
+
+def sym_kl_pair_loop(logits: torch.Tensor, repeats: int) -> torch.Tensor:
+    """The slow, obvious term: for every sample (rows b, B + b, 2B + b, ...: copy-major), the mean over its copy
+    pairs of ½(KL(p_i‖p_j) + KL(p_j‖p_i)), summed over positions and samples."""
+    lprobs = logits.float().log_softmax(-1)  # (M·B, T, V)
+    samples = lprobs.size(0) // repeats
+    total = lprobs.new_zeros(())
+    for b in range(samples):
+        rows = [c * samples + b for c in range(repeats)]
+        pairs = [(i, j) for i in rows for j in rows if i < j]
+        for i, j in pairs:
+            kl_ij = (lprobs[i].exp() * (lprobs[i] - lprobs[j])).sum()
+            kl_ji = (lprobs[j].exp() * (lprobs[j] - lprobs[i])).sum()
+            total = total + 0.5 * (kl_ij + kl_ji) / len(pairs)
+    return total
+
+
+@pytest.mark.parametrize("arch", ["transformer", "awd_lstm"])
+def test_consistency_loss_is_the_ce_plus_alpha_times_the_pair_loop(arch, corpus):
+    """With dropout on, the task's training loss with ``ba.consistency=sym_kl`` (the fused CE + term) equals its loss
+    without the term, plus alpha × the pair-by-pair symmetric KL of the same logits; gradients too."""
+    alpha = 2.0
+    task, model = task_for(arch, corpus, None, ["ba.consistency=sym_kl", f"ba.consistency_alpha={alpha}"])
+    batch = BatchAugmentation(task.cfg.ba, task, "words").expand(next(iter(task.epoch_iterator(0))))
+    start, term, outputs = getattr(task, "hidden", None), task.consistency, []
+    model.register_forward_hook(lambda module, args, out: outputs.append(out[0] if isinstance(out, tuple) else out))
+
+    def loss_and_grads(consistency, extra=None):
+        task.consistency = consistency
+        if arch == "awd_lstm":
+            task.hidden = start  # the loss moves the streams' state on
+        torch.manual_seed(7)  # the same dropout masks in both runs
+        model.zero_grad()
+        loss, logs = task.loss(model.train(), batch)
+        if extra is not None:
+            loss = loss + extra(outputs[-1])
+        loss.backward()
+        return loss.item(), logs, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    repeats = task.cfg.ba.repeats
+    rows = (lambda logits: logits.transpose(0, 1)) if arch == "awd_lstm" else (lambda logits: logits)  # (M·B, T, V)
+    fused, logs, g_fused = loss_and_grads(term)
+    pair_term = sym_kl_pair_loop(rows(outputs[-1]).detach(), repeats).item()
+    ref, _, g_ref = loss_and_grads(None, lambda logits: alpha * sym_kl_pair_loop(rows(logits), repeats))
+    assert pair_term > 0  # dropout on: the copies disagree
+    assert logs["consistency_sum"].item() == pytest.approx(repeats * pair_term, rel=1e-4)
+    assert fused == pytest.approx(ref, rel=1e-5)
+    assert g_fused.keys() == g_ref.keys()
+    for name in g_ref:
+        torch.testing.assert_close(g_fused[name], g_ref[name], rtol=1e-4, atol=1e-6)

@@ -201,16 +201,19 @@ class LanguageModelingTask(StreamLMTask):
         lo, hi = batch.lo, batch.hi
         hidden = self.hidden if self.fork is not None else [(h[:, lo:hi], c[:, lo:hi]) for h, c in self.hidden]
         logits, target, new_hidden, raw, dropped = self.forward(model, batch, hidden)  # (T, n, V), (T, n)
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), reduction="sum")
+        logs: dict[str, Any] = {}
+        if self.consistency is None:
+            loss = nll = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), reduction="sum")
+        else:  # CE + alpha * term fused from the logits, columns copy-major: copy c of stream b is column c·B + b
+            loss, nll = self.consistency.cross_entropy(
+                logits.transpose(0, 1), target.t(), 0.0, logs, ignore_index=None,
+                layout=CopyLayout(self.copies_of(batch), "tiled"), compiled=self.cfg.train.compile)  # (n, T, V)
         crit = self.cfg.criterion
         reg = activation_regularization(dropped[-1], crit.alpha)
         if batch.x.size(0) > 1:  # TAR needs two steps; the epoch's last window can be one row
             reg = reg + temporal_activation_regularization(raw[-1], crit.beta)
-        loss = nll + reg * target.numel()
-        logs = {"nll_sum": nll.detach()}
-        if self.consistency is not None:  # columns are copy-major: copy c of stream b is column c·B + b ("tiled")
-            lprobs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (n, T, V)
-            loss = self.consistency.add(loss, logs, lprobs, layout=CopyLayout(self.copies_of(batch), "tiled"))
+        loss = loss + reg * target.numel()
+        logs["nll_sum"] = nll.detach()
         logs["loss_sum"] = loss.detach()
         self._store_hidden(detach_hidden(new_hidden), lo, hi)
         return loss, logs

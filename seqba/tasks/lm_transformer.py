@@ -123,11 +123,14 @@ class WindowLMTask(StreamLMTask):
         """Cross-entropy summed over the N·T targets; with ``ba.consistency``, + alpha × the term across the copy
         rows summed over the B·T distinct positions."""
         logits, targets = self.forward(model, batch)  # (N, T, V), (N, T)
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
-        loss, logs = nll, {"nll_sum": nll.detach()}
-        if self.consistency is not None:  # rows are copy-major: copy c of stream b is row c·B + b ("tiled")
-            lprobs = F.log_softmax(logits.float(), dim=-1)  # (N, T, V)
-            loss = self.consistency.add(loss, logs, lprobs, layout=CopyLayout(self.copies_of(batch), "tiled"))
+        logs: dict[str, Any] = {}
+        if self.consistency is None:
+            loss = nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+        else:  # CE + alpha * term fused from the logits; rows copy-major: copy c of stream b is row c·B + b
+            loss, nll = self.consistency.cross_entropy(logits, targets, 0.0, logs, ignore_index=None,
+                                                       layout=CopyLayout(self.copies_of(batch), "tiled"),
+                                                       compiled=self.cfg.train.compile)
+        logs["nll_sum"] = nll.detach()
         logs["loss_sum"] = loss.detach()
         return loss, logs
 

@@ -248,11 +248,6 @@ class TranslationTask(Task):
         logs: dict[str, Any] = {}
         if consistency is None:  # fused: no (B, T, V) float32 log-probabilities
             loss, nll = label_smoothed_cross_entropy(logits, target, epsilon, ignore_index=PAD_ID)
-        elif logits.is_cuda and not self.cfg.train.compile:
-            # eager fused chunks are many small kernels on a GPU, slower than the unfused pair there
-            lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
-            loss, nll = label_smoothed_nll_loss(lprobs, target, epsilon, ignore_index=PAD_ID)
-            loss = consistency.add(loss, logs, lprobs, target.eq(PAD_ID))
         else:  # CE + alpha * term fused from the logits: no (B, T, V) float32 tensor (seqba.fused_consistency)
             loss, nll = consistency.cross_entropy(logits, target, epsilon, logs, ignore_index=PAD_ID,
                                                   compiled=self.cfg.train.compile)
