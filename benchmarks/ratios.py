@@ -115,6 +115,8 @@ HEADLINES: dict[str, Callable[[], dict]] = {
     "ptb: bf16 compiled": lambda: recipe_speed("recipe_speed_ptb", "bf16_compiled", "fp32_default_malloc"),
     "consistency: Multi30k bf16 step, BA + sym_kl / BA": lambda: recipe_speed("recipe_speed_symkl", "bf16_symkl",
                                                                              "bf16"),
+    "consistency: PTB M=10 + sym_kl, fused / c1e2d5a's unfused pair": lambda: recipe_speed(
+        "recipe_speed_ptb_symkl_fused", "fp32_default_malloc", "ref_fp32_default_malloc"),
     "decode: KV cache / recomputed prefix": lambda: decode_speed("decode", "cached", "uncached"),
     "decode: greedy / beam 4": lambda: decode_speed("decode", "greedy", "cached"),
     "decode: bf16 / fp32 beam 4": lambda: decode_speed("decode", "bf16", "cached"),
