@@ -596,3 +596,33 @@ def test_paired_bootstrap_identical_hypotheses_are_not_significant():
     assert list(p) == ["same", "perfect"]
     assert p["same"] == 1.0 and p["perfect"] == pytest.approx(1 / 201)
     assert paired_bootstrap(base, {"same": list(base)}, refs) == {"same": 1.0}
+
+
+def test_runs_sharing_the_machine_get_their_share_of_its_cores(monkeypatch, tmp_path):
+    """--jobs 2 on 2 cores: each run and its evaluation get OMP_NUM_THREADS=1 (not torch's default of every core,
+    which oversubscribed the machine); one job, or OMP_NUM_THREADS set by the user, leaves the environment alone."""
+    import sys
+
+    from seqba.compare import launchers, runs as runs_lib
+    from seqba.compare.runs import RunSpec
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(launchers.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert (launchers.threads_per_run(1), launchers.threads_per_run(2), launchers.threads_per_run(3)) == (None, 1, 1)
+    monkeypatch.setattr(launchers.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert launchers.threads_per_run(4) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert launchers.threads_per_run(4) is None
+    monkeypatch.delenv("OMP_NUM_THREADS")
+
+    seen = []
+    monkeypatch.setattr(launchers, "execute_run", lambda spec: seen.append(spec.threads) or {"wall_seconds": 0.0})
+    monkeypatch.setattr(launchers, "resolve_pending", lambda study, spec: spec)
+    monkeypatch.setattr(launchers, "is_done", lambda spec: False)
+    specs = [RunSpec(arm, 1, str(tmp_path / arm), []) for arm in ("fixed_steps", "ba")]
+    assert launchers.run_local(None, specs, echo=lambda line: None, jobs=2) == [] and seen == [8, 8]
+
+    log = tmp_path / "child.log"  # the child process sees the value
+    runs_lib._run([sys.executable, "-c", "import os; print('threads', os.environ['OMP_NUM_THREADS'])"], log, 2)
+    first, last = log.read_text().splitlines()
+    assert first.startswith(f"$ OMP_NUM_THREADS=2 {sys.executable} -c ") and last == "threads 2"

@@ -21,7 +21,7 @@ from seqba import config as config_lib
 from seqba import eval as eval_cli
 from seqba.compare.arms import BUILTIN, derive_arms, count_updates, parse_arm
 from seqba.compare.curves import plot_study
-from seqba.compare.launchers import parse_executor_params, run_local, run_submitit
+from seqba.compare.launchers import parse_executor_params, run_local, run_submitit, threads_per_run
 from seqba.compare.report import collect_rows, equal_time_counterparts, equal_time_verdict, format_table, write_csv
 from seqba.compare.significance import BASELINE, study_pvalues
 from seqba.compare.study import check_unchanged, make_study, parse_test_set, plan_runs, save_study
@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1,
                    help="local launcher: runs at a time on this machine (default 1). They share its cores or its "
                         "GPU, so training seconds (and equal_time's updates) are comparable only between runs made "
-                        "under the same --jobs")
+                        "under the same --jobs. Each run gets cores // jobs CPU threads (OMP_NUM_THREADS) unless "
+                        "OMP_NUM_THREADS is set")
     p.add_argument("--launch-args", default="",
                    help="train each run with `accelerate launch LAUNCH_ARGS -m seqba.train` "
                         "(e.g. \"--multi_gpu --num_processes 8\")")
@@ -173,7 +174,9 @@ def _study(args: argparse.Namespace):
         study.updates_per_epoch[arm.name] = study.updates_per_epoch[source]
     print(f"study {study.out}: {args.recipe} ({cfg.task}), seeds {','.join(map(str, seeds))}, test sets "
           f"{', '.join(t.name for t in study.test_sets)}, launcher {args.launcher}"
-          + (f", {args.jobs} runs at a time" if args.jobs > 1 else ""))
+          + (f", {args.jobs} runs at a time" if args.jobs > 1 else "")
+          + (f", {threads} CPU thread{'s' if threads > 1 else ''} each (OMP_NUM_THREADS)"
+             if (threads := threads_per_run(args.jobs)) and args.launcher == "local" else ""))
     for arm in arms:
         print(f"  {arm.name:<14} {arm.note}; {study.updates_per_epoch[arm.name]} updates per epoch")
         print(f"  {'':<14} overrides: {shlex.join(arm.overrides) or '(none)'}")

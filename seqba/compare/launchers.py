@@ -13,6 +13,8 @@ has finished), summed over the remaining runs; under Slurm, jobs run in parallel
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
+import os
 import shlex
 import threading
 import time
@@ -25,7 +27,21 @@ from seqba.compare.runs import RunFailed, RunSpec, execute_run, is_done, read_do
 from seqba.compare.study import Study, resolve_pending
 from seqba.errors import ConfigError
 
-__all__ = ["Progress", "run_local", "run_submitit", "parse_executor_params"]
+__all__ = ["Progress", "threads_per_run", "run_local", "run_submitit", "parse_executor_params"]
+
+
+def threads_per_run(jobs: int) -> int | None:
+    """CPU threads for each of ``jobs`` runs sharing this machine: its usable cores // ``jobs`` (at least 1); None
+    (the environment's, torch's default of every core) for one run at a time or when ``OMP_NUM_THREADS`` is set.
+
+    Without it, ``--jobs 2`` on 2 cores starts two runs of 2 OpenMP threads each: four busy threads on two cores,
+    whose spinning barriers slow each run by a varying factor, so their training seconds (and the updates an
+    ``equal_time`` arm is given from them) measure the contention, not the arm.
+    """
+    if jobs <= 1 or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // jobs)
 
 
 class Progress:
@@ -60,7 +76,8 @@ def run_local(study: Study, runs: list[RunSpec], echo: Callable[[str], None] = p
     """Run every unfinished run here, ``jobs`` at a time, in this process's children; return the failures (one
     line each).
 
-    With ``jobs`` > 1 the runs share this machine (its cores, or its one GPU): a pending run (``equal_time``) starts
+    With ``jobs`` > 1 the runs share this machine (its cores, or its one GPU), each with :func:`threads_per_run`
+    CPU threads: a pending run (``equal_time``) starts
     once the same seed's ``ba`` (for ``equal_time_X``: X) and ``fixed_steps`` runs have ended, and its updates are
     measured from runs that shared the machine the same way, so training seconds are comparable only between runs
     made under the same ``jobs``. Runs start in ``runs`` order (seeds outer: whole seeds finish first).
@@ -71,6 +88,7 @@ def run_local(study: Study, runs: list[RunSpec], echo: Callable[[str], None] = p
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     progress, failures, lock = Progress(runs, echo), [], threading.Lock()
+    threads = threads_per_run(jobs)
     todo = []
     for run in runs:
         if is_done(run):
@@ -82,7 +100,7 @@ def run_local(study: Study, runs: list[RunSpec], echo: Callable[[str], None] = p
         with lock:
             progress.line(run, f"start ({progress.eta()}) -> {run.run_dir}")
         try:
-            result = execute_run(resolve_pending(study, run))
+            result = execute_run(dataclasses.replace(resolve_pending(study, run), threads=threads))
         except (RunFailed, ValueError) as err:
             with lock:
                 failures.append(f"{run.arm} seed {run.seed}: {err}")

@@ -5,7 +5,7 @@ The same code path as a user's own run: each step is a subprocess ``python -m se
 ``python -m seqba.eval --checkpoint ... --metrics-out ...``. Files in the run directory, besides the run's own::
 
     train.log            stdout and stderr of seqba.train (appended on every attempt)
-    train.done           {"wall_seconds", "finished", "machine"}: written after seqba.train exited 0 -> training is skipped
+    train.done           {"wall_seconds", "finished", "machine", "threads"}: written after seqba.train exited 0 -> skipped
     eval.NAME.json       seqba.eval's metrics for test set NAME (renamed into place on success) -> eval skipped
     eval.NAME.log        its output;  hyp.NAME.txt: per-example outputs (tasks with TaskSpec.outputs_option)
 
@@ -43,6 +43,8 @@ class RunSpec:
         launch_args: ``accelerate launch`` arguments (empty: one ``python -m seqba.train`` process).
         evals: ``(set name, seqba.eval arguments without --metrics-out)`` per test set.
         pending: the updates are still to be set from measured runs (``equal_time``).
+        threads: CPU threads of its processes (``OMP_NUM_THREADS``), e.g. the machine's cores / ``--jobs``; None:
+            the environment's (torch's default: every core).
     """
 
     arm: str
@@ -52,6 +54,7 @@ class RunSpec:
     launch_args: list[str] = field(default_factory=list)
     evals: list[tuple[str, list[str]]] = field(default_factory=list)
     pending: bool = False
+    threads: int | None = None
 
     @property
     def path(self) -> Path:
@@ -88,6 +91,12 @@ def this_machine() -> str:
     return name + (f" + {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
 
 
+def _env_threads() -> int | None:
+    """``OMP_NUM_THREADS`` of this process as an int, None when unset or not a number."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() else None
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -95,12 +104,15 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def _run(command: list[str], log: Path) -> None:
-    """Run ``command`` with output appended to ``log``; raise :class:`RunFailed` with its last ``error:`` line."""
+def _run(command: list[str], log: Path, threads: int | None = None) -> None:
+    """Run ``command`` with output appended to ``log`` (``OMP_NUM_THREADS=threads`` unless None); raise
+    :class:`RunFailed` with its last ``error:`` line."""
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
     with log.open("a") as f:
-        f.write(f"$ {shlex.join(command)}\n")  # as a shell would take it back (a path with " #" stays whole)
+        prefix = "" if threads is None else f"OMP_NUM_THREADS={threads} "
+        f.write(f"$ {prefix}{shlex.join(command)}\n")  # as a shell would take it back (a path with " #" stays whole)
         f.flush()
-        rc = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        rc = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                              preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
     if rc != 0:
         lines = log.read_text(errors="replace").splitlines()
@@ -123,9 +135,9 @@ def execute_run(spec: RunSpec) -> dict:
     if not is_trained(spec.path):
         launcher = ([sys.executable, "-m", "accelerate.commands.launch", *spec.launch_args] if spec.launch_args
                     else [sys.executable])
-        _run([*launcher, "-m", "seqba.train", *spec.train_args], spec.path / "train.log")
+        _run([*launcher, "-m", "seqba.train", *spec.train_args], spec.path / "train.log", spec.threads)
         done = {"wall_seconds": round(time.perf_counter() - start, 3), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "machine": this_machine()}
+                "machine": this_machine(), "threads": spec.threads or _env_threads()}
         tmp = spec.path / ".train.done.tmp"
         tmp.write_text(json.dumps(done) + "\n")
         os.replace(tmp, spec.path / "train.done")
@@ -134,6 +146,7 @@ def execute_run(spec: RunSpec) -> dict:
         if result.is_file():
             continue
         tmp = spec.path / f".eval.{name}.json.tmp"
-        _run([sys.executable, "-m", "seqba.eval", *args, "--metrics-out", str(tmp)], spec.path / f"eval.{name}.log")
+        _run([sys.executable, "-m", "seqba.eval", *args, "--metrics-out", str(tmp)], spec.path / f"eval.{name}.log",
+             spec.threads)
         os.replace(tmp, result)
     return {"wall_seconds": time.perf_counter() - start}
