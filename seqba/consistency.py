@@ -48,7 +48,6 @@ from __future__ import annotations
 from typing import Any, Callable, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from seqba.fused_consistency import LogProbGrad, cross_entropy_with_consistency
@@ -348,9 +347,8 @@ class ConsistencyTerm:
 
         ``seqba.fused_consistency.cross_entropy_with_consistency``: the same sums (up to float rounding) as
         ``label_smoothed_cross_entropy(logits, ...)`` followed by :meth:`add` on ``log_softmax(logits.float())``
-        with ``pad_mask = target.eq(ignore_index)``, without the (M·B, ..., V) float32 log-probabilities. On a GPU
-        without ``compiled`` it computes that unfused pair instead: there the fused kernel's chunks are many small
-        launches, slower than the two whole-tensor passes (``benchmarks/results/consistency_cuda.json``).
+        with ``pad_mask = target.eq(ignore_index)``, without the (M·B, ..., V) float32 log-probabilities. Tasks call
+        :func:`seqba.losses.cross_entropy_with_term`, which takes the unfused pair where it is faster (a GPU).
 
         Args:
             logits: (M·B, ..., V) unnormalised scores, any float dtype; target: (M·B, ...) int64 gold ids.
@@ -368,12 +366,6 @@ class ConsistencyTerm:
         layout = layout or self.layout
         if layout is None:
             raise ValueError("ConsistencyTerm: no copy layout given (pass layout= here or to the constructor)")
-        if logits.is_cuda and not compiled:  # eager fused chunks are many small kernels on a GPU: the pair is faster
-            from seqba.losses import label_smoothed_nll_loss  # here: seqba.losses imports this module
-            lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
-            loss, nll = label_smoothed_nll_loss(lprobs, target, epsilon, ignore_index=ignore_index)
-            pad_mask = None if ignore_index is None else target.eq(ignore_index)
-            return self.add(loss, logs, lprobs, pad_mask, layout=layout), nll
         loss, nll, term = cross_entropy_with_consistency(logits, target, epsilon, layout, self.kind, self.alpha,
                                                          ignore_index=ignore_index, chunk_rows=chunk_rows,
                                                          compiled=compiled)

@@ -20,16 +20,20 @@ Shape notation: B = batch (distinct samples), M = repeats (copies per sample), T
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from seqba.consistency import CONSISTENCY, consistency_kind
+from seqba.consistency import CONSISTENCY, ConsistencyTerm, consistency_kind
 from seqba.fused_consistency import default_chunk_rows
 from seqba.layout import CopyLayout
 
 __all__ = [
     "label_smoothed_nll_loss",
     "label_smoothed_cross_entropy",
+    "cross_entropy_with_term",
     "activation_regularization",
     "temporal_activation_regularization",
     "consistency_loss",
@@ -199,6 +203,37 @@ def copies_view(x: Tensor, repeats: int, layout: str = "adjacent") -> Tensor:
             not a multiple of ``repeats``.
     """
     return CopyLayout(repeats, layout).copies(x)
+
+
+def cross_entropy_with_term(term: ConsistencyTerm, logits: Tensor, target: Tensor, epsilon: float,
+                            logs: dict[str, Any], *, ignore_index: int | None = 0, layout: CopyLayout | None = None,
+                            compiled: bool = False) -> tuple[Tensor, Tensor]:
+    """Label-smoothed CE + ``term.alpha`` × the consistency term, the way that is faster on ``logits``' device.
+
+    Fused from the logits (:meth:`seqba.consistency.ConsistencyTerm.cross_entropy`: nothing of size rows × V kept)
+    on the CPU or with ``compiled``; on a GPU without ``compiled`` the unfused pair, ``label_smoothed_nll_loss`` on
+    float32 ``log_softmax`` and :meth:`~seqba.consistency.ConsistencyTerm.add`: there the eager fused chunks are many
+    small launches, slower than two whole-tensor passes (``benchmarks/results/consistency_cuda.json``). Both give
+    the same sums up to float rounding.
+
+    Args:
+        logits: (M·B, ..., V) any float dtype; target: (M·B, ...) int64; epsilon: smoothing mass in [0, 1);
+        logs: gets ``"consistency_sum"``; ignore_index: padding id (None: none); layout: where the copies are
+        (default: the term's).
+
+    Returns:
+        ``(loss_sum, nll_sum)``, 0-d: CE + alpha × term (differentiable) and the NLL sum.
+
+    Raises:
+        ValueError: what :meth:`~seqba.consistency.ConsistencyTerm.cross_entropy` raises.
+    """
+    if not (logits.is_cuda and not compiled):
+        return term.cross_entropy(logits, target, epsilon, logs, ignore_index=ignore_index, layout=layout,
+                                  compiled=compiled)
+    lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+    loss, nll = label_smoothed_nll_loss(lprobs, target, epsilon, ignore_index=ignore_index)
+    pad_mask = None if ignore_index is None else target.eq(ignore_index)
+    return term.add(loss, logs, lprobs, pad_mask, layout=layout), nll
 
 
 def consistency_loss(

@@ -57,7 +57,8 @@ from seqba.flops import awd_lstm_step_flops
 from seqba.gradstats import per_sample_grads
 from seqba.layout import CopyLayout
 from seqba.consistency import ConsistencyTerm
-from seqba.losses import activation_regularization, temporal_activation_regularization
+from seqba.losses import (activation_regularization, cross_entropy_with_term,
+                           temporal_activation_regularization)
 from seqba.models.awd_lstm import AWDLSTM, Hidden, detach_hidden
 from seqba.tasks.base import GradAdapter
 from seqba.tasks.lm_models import LMModelConfig, build_lm_model
@@ -205,8 +206,8 @@ class LanguageModelingTask(StreamLMTask):
         if self.consistency is None:
             loss = nll = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), reduction="sum")
         else:  # CE + alpha * term fused from the logits, columns copy-major: copy c of stream b is column c·B + b
-            loss, nll = self.consistency.cross_entropy(
-                logits.transpose(0, 1), target.t(), 0.0, logs, ignore_index=None,
+            loss, nll = cross_entropy_with_term(
+                self.consistency, logits.transpose(0, 1), target.t(), 0.0, logs, ignore_index=None,
                 layout=CopyLayout(self.copies_of(batch), "tiled"), compiled=self.cfg.train.compile)  # (n, T, V)
         crit = self.cfg.criterion
         reg = activation_regularization(dropped[-1], crit.alpha)

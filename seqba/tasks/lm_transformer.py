@@ -41,6 +41,7 @@ from seqba.flops import causal_lm_step_flops, decoder_lm_step_flops
 from seqba.gradstats import per_sample_grads
 from seqba.layout import CopyLayout
 from seqba.errors import ConfigError
+from seqba.losses import cross_entropy_with_term
 from seqba.models.transformer_lm import sliding_window_nll
 from seqba.tasks.base import GradAdapter
 from seqba.tasks.lm_models import build_lm_model, no_decay_groups
@@ -127,9 +128,9 @@ class WindowLMTask(StreamLMTask):
         if self.consistency is None:
             loss = nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
         else:  # CE + alpha * term fused from the logits; rows copy-major: copy c of stream b is row c·B + b
-            loss, nll = self.consistency.cross_entropy(logits, targets, 0.0, logs, ignore_index=None,
-                                                       layout=CopyLayout(self.copies_of(batch), "tiled"),
-                                                       compiled=self.cfg.train.compile)
+            loss, nll = cross_entropy_with_term(self.consistency, logits, targets, 0.0, logs, ignore_index=None,
+                                                layout=CopyLayout(self.copies_of(batch), "tiled"),
+                                                compiled=self.cfg.train.compile)
         logs["nll_sum"] = nll.detach()
         logs["loss_sum"] = loss.detach()
         return loss, logs

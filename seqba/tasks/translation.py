@@ -43,7 +43,7 @@ from seqba.data.prepare import PrepareConfig, prepare_translation, read_lines
 from seqba.data.translation import (BOS_ID, EOS_ID, MANIFEST, PAD_ID, TranslationDataset, collate,
                                     corpus_fingerprint, load_tokenizer, read_manifest, read_raw_lines, record_user)
 from seqba.consistency import ConsistencyTerm
-from seqba.losses import label_smoothed_cross_entropy, label_smoothed_nll_loss
+from seqba.losses import cross_entropy_with_term, label_smoothed_cross_entropy, label_smoothed_nll_loss
 from seqba.distributed import main_process_first
 from seqba.errors import ConfigError, FieldError, SeqbaError, UsageError
 from seqba.flops import transformer_step_flops
@@ -249,8 +249,8 @@ class TranslationTask(Task):
         if consistency is None:  # fused: no (B, T, V) float32 log-probabilities
             loss, nll = label_smoothed_cross_entropy(logits, target, epsilon, ignore_index=PAD_ID)
         else:  # CE + alpha * term fused from the logits: no (B, T, V) float32 tensor (seqba.fused_consistency)
-            loss, nll = consistency.cross_entropy(logits, target, epsilon, logs, ignore_index=PAD_ID,
-                                                  compiled=self.cfg.train.compile)
+            loss, nll = cross_entropy_with_term(consistency, logits, target, epsilon, logs, ignore_index=PAD_ID,
+                                                compiled=self.cfg.train.compile)
         logs["nll_sum"] = nll.detach()
         logs["loss_sum"] = loss.detach()
         return loss, logs
