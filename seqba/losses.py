@@ -227,7 +227,7 @@ def cross_entropy_with_term(term: ConsistencyTerm, logits: Tensor, target: Tenso
     Raises:
         ValueError: what :meth:`~seqba.consistency.ConsistencyTerm.cross_entropy` raises.
     """
-    if not (logits.is_cuda and not compiled):
+    if compiled or not logits.is_cuda:
         return term.cross_entropy(logits, target, epsilon, logs, ignore_index=ignore_index, layout=layout,
                                   compiled=compiled)
     lprobs = F.log_softmax(logits, dim=-1, dtype=torch.float32)

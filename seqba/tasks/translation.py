@@ -248,7 +248,7 @@ class TranslationTask(Task):
         logs: dict[str, Any] = {}
         if consistency is None:  # fused: no (B, T, V) float32 log-probabilities
             loss, nll = label_smoothed_cross_entropy(logits, target, epsilon, ignore_index=PAD_ID)
-        else:  # CE + alpha * term fused from the logits: no (B, T, V) float32 tensor (seqba.fused_consistency)
+        else:  # CE + alpha * term, fused from the logits where that is faster (seqba.losses.cross_entropy_with_term)
             loss, nll = cross_entropy_with_term(consistency, logits, target, epsilon, logs, ignore_index=PAD_ID,
                                                 compiled=self.cfg.train.compile)
         logs["nll_sum"] = nll.detach()
